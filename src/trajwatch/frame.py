@@ -1,0 +1,166 @@
+"""One MD snapshot as trajwatch sees it.
+
+A :class:`Frame` owns its arrays: it never aliases a receive buffer, a reader's scratch
+space or an engine's live state, so a frame kept in a window stays what it was when it
+arrived. Units: positions Å, velocities Å/fs, forces eV/Å, energy eV, time fs.
+
+>>> import numpy as np
+>>> f = Frame(np.zeros((2, 3)), [29, 29], energy=-1.5, step=10)
+>>> f.n_atoms, f.numbers.dtype.name, f.energy, f.has_cell
+(2, 'int32', -1.5, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["Frame", "FrameError"]
+
+
+class FrameError(ValueError):
+    """A frame's arrays do not fit together (shape, dtype or non-finite cell)."""
+
+
+def _owned(values: ArrayLike, dtype: type, shape: tuple[int, ...], name: str) -> NDArray[Any]:
+    array = np.array(values, dtype=dtype, order="C", copy=True)
+    if array.shape != shape:
+        raise FrameError(f"{name} has shape {array.shape}, expected {shape}")
+    return array
+
+
+class Frame:
+    """Positions, atomic numbers and whatever else the engine knows about one step.
+
+    ``copy=False`` is for producers that hand over freshly made arrays of the right
+    dtype (readers, decoders); the frame then takes them as they are.
+    """
+
+    __slots__ = (
+        "cell",
+        "energy",
+        "forces",
+        "info",
+        "numbers",
+        "pbc",
+        "positions",
+        "seq",
+        "source",
+        "step",
+        "time",
+        "velocities",
+    )
+
+    positions: NDArray[np.float64]
+    numbers: NDArray[np.int32]
+    velocities: NDArray[np.float64] | None
+    forces: NDArray[np.float64] | None
+    energy: float | None
+    cell: NDArray[np.float64] | None
+    pbc: NDArray[np.bool_]
+    step: int
+    time: float | None
+    seq: int
+    source: str
+    info: dict[str, Any]
+
+    def __init__(
+        self,
+        positions: ArrayLike,
+        numbers: ArrayLike,
+        *,
+        velocities: ArrayLike | None = None,
+        forces: ArrayLike | None = None,
+        energy: float | None = None,
+        cell: ArrayLike | None = None,
+        pbc: ArrayLike | None = None,
+        step: int = 0,
+        time: float | None = None,
+        seq: int = 0,
+        source: str = "",
+        info: Mapping[str, Any] | None = None,
+        copy: bool = True,
+    ) -> None:
+        if copy or not _is_exact(positions, np.float64, 2):
+            positions = np.array(positions, dtype=np.float64, order="C", copy=True)
+        pos: NDArray[np.float64] = positions  # type: ignore[assignment]
+        if pos.ndim != 2 or pos.shape[1] != 3:
+            raise FrameError(f"positions has shape {pos.shape}, expected (n_atoms, 3)")
+        n = pos.shape[0]
+        self.positions = pos
+        if copy or not _is_exact(numbers, np.int32, 1):
+            numbers = np.array(numbers, dtype=np.int32, copy=True)
+        nums: NDArray[np.int32] = numbers  # type: ignore[assignment]
+        if nums.shape != (n,):
+            raise FrameError(f"numbers has shape {nums.shape}, expected ({n},)")
+        self.numbers = nums
+        self.velocities = None
+        if velocities is not None:
+            self.velocities = _take(velocities, (n, 3), "velocities", copy)
+        self.forces = None
+        if forces is not None:
+            self.forces = _take(forces, (n, 3), "forces", copy)
+        self.energy = None if energy is None else float(energy)
+        self.cell = None
+        if cell is not None:
+            c = _take(cell, (3, 3), "cell", copy)
+            if not np.isfinite(c).all():
+                raise FrameError("cell has non-finite entries")
+            self.cell = c
+        if pbc is None:
+            self.pbc = np.zeros(3, dtype=np.bool_) if self.cell is None else _all_true()
+        else:
+            flags = np.array(pbc, dtype=np.bool_).reshape(-1)
+            if flags.shape == (1,):
+                flags = np.repeat(flags, 3)
+            if flags.shape != (3,):
+                raise FrameError(f"pbc has shape {flags.shape}, expected (3,)")
+            self.pbc = flags
+        self.step = int(step)
+        self.time = None if time is None else float(time)
+        self.seq = int(seq)
+        self.source = str(source)
+        self.info = dict(info) if info else {}
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def has_cell(self) -> bool:
+        """True when the frame carries a cell with periodic directions to wrap across."""
+        return self.cell is not None and bool(self.pbc.any())
+
+    def __repr__(self) -> str:
+        parts = [f"n_atoms={self.n_atoms}", f"step={self.step}", f"seq={self.seq}"]
+        if self.source:
+            parts.append(f"source={self.source!r}")
+        if self.energy is not None:
+            parts.append(f"energy={self.energy:.6g}")
+        return f"Frame({', '.join(parts)})"
+
+
+def _is_exact(values: object, dtype: type, ndim: int) -> bool:
+    return (
+        isinstance(values, np.ndarray)
+        and values.dtype == dtype
+        and values.ndim == ndim
+        and values.flags.c_contiguous
+        and values.flags.owndata
+    )
+
+
+def _take(values: ArrayLike, shape: tuple[int, ...], name: str, copy: bool) -> NDArray[Any]:
+    if not copy and _is_exact(values, np.float64, len(shape)):
+        array: NDArray[Any] = values  # type: ignore[assignment]
+        if array.shape != shape:
+            raise FrameError(f"{name} has shape {array.shape}, expected {shape}")
+        return array
+    return _owned(values, np.float64, shape, name)
+
+
+def _all_true() -> NDArray[np.bool_]:
+    return np.ones(3, dtype=np.bool_)

@@ -1,0 +1,1 @@
+"""trajwatch.monitor."""

@@ -1,0 +1,288 @@
+"""The ``trajwatch`` command: ``main(argv) -> int``.
+
+>>> main(["--version"])  # doctest: +ELLIPSIS
+trajwatch ...
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from trajwatch import __version__
+
+__all__ = ["entry_point", "main"]
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="stream archived .xyz/.extxyz files over ZeroMQ, as a live engine would",
+        description="Stream archived trajectories over ZeroMQ (protocol v1), one frame at a "
+        "time. Waits for a subscriber before sending, then prints a line of stats.",
+        epilog=_examples(
+            "trajwatch replay run.extxyz --rate 50",
+            "trajwatch replay a.extxyz.gz b.xyz --max --lossless",
+            "trajwatch replay run.extxyz --loop --endpoint tcp://127.0.0.1:6000",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="default: %(default)s")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, default=100.0, metavar="FPS", help="frames per second (default: %(default)s)")
+    pace.add_argument("--max", action="store_true", help="send as fast as possible")
+    p.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    p.add_argument("--lossless", action="store_true", help="PUSH/PULL: block instead of dropping (monitor needs --lossless too)")
+    p.add_argument("--connect", action="store_true", help="connect instead of binding (to a proxy or a binding monitor)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="how long to wait for a subscriber (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true", help="count and skip malformed frames instead of stopping")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    p.set_defaults(command=_run_replay)
+
+
+def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="watch live frames from an engine or a replay and raise alarms",
+        description="Subscribe to frames over ZeroMQ, run the detection pipeline per source "
+        "and write events. With --no-tui, events go to stdout as JSON lines.",
+        epilog=_examples(
+            "trajwatch monitor --no-tui --events events.jsonl",
+            "trajwatch monitor --endpoint tcp://127.0.0.1:6000 --no-tui | jq .",
+            "trajwatch monitor --lossless --bind --idle-timeout 5 --events out.jsonl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="default: %(default)s")
+    p.add_argument("--bind", action="store_true", help="bind instead of connecting (fan-in)")
+    p.add_argument("--lossless", action="store_true", help="PULL instead of SUB (pair with replay --lossless)")
+    p.add_argument("--topics", nargs="*", default=[""], metavar="PREFIX", help="only sources whose name starts with one of these")
+    p.add_argument("--no-tui", action="store_true", help="print events as JSON lines instead of the live view")
+    p.add_argument("--events", type=Path, metavar="PATH", help="append-free JSONL event log (flushed per event)")
+    p.add_argument("--fsync", action="store_true", help="fsync the event log after each event")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="stop when no frame arrived for this long (after the first)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    p.set_defaults(command=_run_monitor)
+
+
+def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="run the detection pipeline over archived files, offline",
+        description="Read trajectories frame by frame through the same pipeline as the live "
+        "monitor and write the events. Prints a summary per file.",
+        epilog=_examples(
+            "trajwatch scan run.extxyz --events events.jsonl",
+            "trajwatch scan runs/*.extxyz.gz --events all.jsonl --skip-bad",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--events", type=Path, metavar="PATH", help="JSONL event log (default: events to stdout)")
+    p.add_argument("--skip-bad", action="store_true", help="count and skip malformed frames instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(command=_run_scan)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trajwatch",
+        description="Real-time anomaly detection for molecular-dynamics simulations.",
+        epilog=_examples(
+            "trajwatch scan run.extxyz --events events.jsonl",
+            "trajwatch monitor --no-tui --events events.jsonl &   trajwatch replay run.extxyz",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in (_add_replay, _add_monitor, _add_scan):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * args.verbose,
+        format="trajwatch: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    command: Command | None = getattr(args, "command", None)
+    if command is None:
+        parser.print_help()
+        return 2
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as error:
+        print(f"trajwatch: error: {error}", file=sys.stderr)
+        return 1
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    from trajwatch.replay.replay import replay
+    from trajwatch.streaming import Publisher
+
+    for path in args.files:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    with Publisher(
+        args.endpoint,
+        bind=not args.connect,
+        lossless=args.lossless,
+        allow_remote=args.allow_remote,
+    ) as publisher:
+        print(f"trajwatch replay: waiting for a subscriber on {args.endpoint} ...", file=sys.stderr)
+        if not publisher.wait_for_subscriber(args.wait):
+            print(f"trajwatch replay: no subscriber within {args.wait:g} s", file=sys.stderr)
+            return 1
+        stats = replay(
+            args.files,
+            publisher,
+            rate=None if args.max else args.rate,
+            loop=args.loop,
+            skip_bad=args.skip_bad,
+        )
+        publisher.flush()
+    print(f"trajwatch replay: {stats.line()}", file=sys.stderr)
+    return 0
+
+
+def _run_monitor(args: argparse.Namespace) -> int:
+    from trajwatch.features.engine import warmup
+    from trajwatch.pipeline import Pipeline
+    from trajwatch.sinks import JsonlSink, Sink, StreamSink
+    from trajwatch.streaming import Subscriber
+
+    sinks: list[Sink] = []
+    if args.events:
+        sinks.append(JsonlSink(args.events, fsync=args.fsync))
+    sinks.append(StreamSink(sys.stdout))
+    pipeline = Pipeline(sinks=sinks)
+    compile_seconds = warmup()
+    frames = 0
+    start = time.perf_counter()
+    with Subscriber(
+        args.endpoint,
+        bind=args.bind,
+        topics=tuple(args.topics),
+        lossless=args.lossless,
+        allow_remote=args.allow_remote,
+    ) as subscriber:
+        print(
+            f"trajwatch monitor: listening on {args.endpoint} "
+            f"(kernels compiled in {compile_seconds * 1e3:.0f} ms)",
+            file=sys.stderr,
+        )
+        _stop_on_sigterm()
+        try:
+            last = time.monotonic()
+            while args.max_frames is None or frames < args.max_frames:
+                frame = subscriber.recv(timeout=0.2)
+                if frame is None:
+                    idle = time.monotonic() - last
+                    if frames and args.idle_timeout is not None and idle >= args.idle_timeout:
+                        break
+                    continue
+                last = time.monotonic()
+                pipeline.process(frame)
+                frames += 1
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for sink in sinks:
+                sink.close()
+            seconds = time.perf_counter() - start
+            stats = subscriber.stats
+            print(
+                f"trajwatch monitor: {frames} frames from {len(pipeline.sources)} source(s) "
+                f"in {seconds:.1f} s, {len(pipeline.events)} events, "
+                f"malformed {stats.malformed}, lost {stats.lost}",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from trajwatch.features.engine import warmup
+    from trajwatch.pipeline import Pipeline
+    from trajwatch.replay.xyz import XYZReader
+    from trajwatch.sinks import JsonlSink, Sink, StreamSink
+
+    sinks: list[Sink] = [JsonlSink(args.events) if args.events else StreamSink(sys.stdout)]
+    warmup()
+    console = Console(stderr=True)
+    total_frames = 0
+    try:
+        for path in args.files:
+            pipeline = Pipeline(sinks=sinks)
+            size = path.stat().st_size
+            with (
+                XYZReader(path, skip_bad=args.skip_bad) as reader,
+                Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[frames]} frames"),
+                    console=console,
+                    disable=args.quiet,
+                    transient=True,
+                ) as progress,
+            ):
+                task = progress.add_task(path.name, total=size, frames=0)
+                for n, frame in enumerate(reader, 1):
+                    pipeline.process(frame)
+                    if n % 64 == 0:
+                        progress.update(task, completed=reader.tell(), frames=n)
+                frames = reader.frames
+                bad = reader.bad_frames
+            total_frames += frames
+            anomalies = [e for e in pipeline.events if e.event == "anomaly"]
+            first = f", first alarm at frame {anomalies[0].frame}" if anomalies else ""
+            console.print(
+                f"{path}: {frames} frames, {len(anomalies)} alarms{first}"
+                + (f", {bad} bad frames skipped" if bad else "")
+            )
+    finally:
+        for sink in sinks:
+            sink.close()
+    return 0
+
+
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so the monitor closes its log and summarises."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,27 @@
+"""Run the kernel tests again with NUMBA_DISABLE_JIT=1: the pure-Python path must agree too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.slow
+def test_kernel_tests_pass_without_jit() -> None:
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    files = sorted(str(p) for p in HERE.glob("test_kernels*.py"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert " passed" in result.stdout

@@ -20,7 +20,7 @@ FloatArray = NDArray[np.float64]
 def minimum_image(d: FloatArray, cell: FloatArray | None, pbc: NDArray[np.bool_]) -> FloatArray:
     """Vectors ``d`` (M, 3) wrapped to the nearest periodic image (fractional rounding)."""
     if cell is None or not pbc.any():
-        return d.copy()
+        return np.array(d, dtype=np.float64)
     s: FloatArray = d @ np.linalg.inv(cell)
     s[:, pbc] -= np.rint(s[:, pbc])
     wrapped: FloatArray = s @ cell

@@ -350,13 +350,12 @@ def make_frame(
 def decode_topic(data: Any) -> str:
     """The topic part as a str; ProtocolError unless it is valid UTF-8."""
     try:
-        return bytes(data).decode("utf-8")
+        return str(data, "utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"topic is not valid UTF-8: {exc}") from None
 
 
-def _floats(data: Any, header: Header, name: str) -> NDArray[np.float64]:
-    view = memoryview(data).cast("B")
+def _floats(view: memoryview, header: Header, name: str) -> NDArray[np.float64]:
     expected = header.n_atoms * 3 * header.float_size
     if view.nbytes != expected:
         raise ProtocolError(
@@ -378,9 +377,9 @@ def decode(
 ) -> Frame:
     """The Frame carried by one message; ProtocolError (a ValueError) if it is not valid.
 
-    ``parts`` may be bytes, memoryviews or ``zmq.Frame`` objects (``copy=False``). Every
-    size is checked against the header before anything is allocated, and the Frame owns
-    its arrays: nothing aliases the receive buffers.
+    ``parts`` may be bytes, memoryviews, arrays or ``zmq.Frame`` objects (``copy=False``).
+    Every size is checked against the header before anything is allocated, and the Frame
+    owns its arrays: nothing aliases the receive buffers.
 
     >>> decode([b"x", b"JUNK"])
     Traceback (most recent call last):
@@ -389,37 +388,44 @@ def decode(
     """
     if len(parts) < 4:
         raise ProtocolError(f"message has {len(parts)} parts, expected at least 4")
-    header = parse_header(_as_buffer(parts[1]), max_atoms=max_atoms, max_bytes=max_bytes)
-    if len(parts) != header.n_parts:
+    views = [_byte_view(part, index) for index, part in enumerate(parts, 1)]
+    header = parse_header(views[1], max_atoms=max_atoms, max_bytes=max_bytes)
+    if len(views) != header.n_parts:
         raise ProtocolError(
-            f"message has {len(parts)} parts, flags 0x{header.flags:04x} announce "
-            f"{header.n_parts}"
+            f"message has {len(views)} parts, flags 0x{header.flags:04x} announce {header.n_parts}"
         )
-    total = sum(memoryview(_as_buffer(p)).nbytes for p in parts)
+    total = sum(view.nbytes for view in views)
     if total > max_bytes:
         raise ProtocolError(f"message of {total} bytes exceeds the limit of {max_bytes}")
-    source = decode_topic(_as_buffer(parts[0]))
+    source = decode_topic(views[0])
     n = header.n_atoms
-    numbers_view = memoryview(_as_buffer(parts[3])).cast("B")
-    if numbers_view.nbytes != 4 * n:
-        raise ProtocolError(f"numbers has {numbers_view.nbytes} bytes, expected {4 * n}")
-    numbers: NDArray[np.int32] = np.frombuffer(numbers_view, dtype=_NUMBERS_DTYPE).copy()
+    if views[3].nbytes != 4 * n:
+        raise ProtocolError(f"numbers has {views[3].nbytes} bytes, expected {4 * n}")
+    numbers: NDArray[np.int32] = np.frombuffer(views[3], dtype=_NUMBERS_DTYPE).copy()
     check_numbers(numbers)
-    positions = _floats(_as_buffer(parts[2]), header, "positions")
+    positions = _floats(views[2], header, "positions")
     index = 4
     velocities = forces = None
     if header.flags & FLAG_VELOCITIES:
-        velocities = _floats(_as_buffer(parts[index]), header, "velocities")
+        velocities = _floats(views[index], header, "velocities")
         index += 1
     if header.flags & FLAG_FORCES:
-        forces = _floats(_as_buffer(parts[index]), header, "forces")
+        forces = _floats(views[index], header, "forces")
     return make_frame(header, source, positions, numbers, velocities, forces)
 
 
-def _as_buffer(part: Any) -> Any:
-    """bytes/memoryview/ndarray pass through; a zmq.Frame gives its buffer."""
-    buffer = getattr(part, "buffer", None)
-    return part if buffer is None else buffer
+def _byte_view(part: Any, index: int) -> memoryview:
+    """A flat byte view of one part (bytes, memoryview, array or zmq.Frame)."""
+    buffer = getattr(part, "buffer", None)  # zmq.Frame
+    try:
+        view = memoryview(part if buffer is None else buffer)
+        if view.ndim == 1 and view.format == "B":
+            return view
+        if view.nbytes == 0:
+            return memoryview(b"")
+        return view.cast("B")
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"part {index} is not a contiguous buffer: {exc}") from None
 
 
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "lo", "lo0", "ip6-localhost"})

@@ -235,9 +235,7 @@ class Subscriber:
             got = sock.recv_into(self._header, flags=_NOBLOCK)
             if got != HEADER_SIZE:
                 raise _MalformedError(f"header has {got} bytes, expected {HEADER_SIZE}")
-            header = parse_header(
-                self._header, max_atoms=self.max_atoms, max_bytes=self.max_bytes
-            )
+            header = parse_header(self._header, max_atoms=self.max_atoms, max_bytes=self.max_bytes)
             source = self._sources.get(raw_topic)
             if source is None:
                 source = self._new_source(raw_topic)

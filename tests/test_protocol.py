@@ -334,3 +334,44 @@ def test_encode_rejects_what_it_cannot_send() -> None:
 )
 def test_is_local_endpoint(endpoint: str, local: bool) -> None:
     assert proto.is_local_endpoint(endpoint) is local
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames(max_atoms=20), st.sampled_from([np.float64, np.float32]))
+def test_fast_frame_path_equals_the_constructor(frame: Frame, wire: type) -> None:
+    """decode fills Frame's slots directly; the result must be what Frame() makes."""
+    assert proto.FAST_FRAME, "Frame's slots changed: update protocol._FRAME_SLOTS"
+    parts = as_bytes(encode(frame, dtype=wire))
+    header = proto.parse_header(parts[1])
+    arrays = [proto.floats_from(memoryview(p), header, "x") for p in parts[4:]]
+    velocities = arrays.pop(0) if frame.velocities is not None else None
+    forces = arrays.pop(0) if frame.forces is not None else None
+    args = (
+        header,
+        frame.source,
+        proto.floats_from(memoryview(parts[2]), header, "positions"),
+        proto.numbers_from(memoryview(parts[3]), frame.n_atoms),
+        velocities,
+        forces,
+    )
+    fast = proto.make_frame(*args, fast=True)
+    slow = proto.make_frame(
+        *[a.copy() if isinstance(a, np.ndarray) else a for a in args], fast=False
+    )
+    for name in Frame.__slots__:
+        a, b = getattr(fast, name), getattr(slow, name)
+        if isinstance(b, np.ndarray):
+            assert isinstance(a, np.ndarray), name
+            assert (a.dtype, a.shape) == (b.dtype, b.shape), name
+            assert a.flags.c_contiguous and a.flags.owndata and a.base is None, name
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            assert type(a) is type(b) and a == b, name
+    assert repr(fast) == repr(slow)
+
+
+def test_huge_but_finite_cell_is_accepted() -> None:
+    """The fast finite check (sum of the entries) must not reject an overflowing sum."""
+    frame = Frame(np.zeros((1, 3)), [1], cell=np.full((3, 3), 1e308))
+    back = decode(as_bytes(encode(frame)))
+    assert back.cell is not None and (back.cell == 1e308).all()

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
-import numpy as np
 import zmq
-from numpy.typing import NDArray
 
 from trajwatch.frame import Frame
 from trajwatch.streaming.protocol import (
@@ -39,13 +36,14 @@ from trajwatch.streaming.protocol import (
     DEFAULT_MAX_BYTES,
     FLAG_FORCES,
     FLAG_VELOCITIES,
-    HEADER_SIZE,
     Header,
     ProtocolError,
     check_bind_endpoint,
     check_numbers,
     decode_topic,
+    floats_from,
     make_frame,
+    numbers_from,
     parse_header,
 )
 
@@ -54,10 +52,7 @@ __all__ = ["SourceStats", "Subscriber", "SubscriberStats"]
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 logger = logging.getLogger("trajwatch.streaming")
 
-_RCVMORE: Final = zmq.RCVMORE
-_NOBLOCK: Final = zmq.NOBLOCK
-_F64: Final = np.dtype(np.float64)
-_NATIVE_LE: Final = sys.byteorder == "little"
+_NOBLOCK: Final = int(zmq.NOBLOCK)  # a plain int: enum arithmetic costs per call
 _LOG_INTERVAL: Final = 1.0  # seconds between two malformed-message log lines
 
 
@@ -132,8 +127,7 @@ class Subscriber:
             self._topics if lossless and "" not in self._topics else None
         )
         self._sources: dict[bytes, str] = {}
-        self._scratch = np.empty(0, dtype=np.uint8)
-        self._header = bytearray(HEADER_SIZE)  # reused: unpacked at once
+        self._numbers_ok: dict[str, bytes] = {}  # last validated numbers, per source
         self._timeout_ms = -2  # RCVTIMEO currently set on the socket (-2: unknown)
         self._next_log = 0.0
         self._suppressed = 0
@@ -224,44 +218,55 @@ class Subscriber:
     def _read_message(self) -> Frame | None:
         """Read one whole message; a Frame, or None (counted) when it is malformed.
 
-        Raises zmq.Again when no message arrived within RCVTIMEO.
+        Raises zmq.Again when no message arrived within RCVTIMEO. Parts are received
+        with ``copy=False``: a ``zmq.Frame`` knows whether more parts follow (asking the
+        socket for RCVMORE costs more than receiving a small part), and the big parts
+        are then copied exactly once, into the arrays the Frame will own.
         """
-        sock = self._socket
-        raw_topic = sock.recv(0)  # the only blocking call: the rest of the message is here
-        more = sock.get
+        recv = self._socket.recv
+        part = recv(0, copy=False)  # the only blocking call: the rest of the message is here
+        more = part.more
         try:
-            if not more(_RCVMORE):
+            if not more:
                 raise _MalformedError("message has 1 part, expected at least 4")
-            got = sock.recv_into(self._header, flags=_NOBLOCK)
-            if got != HEADER_SIZE:
-                raise _MalformedError(f"header has {got} bytes, expected {HEADER_SIZE}")
-            header = parse_header(self._header, max_atoms=self.max_atoms, max_bytes=self.max_bytes)
+            raw_topic = part.bytes
+            part = recv(_NOBLOCK, copy=False)
+            more = part.more
+            header = parse_header(part.buffer, max_atoms=self.max_atoms, max_bytes=self.max_bytes)
             source = self._sources.get(raw_topic)
             if source is None:
                 source = self._new_source(raw_topic)
-            n = header.n_atoms
-            if not more(_RCVMORE):
-                raise _MalformedError("message has 2 parts, expected at least 4")
-            positions = self._recv_floats(header, "positions", 3)
-            if not more(_RCVMORE):
-                raise _MalformedError("message has 3 parts, expected at least 4")
-            numbers: NDArray[np.int32] = np.empty(n, dtype="<i4")
-            got = sock.recv_into(numbers.data, flags=_NOBLOCK)
-            if got != 4 * n:
-                raise _MalformedError(f"numbers has {got} bytes, expected {4 * n}")
-            check_numbers(numbers)
+            if not more:
+                raise _MalformedError(_missing(3, header))
+            part = recv(_NOBLOCK, copy=False)
+            more = part.more
+            positions = floats_from(part, header, "positions")
+            if not more:
+                raise _MalformedError(_missing(4, header))
+            part = recv(_NOBLOCK, copy=False)
+            more = part.more
+            numbers = numbers_from(part, header.n_atoms)
+            raw_numbers = part.bytes
+            if self._numbers_ok.get(source) != raw_numbers:
+                check_numbers(numbers)  # the same as last time (the usual case) is fine
+                self._numbers_ok[source] = raw_numbers
             velocities = forces = None
             index = 5
             if header.flags & FLAG_VELOCITIES:
-                if not more(_RCVMORE):
+                if not more:
                     raise _MalformedError(_missing(index, header))
-                velocities = self._recv_floats(header, "velocities", index)
+                part = recv(_NOBLOCK, copy=False)
+                more = part.more
+                velocities = floats_from(part, header, "velocities")
                 index += 1
             if header.flags & FLAG_FORCES:
-                if not more(_RCVMORE):
+                if not more:
                     raise _MalformedError(_missing(index, header))
-                forces = self._recv_floats(header, "forces", index)
-            if more(_RCVMORE):
+                part = recv(_NOBLOCK, copy=False)
+                more = part.more
+                forces = floats_from(part, header, "forces")
+            if more:
+                more = False
                 extra = self._drain()
                 raise _MalformedError(
                     f"message has {header.n_parts + extra} parts, flags "
@@ -271,50 +276,31 @@ class Subscriber:
                 return None
             frame = make_frame(header, source, positions, numbers, velocities, forces)
         except (ProtocolError, _MalformedError) as exc:
-            self._drain()
+            if more:
+                self._drain()
             self._malformed(str(exc))
             return None
         except Exception as exc:  # a bug of ours must not kill the monitor either
-            self._drain()
+            if more:
+                self._drain()
             self._malformed(f"{type(exc).__name__}: {exc}")
             return None
-        self._count(frame.source, header)
+        self._count(source, header)
         return frame
-
-    def _recv_floats(self, header: Header, name: str, index: int) -> NDArray[np.float64]:
-        """Receive one float part straight into a fresh float64 array (one copy)."""
-        n = header.n_atoms
-        expected = n * 3 * header.float_size
-        if header.float_size == 8 and _NATIVE_LE:
-            out: NDArray[np.float64] = np.empty((n, 3), dtype=_F64)
-            got = self._socket.recv_into(out.data, flags=_NOBLOCK)
-        else:
-            if self._scratch.nbytes < expected:
-                self._scratch = np.empty(expected, dtype=np.uint8)
-            buf = self._scratch[:expected]
-            got = self._socket.recv_into(buf.data, flags=_NOBLOCK)
-            out = np.empty((n, 3), dtype=_F64)
-            if got == expected:
-                np.copyto(out, buf.view(header.dtype).reshape(n, 3))
-        if got != expected:
-            raise _MalformedError(
-                f"{name} (part {index}) has {got} bytes, expected {expected} "
-                f"({n} atoms x 3 x {header.float_size})"
-            )
-        return out
 
     def _drain(self) -> int:
         """Discard the rest of the current message; the number of parts discarded."""
         count = 0
-        sock = self._socket
-        while sock.get(_RCVMORE):
-            sock.recv_into(bytearray(), flags=_NOBLOCK)
+        recv = self._socket.recv
+        while True:
             count += 1
-        return count
+            if not recv(_NOBLOCK, copy=False).more:
+                return count
 
     def _new_source(self, raw: bytes) -> str:
         source = decode_topic(raw)
         if len(self._sources) >= self.max_sources:
+            # bounded state: a stream of made-up topics cannot grow our dicts
             raise _MalformedError(f"more than {self.max_sources} sources; {source!r} ignored")
         self._sources[raw] = source
         return source
@@ -387,4 +373,5 @@ class Subscriber:
 
 
 def _missing(index: int, header: Header) -> str:
+    """Part ``index`` (1-based) is missing: the message ended after ``index - 1`` parts."""
     return f"message has {index - 1} parts, flags 0x{header.flags:04x} announce {header.n_parts}"

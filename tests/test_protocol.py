@@ -175,22 +175,39 @@ def test_header_layout_matches_docs() -> None:
 
 
 def test_hand_built_message_decodes() -> None:
-    """What a non-Python producer sends (docs/protocol.md example), built with struct."""
-    header = struct.pack(
-        "<4sBBHIIQqdd9dB7x", b"TRJW", 1, 1, 0x0004, 2, 0, 5, 100, 0.0, -1.0, *[0.0] * 9, 0
+    """The non-Python producer example of docs/protocol.md, byte for byte."""
+    header = (
+        bytes.fromhex(
+            "54524A57"
+            "01"
+            "01"
+            "1400"
+            "03000000"
+            "00000000"
+            "0500000000000000"
+            "6400000000000000"
+            "0000000000004940"
+            "0000000000408FC0"
+        )
+        + bytes(72)
+        + bytes(8)
     )
-    positions = struct.pack("<6d", 0, 0, 0, 0.96, 0, 0)
-    numbers = struct.pack("<2i", 8, 1)
+    assert header == struct.pack(
+        "<4sBBHIIQqdd9dB7x", b"TRJW", 1, 1, 0x14, 3, 0, 5, 100, 50.0, -1000.0, *[0.0] * 9, 0
+    )
+    positions = struct.pack("<9d", 0, 0, 0, 0.96, 0, 0, -0.24, 0.93, 0)
+    numbers = bytes.fromhex("080000000100000001000000")
     frame = decode([b"h2o", header, positions, numbers])
     assert (frame.source, frame.seq, frame.step, frame.energy, frame.time) == (
         "h2o",
         5,
         100,
-        -1.0,
-        None,
+        -1000.0,
+        50.0,
     )
-    assert frame.cell is None and not frame.pbc.any()
-    assert frame.positions[1, 0] == 0.96
+    assert frame.numbers.tolist() == [8, 1, 1]
+    assert frame.cell is None and not frame.pbc.any() and frame.velocities is None
+    assert frame.positions[2].tolist() == [-0.24, 0.93, 0.0]
 
 
 # -- malformed messages --------------------------------------------------------------

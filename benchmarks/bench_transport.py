@@ -271,10 +271,16 @@ def bench_throughput(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def bench_latency(quick: bool, rate: float = 1000.0) -> list[dict[str, Any]]:
+#: paced rates for the latency runs: 1000 frames/s, but 10,000 atoms (0.8 GB/s at 1000/s
+#: with velocities and forces) at 250 frames/s, still far above what such an MD run emits
+LATENCY_RATES = {100: 1000.0, 1000: 1000.0, 10000: 250.0}
+
+
+def bench_latency(quick: bool) -> list[dict[str, Any]]:
     seconds = 2.0 if quick else 5.0
     rows = []
     for n in SIZES:
+        rate = LATENCY_RATES[n]
         count = int(seconds * rate)
         tw = _one_run("trajwatch", "trajwatch", "xpub", n, count, rate)
         bare = _one_run("bare", "bare", "xpub", n, count, rate)
@@ -309,6 +315,78 @@ def bench_receive_variants(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_cpu(quick: bool) -> list[dict[str, Any]]:
+    """CPU time per frame of each side, in one process over inproc (no I/O thread).
+
+    Measured with ``time.thread_time`` in batches (send N, then receive N), best of the
+    repeats: unlike wall-clock rates this hardly depends on what else the machine runs.
+    """
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        return [_cpu_one(ctx, n, quick) for n in SIZES]
+    finally:
+        ctx.term()
+
+
+def _cpu_one(ctx: zmq.Context[Any], n: int, quick: bool) -> dict[str, Any]:
+    batch = {100: 4000, 1000: 2000, 10000: 300}[n] // (2 if quick else 1)
+    repeats = 5 if quick else 9
+    frame = make_frame(n)
+    pub = Publisher(f"inproc://tw{n}", lossless=True, hwm=0, context=ctx, topic="bench")
+    sub = Subscriber(f"inproc://tw{n}", lossless=True, hwm=0, context=ctx)
+    push = ctx.socket(zmq.PUSH)
+    pull = ctx.socket(zmq.PULL)
+    push.setsockopt(zmq.SNDHWM, 0)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.bind(f"inproc://bare{n}")
+    pull.connect(f"inproc://bare{n}")
+    parts = [bytes(memoryview(p)) for p in encode(frame, topic="bench")]
+    header = bytearray(parts[1])
+    pack_time = struct.Struct("<d").pack_into
+
+    def tw_send() -> None:
+        for _ in range(batch):
+            frame.time = time.perf_counter()
+            pub.send(frame)
+
+    def tw_recv() -> None:
+        for _ in range(batch):
+            assert sub.recv(5.0) is not None
+
+    def bare_send() -> None:
+        for _ in range(batch):
+            pack_time(header, TIME_OFFSET, time.perf_counter())
+            parts[1] = bytes(header)
+            push.send_multipart(parts, copy=False)
+
+    def bare_recv() -> None:
+        for _ in range(batch):
+            pull.recv_multipart()
+
+    steps = {"tw_send": tw_send, "tw_recv": tw_recv, "bare_send": bare_send}
+    steps["bare_recv"] = bare_recv
+    best = dict.fromkeys(steps, float("inf"))
+    try:
+        for _ in range(repeats):
+            for key, body in steps.items():
+                t0 = time.thread_time()
+                body()
+                best[key] = min(best[key], (time.thread_time() - t0) / batch)
+        assert sub.stats.malformed == 0 and sub.stats.lost == 0
+    finally:
+        pub.close()
+        sub.close()
+        push.close(linger=0)
+        pull.close(linger=0)
+    us = {key: value * 1e6 for key, value in best.items()}
+    return {
+        "atoms": n,
+        **{f"{key}_us": value for key, value in us.items()},
+        "send_ratio": us["bare_send"] / us["tw_send"],
+        "recv_ratio": us["bare_recv"] / us["tw_recv"],
+    }
+
+
 def bench_codec(quick: bool) -> list[dict[str, Any]]:
     rows = []
     for n in SIZES:
@@ -337,6 +415,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     throughput = bench_throughput(quick)
     latency = bench_latency(quick)
     variants = bench_receive_variants(quick)
+    cpu = bench_cpu(quick)
     codec = bench_codec(quick)
     lat100 = next(r for r in latency if r["atoms"] == 100)
     min_ratio = min(r["ratio"] for r in throughput)
@@ -355,6 +434,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "throughput": throughput,
         "latency": latency,
         "receive_variants": variants,
+        "cpu_per_frame": cpu,
         "codec": codec,
         "targets": {
             "throughput_ratio_min": min_ratio,
@@ -379,7 +459,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"{r['ratio']:>6.2f} {r['trajwatch_MBps']:>7.0f}"
         )
     print()
-    print("latency (ms), XPUB/SUB paced at 1000 frames/s, send -> decoded Frame")
+    print("latency (ms), XPUB/SUB paced (frames/s in the last column), send -> decoded Frame")
     print(
         f"{'atoms':>6} {'tw p50':>7} {'tw p99':>7} {'tw max':>7} {'bare p50':>9} {'bare p99':>9}"
     )
@@ -396,6 +476,16 @@ def print_table(result: dict[str, Any]) -> None:
         print(
             f"{r['atoms']:>6} {r['bare_fps']:>10,.0f} {r['copy_fps']:>9,.0f} "
             f"{r['nocopy_fps']:>9,.0f} {r['trajwatch_fps']:>11,.0f}"
+        )
+    print()
+    print("CPU us per frame, one process over inproc (ratio = bare / trajwatch)")
+    head = ("atoms", "tw send", "bare send", "ratio", "tw recv", "bare recv", "ratio")
+    print("{:>6} {:>8} {:>9} {:>6} {:>8} {:>9} {:>6}".format(*head))
+    for r in result["cpu_per_frame"]:
+        print(
+            f"{r['atoms']:>6} {r['tw_send_us']:>8.1f} {r['bare_send_us']:>9.1f} "
+            f"{r['send_ratio']:>6.2f} {r['tw_recv_us']:>8.1f} {r['bare_recv_us']:>9.1f} "
+            f"{r['recv_ratio']:>6.2f}"
         )
     print()
     print(f"{'atoms':>6} {'encode us':>10} {'decode us':>10}")

@@ -399,6 +399,21 @@ def test_lossless_push_pull_delivers_everything() -> None:
         assert (sub.stats.received, sub.stats.lost) == (400, 0)
 
 
+def test_lossless_send_timeout_counts_a_drop() -> None:
+    """A consumer that stopped reading must not hang a replay forever if told so."""
+    with (
+        Publisher(LOCAL, lossless=True, hwm=1, send_timeout=0.05) as pub,
+        Subscriber(pub.endpoint, lossless=True, hwm=1) as sub,
+    ):
+        assert pub.wait_for_subscriber(TIMEOUT)
+        frame = make_frame(20_000)  # 1.4 MB: the TCP buffers fill after a few
+        t0 = time.monotonic()
+        results = [pub.send(frame) for _ in range(40)]
+        assert time.monotonic() - t0 < 20 * 0.05 + 5.0
+        assert not all(results) and pub.dropped == results.count(False)
+        assert pub.sent + pub.dropped == 40 and sub.stats.received == 0
+
+
 def test_lossless_topic_filter_in_software() -> None:
     with (
         Publisher(LOCAL, lossless=True) as pub,

@@ -41,7 +41,10 @@ class Publisher:
     ``topic`` names the stream; the empty default sends each frame under its own
     ``frame.source``. Sequence numbers count every frame offered per topic, dropped ones
     included, so subscribers see the gaps. ``stream_id`` (random by default) changes with
-    every Publisher, so a subscriber tells a restart from a gap.
+    every Publisher, so a subscriber tells a restart from a gap. ``hwm`` is the queue
+    length in frames (0: unbounded). ``send_timeout`` (lossless mode only) bounds how long
+    a send waits for a stuck consumer; the frame then counts as dropped. Binding a
+    non-loopback address needs ``allow_remote=True``. Not thread-safe: one thread sends.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class Publisher:
         context: zmq.Context[Any] | None = None,
         allow_remote: bool = False,
         stream_id: int | None = None,
+        send_timeout: float | None = None,
     ) -> None:
         if bind:
             check_bind_endpoint(endpoint, allow_remote)
@@ -92,6 +96,8 @@ class Publisher:
             if lossless:
                 # queue only to completed connections, so POLLOUT means "a peer is there"
                 socket.setsockopt(zmq.IMMEDIATE, 1)
+                if send_timeout is not None:
+                    socket.setsockopt(zmq.SNDTIMEO, max(0, round(send_timeout * 1000)))
                 self._flags: int = 0
             else:
                 # EAGAIN instead of a silent drop at the HWM, so drops can be counted

@@ -94,7 +94,8 @@ class Subscriber:
     SUB socket by default (``topics`` are prefixes of source names to receive); PULL
     with ``lossless=True`` (the topics then filter in software). ``max_atoms`` and
     ``max_bytes`` bound what one message may make us allocate. A live stream is
-    forward-only: it has no length and cannot rewind.
+    forward-only: it has no length and cannot rewind. Not thread-safe: one thread
+    receives.
     """
 
     def __init__(

@@ -125,7 +125,9 @@ class Publisher:
         """Offer one frame; True if queued, False if dropped at the high-water mark.
 
         Never blocks in the default mode; with ``lossless=True`` it blocks until the
-        frame is queued. The frame's arrays may be sent without a copy: do not change
+        frame is queued. ``sent`` counts frames handed to ZeroMQ: with no subscriber at
+        all, PUB semantics discard them, and they still count as sent (see
+        :meth:`wait_for_subscriber`). The frame's arrays may be sent without a copy: do not change
         them in place afterwards (a Frame normally owns fresh arrays, so this holds).
         """
         topic = self.topic or frame.source
@@ -150,6 +152,8 @@ class Publisher:
             send(parts[i], more, copy=copy)
         send(parts[last], flags, copy=copy)
         self.sent += 1
+        if not self.sent & 1023 and not self.lossless:
+            self._drain_subscriptions()  # keep the XPUB's inbox of (un)subscriptions short
         return True
 
     def next_seq(self, topic: str | None = None) -> int:

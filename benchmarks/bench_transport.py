@@ -460,13 +460,13 @@ def print_table(result: dict[str, Any]) -> None:
         )
     print()
     print("latency (ms), XPUB/SUB paced (frames/s in the last column), send -> decoded Frame")
-    print(
-        f"{'atoms':>6} {'tw p50':>7} {'tw p99':>7} {'tw max':>7} {'bare p50':>9} {'bare p99':>9}"
-    )
+    head = ("atoms", "tw p50", "tw p99", "tw max", "bare p50", "bare p99", "rate")
+    print("{:>6} {:>7} {:>7} {:>7} {:>9} {:>9} {:>5}".format(*head))
     for r in result["latency"]:
         print(
             f"{r['atoms']:>6} {r['trajwatch_p50_ms']:>7.3f} {r['trajwatch_p99_ms']:>7.3f} "
-            f"{r['trajwatch_max_ms']:>7.2f} {r['bare_p50_ms']:>9.3f} {r['bare_p99_ms']:>9.3f}"
+            f"{r['trajwatch_max_ms']:>7.2f} {r['bare_p50_ms']:>9.3f} {r['bare_p99_ms']:>9.3f} "
+            f"{r['rate']:>5.0f}"
         )
     print()
     print("receive variants, frames/s (bare sender; recv only / +decode copy=True /")

@@ -233,7 +233,7 @@ class Subscriber:
             raw_topic = part.bytes
             part = recv(_NOBLOCK, copy=False)
             more = part.more
-            header = parse_header(part.buffer, max_atoms=self.max_atoms, max_bytes=self.max_bytes)
+            header = parse_header(part, max_atoms=self.max_atoms, max_bytes=self.max_bytes)
             source = self._sources.get(raw_topic)
             if source is None:
                 source = self._new_source(raw_topic)

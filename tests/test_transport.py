@@ -70,6 +70,7 @@ def raw_socket() -> Iterator[Callable[[int], tuple[zmq.Socket[Any], str]]]:
     def make(kind: int) -> tuple[zmq.Socket[Any], str]:
         sock = context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, int(TIMEOUT * 1000))  # a PUSH with no peer blocks
         sockets.append(sock)
         port = sock.bind_to_random_port("tcp://127.0.0.1")
         return sock, f"tcp://127.0.0.1:{port}"
@@ -119,6 +120,7 @@ def raw_pair() -> Iterator[tuple[zmq.Socket[Any], Subscriber]]:
     context: zmq.Context[Any] = zmq.Context()
     raw = context.socket(zmq.PUSH)
     raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.SNDTIMEO, int(TIMEOUT * 1000))
     port = raw.bind_to_random_port("tcp://127.0.0.1")
     sub = Subscriber(f"tcp://127.0.0.1:{port}", lossless=True)
     try:
@@ -375,7 +377,7 @@ def test_per_frame_topics_have_their_own_sequences() -> None:
 
 def test_lossless_push_pull_delivers_everything() -> None:
     with (
-        Publisher(LOCAL, topic="replay", lossless=True, hwm=4) as pub,
+        Publisher(LOCAL, topic="replay", lossless=True, hwm=4, send_timeout=TIMEOUT) as pub,
         Subscriber(pub.endpoint, lossless=True, hwm=4) as sub,
     ):
         assert pub.wait_for_subscriber(TIMEOUT)

@@ -132,6 +132,8 @@ def render_summary(snapshot: Snapshot) -> RenderableType:
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
     )
     for name, justify in (
         ("source", "left"),
@@ -198,8 +200,8 @@ def _footer(snapshot: Snapshot, shown: int) -> Text:
 
 
 def _overview(sources: Sequence[SourceView], width: int) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=False)
-    spark = max(8, min(40, width - 78))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    spark = max(8, min(40, width - 84))
     for name, justify in (
         ("source", "left"),
         ("status", "left"),
@@ -311,6 +313,7 @@ def _event_table(events: Sequence[LoggedEvent], *, title: str, width: int | None
         title_style="bold",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
+        collapse_padding=True,
         show_edge=False,
         width=width,
         expand=True,
@@ -335,7 +338,7 @@ def _event_table(events: Sequence[LoggedEvent], *, title: str, width: int | None
             str(e.frame),
             "" if e.onset_frame is None else str(e.onset_frame),
             _number(e.score),
-            format_evidence(e, features=1) or e.message,
+            format_evidence(e, features=1, atoms=3) or e.message,
         )
     return table
 
@@ -347,7 +350,7 @@ def _messages(snapshot: Snapshot) -> list[RenderableType]:
 # -- formatting -----------------------------------------------------------------------
 
 
-def format_evidence(event: Event, features: int = 3) -> str:
+def format_evidence(event: Event, features: int = 3, atoms: int = 8) -> str:
     """``"disp_max 1.458 (z +1139), … · atoms 7 2 30"``: the event's evidence in one line.
 
     >>> from trajwatch.events import Event, FeatureDeviation
@@ -362,8 +365,8 @@ def format_evidence(event: Event, features: int = 3) -> str:
         parts.append(f"{f.name} {_number(f.value)}{deviation}")
     text = ", ".join(parts)
     if event.atoms:
-        atoms = " ".join(str(a) for a in event.atoms[:8])
-        text = f"{text} · atoms {atoms}" if text else f"atoms {atoms}"
+        listed = " ".join(str(a) for a in event.atoms[:atoms])
+        text = f"{text} · atoms {listed}" if text else f"atoms {listed}"
     return text
 
 

@@ -121,7 +121,7 @@ def scan_file(
 def render_scan_table(reports: Sequence[FileReport]) -> Table:
     """One row per file (by name, or by path when names repeat): frames, alarms, first
     alarm, worst severity, speed."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     table.add_column("file", overflow="fold", min_width=12)
     for name in ("frames", "bad", "alarms", "first alarm", "onset"):
         table.add_column(name, justify="right", no_wrap=True)

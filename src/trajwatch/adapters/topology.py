@@ -1,12 +1,12 @@
 """Atomic numbers for streams that do not carry them (IMD sends positions only).
 
-Two ways to say what the atoms are: an element spec (``"Ar*256"``, ``"O,H,H*100"`` for a
-repeated group, ``"Cu*200,Ag*56"``) or a topology file in atom order: ``.xyz``/``.extxyz``
+Two ways to say what the atoms are: an element spec (``"Ar*256"``, ``"Cu*200,Ag*56"``,
+``"(O,H,H)*100"`` for a repeated group) or a topology file in atom order: ``.xyz``/``.extxyz``
 (the first frame's symbols), ``.pdb`` (element columns, else the atom name), or a LAMMPS
 data file (``.data``, ``.lmp``: atom types by ID, named by ``types`` or by their masses).
 
->>> numbers_from_spec("O,H,H*2").tolist()
-[8, 1, 1, 8, 1, 1]
+>>> numbers_from_spec("O,H,H").tolist()
+[8, 1, 1]
 >>> numbers_from_spec("Cu*2,Ag").tolist()
 [29, 29, 47]
 """
@@ -33,25 +33,38 @@ def _z(symbol: str) -> int:
 
 
 def numbers_from_spec(spec: str) -> NDArray[np.int32]:
-    """Atomic numbers from ``"A,B,C*k"``: the comma group, then ``*k`` repeats it k times.
+    """Atomic numbers from a spec: comma-separated ``Symbol*N`` or ``(A,B,...)*N`` items.
 
-    ``"Cu*2,Ag"`` has no trailing repeat, so it is read element by element with each
-    ``*k`` applying to its own element.
+    >>> numbers_from_spec("(O,H,H)*2,Na").tolist()
+    [8, 1, 1, 8, 1, 1, 11]
     """
-    spec = spec.replace(" ", "")
-    if not spec:
-        raise ValueError("empty element spec")
-    match = re.fullmatch(r"([A-Za-z,]+)\*(\d+)", spec)
-    if match and "," in match.group(1):  # "O,H,H*100": a group repeated
-        group = [_z(s) for s in match.group(1).split(",")]
-        return np.array(group * int(match.group(2)), dtype=np.int32)
+    text = spec.replace(" ", "")
     numbers: list[int] = []
-    for item in spec.split(","):
-        symbol, _, count = item.partition("*")
-        if count and not count.isdigit():
-            raise ValueError(f"bad count in {item!r}: expected Symbol*N")
-        numbers += [_z(symbol)] * (int(count) if count else 1)
+    position = 0
+    while position < len(text):
+        match = _ITEM.match(text, position)
+        if match is None:
+            raise ValueError(
+                f"bad element spec {spec!r} at {text[position:]!r}: expected items like "
+                "Ar*500 or (O,H,H)*216, separated by commas"
+            )
+        group, symbol, count = match.group("group", "symbol", "count")
+        items = group.split(",") if group is not None else [symbol]
+        numbers += [_z(s) for s in items] * (int(count) if count else 1)
+        position = match.end()
+        if position < len(text):
+            if text[position] != ",":
+                raise ValueError(f"bad element spec {spec!r}: expected ',' at {text[position:]!r}")
+            position += 1
+    if not numbers:
+        raise ValueError("empty element spec")
     return np.array(numbers, dtype=np.int32)
+
+
+_ITEM = re.compile(
+    r"(?:\((?P<group>[A-Za-z]+(?:,[A-Za-z]+)*)\)|(?P<symbol>[A-Za-z]+))"
+    r"(?:\*(?P<count>\d+))?"
+)
 
 
 def parse_types(text: str) -> dict[int, str]:

@@ -4,7 +4,8 @@
 pf/callback N 1`` (LAMMPS calls back into Python after the forces of every N-th step),
 ``fix <id>_pe all ave/time N 1 N c_thermo_pe`` (so the potential energy is tallied on
 those steps) and ``fix <id>_halt all halt N v_<id>_stop > 0.5 error soft`` (so an alarm
-ends the run cleanly after the step, and LAMMPS goes on with the next command). Values
+ends the run cleanly after the step; LAMMPS reads on, and skips later ``run`` commands
+until :meth:`LammpsWatcher.reset`). Values
 are converted from the run's ``units`` style to Å, Å/fs, eV/Å, eV and fs; ``units lj``
 needs the σ, ε and mass it was reduced by.
 
@@ -334,9 +335,14 @@ class LammpsWatcher:
                 raise stop
 
     def reset(self) -> None:
-        """Clear the halt request (and the target's, if it has ``reset``) so runs go on."""
+        """Clear the halt request (and the target's, if it has ``reset``) so runs go on.
+
+        This turns LAMMPS's ``timer timeout`` off: a soft halt works by timing out.
+        """
         self._stopping = False
         self.lmp.set_internal_variable(self._stop_variable, 0.0)
+        # a soft halt also sets LAMMPS's timer to "timed out", which skips later runs
+        self.lmp.command("timer timeout off")
         reset = getattr(self.target, "reset", None)
         if callable(reset):
             reset()

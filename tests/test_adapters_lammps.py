@@ -100,7 +100,7 @@ def test_frames_match_lammps_state_in_trajwatch_units() -> None:
     lmp = open_argon(cells=3)
     lmp.command("fix nve all nve")
     keep = Keep()
-    watcher = LammpsWatcher(lmp, keep, source="ar")
+    watcher = LammpsWatcher(lmp, keep, source="ar", energy=True)
     watcher.run(20)
     assert [f.step for f in keep.frames] == list(range(21))  # step 0 (set-up) to 20
     last = keep.frames[-1]
@@ -130,7 +130,7 @@ def test_other_unit_styles_give_the_same_frame(units: str) -> None:
     for style in ("metal", units):
         lmp = open_argon(style, cells=2)
         keep = Keep()
-        LammpsWatcher(lmp, keep, types={1: "Ar"}, lj=(SIGMA, EPSILON, MASS))
+        LammpsWatcher(lmp, keep, types={1: "Ar"}, lj=(SIGMA, EPSILON, MASS), energy=True)
         lmp.command("run 0")
         frames[style] = keep.frames[0]
     metal, other = frames["metal"], frames[units]

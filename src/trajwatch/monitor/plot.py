@@ -74,7 +74,12 @@ def save_plot(trace: SourceTrace, path: str | Path, *, title: str | None = None)
         score_ax.axhline(trace.threshold, color="#d62728", lw=0.8, ls="--", label="threshold")
     score = trace.score[np.isfinite(trace.score)]
     if score.size and score.max() > 20 * max(trace.threshold, 1e-9):
-        score_ax.set_yscale("symlog", linthresh=max(trace.threshold, 1e-3))
+        # linear up to the threshold, logarithmic above: quiet frames and a huge alarm both show
+        linthresh = max(trace.threshold, 1e-3)
+        score_ax.set_yscale("symlog", linthresh=linthresh)
+        top = math.ceil(math.log10(float(score.max())))
+        first = math.floor(math.log10(linthresh)) + 1
+        score_ax.set_yticks([0.0, linthresh, *(10.0**k for k in range(first, top + 1))])
     if score.size and score.min() >= 0:
         score_ax.set_ylim(bottom=0)
     for start, _end, onset, severity in spans:

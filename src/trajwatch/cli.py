@@ -250,9 +250,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--frames",
         type=int,
-        default=defaults.frames,
         metavar="N",
-        help="frames to run (default: %(default)s)",
+        help="frames to run (default: 400; for heat, 220 after the fault)",
     )
     p.add_argument(
         "--rate",
@@ -593,7 +592,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     engine = Engine.spawn(spec)
     print(
         f"trajwatch demo: EMT molecular dynamics of {spec.atoms} Cu atoms at "
-        f"{spec.temperature:g} K, {spec.frames} frames at {spec.rate:g} frames/s; "
+        f"{spec.temperature:g} K, {spec.total_frames(engine.fault_at)} frames at "
+        f"{spec.rate:g} frames/s; "
         f"fault '{spec.fault}' at frame {engine.fault_at}",
         file=sys.stderr,
     )

@@ -12,6 +12,8 @@ extra).
 (True, True)
 >>> engine_command(DemoSpec(fault="clash", at=200, frames=300))[-8:]
 ['--fault', 'clash', '--at', '200', '--frames', '300', '--rate', '20.0']
+>>> DemoSpec(fault="clash", at=200).total_frames(), DemoSpec(fault="heat", at=200).total_frames()
+(400, 420)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
 DEMO_FAULTS = ("clash", "kick", "heat", "dt")
 """The faults ``--fault`` offers (any of :data:`trajwatch.simulate.FAULTS` works)."""
 
+_GRADUAL = ("heat", "thermostat", "degrade")  # faults that take time to build up
 _EARLIEST, _LATEST = 180, 260  # random fault frames: after the detectors have calibrated
 
 
@@ -57,13 +60,20 @@ class DemoSpec:
     fault: str = "clash"
     at: int | None = None
     """Frame of the fault; None picks one at random (from ``seed``) in 180..259."""
-    frames: int = 400
+    frames: int | None = None
+    """Frames to run; None: 400, or for a gradual fault 220 after it (time to build up)."""
     rate: float = 20.0
     """Frames per second sent (the engine sends slower if it cannot keep up)."""
     size: int = 3
     """Supercell repeat: 4·size³ atoms of fcc Cu."""
     temperature: float = 300.0
     seed: int | None = None
+
+    def total_frames(self, at: int | None = None) -> int:
+        if self.frames is not None:
+            return self.frames
+        at = self.fault_at() if at is None else at
+        return max(400, at + 220) if self.fault in _GRADUAL else 400
 
     def fault_at(self) -> int:
         if self.at is not None:
@@ -89,14 +99,15 @@ def ase_missing() -> str | None:
 
 def engine_command(spec: DemoSpec, *, at: int | None = None) -> list[str]:
     """The command line that starts the demo engine in a fresh interpreter."""
+    at = spec.fault_at() if at is None else at
     return [
         sys.executable, "-m", "trajwatch.demo",
         "--size", str(spec.size),
         "--temperature", str(spec.temperature),
         "--seed", str(0 if spec.seed is None else spec.seed),
         "--fault", spec.fault,
-        "--at", str(spec.fault_at() if at is None else at),
-        "--frames", str(spec.frames),
+        "--at", str(at),
+        "--frames", str(spec.total_frames(at)),
         "--rate", str(spec.rate),
     ]  # fmt: skip
 
@@ -186,7 +197,7 @@ class Engine:
 
 
 class AlarmClock:
-    """A sink that notes when the first anomaly came, to tell how fast the fault was caught.
+    """A sink that notes the first anomaly or drift event: how fast the fault was caught.
 
     >>> from trajwatch.events import Event
     >>> clock = AlarmClock(fault_at=200)
@@ -203,7 +214,7 @@ class AlarmClock:
         """Seconds from the start of the demo to the alarm."""
 
     def emit(self, event: Event) -> None:
-        if event.event == "anomaly" and self.alarm is None:
+        if event.event in ("anomaly", "drift") and self.alarm is None:
             self.alarm = event
             self.alarm_after = time.monotonic() - self.started
 
@@ -218,8 +229,9 @@ class AlarmClock:
             return head + f"no alarm raised; the demo took {total:.1f} s"
         lag = alarm.frame - self.fault_at
         when = f"{lag} frame{'s' * (abs(lag) != 1)} after the fault" if lag >= 0 else "before it"
+        what = f"{alarm.severity} alarm" if alarm.event == "anomaly" else "drift warning"
         return (
-            head + f"{alarm.severity} alarm at frame {alarm.frame} ({when}), "
+            head + f"{what} at frame {alarm.frame} ({when}), "
             f"{self.alarm_after:.1f} s into the demo; the demo took {total:.1f} s"
         )
 

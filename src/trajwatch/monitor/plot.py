@@ -9,7 +9,7 @@ a figure of its own, so it never opens a window or touches pyplot's global state
 >>> from trajwatch.pipeline import Pipeline
 >>> from trajwatch.monitor.trace import Trace
 >>> pipeline, trace = Pipeline(), Trace()
->>> for frame in run_md(MDSpec(steps=120, repeat=2, fault="clash", fault_frame=90, source="cu")):
+>>> for frame in run_md(MDSpec(steps=200, repeat=2, fault="clash", fault_frame=170, source="cu")):
 ...     events = pipeline.process(frame)
 ...     trace.record(frame, pipeline.sources[frame.source], events)
 >>> path = save_plot(trace.sources["cu"], os.path.join(tempfile.mkdtemp(), "cu.png"))

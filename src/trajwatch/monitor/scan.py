@@ -8,11 +8,11 @@ and the recorders after each frame, and reports progress in bytes of the file on
 >>> import os, tempfile
 >>> from trajwatch.simulate import MDSpec, run_md, write_extxyz
 >>> from trajwatch.pipeline import Pipeline
->>> path = write_extxyz(run_md(MDSpec(steps=120, repeat=2, fault="clash", fault_frame=90)),
+>>> path = write_extxyz(run_md(MDSpec(steps=200, repeat=2, fault="clash", fault_frame=170)),
 ...                     os.path.join(tempfile.mkdtemp(), "cu.extxyz"))
 >>> report = scan_file(path, Pipeline())
 >>> report.source, report.frames, report.alarms, report.first_alarm.frame, report.worst
-('cu', 120, 1, 90, 'critical')
+('cu', 200, 1, 170, 'critical')
 """
 
 from __future__ import annotations

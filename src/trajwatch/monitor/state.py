@@ -7,12 +7,12 @@ the view renders snapshots only, so drawing never touches live state.
 >>> from trajwatch.simulate import MDSpec, run_md
 >>> from trajwatch.pipeline import Pipeline
 >>> pipeline, state = Pipeline(), MonitorState()
->>> for frame in run_md(MDSpec(steps=120, repeat=2, fault="clash", fault_frame=90, source="cu")):
+>>> for frame in run_md(MDSpec(steps=200, repeat=2, fault="clash", fault_frame=170, source="cu")):
 ...     events = pipeline.process(frame)
 ...     state.observe(frame, pipeline.sources[frame.source], events)
 >>> view = state.snapshot().sources[0]
 >>> view.name, view.frames, view.status, view.alarms, view.first_alarm
-('cu', 120, 'ALARM', 1, 90)
+('cu', 200, 'ALARM', 1, 170)
 """
 
 from __future__ import annotations

@@ -184,8 +184,9 @@ class AlertPublisher:
     >>> alerts = AlertPublisher("tcp://127.0.0.1:*")
     >>> sub = zmq.Context.instance().socket(zmq.SUB)
     >>> _ = sub.connect(alerts.endpoint); sub.subscribe(b"anomaly"); sub.rcvtimeo = 5000
-    >>> import time; time.sleep(0.2)  # let the subscription reach the publisher
-    >>> alerts.emit(Event("anomaly", 7, 70, 14.0, "md", "zscore", 41.0, 8.0, "critical"))
+    >>> event = Event("anomaly", 7, 70, 14.0, "md", "zscore", 41.0, 8.0, "critical")
+    >>> while not sub.poll(100):  # PUB drops alerts sent before the subscription arrives
+    ...     alerts.emit(event)
     >>> topic, body = sub.recv_multipart()
     >>> topic, json.loads(body)["frame"]
     (b'anomaly/md', 7)

@@ -170,16 +170,22 @@ def test_monitor_alerts_dump_and_on_alarm_command(
     sub = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVTIMEO, 60_000)
+    events = sub.get_monitor_socket(zmq.EVENT_CONNECTED)
+    events.setsockopt(zmq.RCVTIMEO, 60_000)
     sub.connect(alerts)
     sub.subscribe(b"anomaly/")
     try:
-        time.sleep(0.5)  # the alert subscription travels while the monitor compiles
+        # the monitor binds its alert socket before it takes frames: once connected, the
+        # subscription travels ahead of any frame the replay sends
+        events.recv_multipart()
         code = main(["replay", str(clash_file), "--endpoint", free_endpoint, "--max",
                      "--lossless", "--connect", "--wait", "30"])  # fmt: skip
         assert code == 0
         topic, body = sub.recv_multipart()
         _, stderr = monitor.communicate(timeout=60)
     finally:
+        sub.disable_monitor()
+        events.close()
         sub.close()
         monitor.kill()
     assert monitor.returncode == 0, stderr

@@ -538,15 +538,20 @@ def _run_monitor(args: argparse.Namespace) -> int:
 
     tui = _use_tui(args)
     compile_seconds = warmup()
-    with Subscriber(
-        args.endpoint,
-        bind=args.bind,
-        topics=tuple(args.topics),
-        lossless=args.lossless,
-        allow_remote=args.allow_remote,
-    ) as subscriber:
+    outputs = _Outputs(args, tui=tui)  # ready (alert socket bound) before frames can come
+    try:
+        subscriber = Subscriber(
+            args.endpoint,
+            bind=args.bind,
+            topics=tuple(args.topics),
+            lossless=args.lossless,
+            allow_remote=args.allow_remote,
+        )
+    except BaseException:
+        outputs.close()
+        raise
+    with subscriber:
         state = MonitorState(endpoint=subscriber.endpoint, stats=subscriber.stats)
-        outputs = _Outputs(args, tui=tui)
         pipeline = Pipeline(sinks=outputs.sinks)
         print(
             f"trajwatch monitor: listening on {subscriber.endpoint} "

@@ -54,7 +54,7 @@ PathLike = str | os.PathLike[str]
 _MAX_ATOMS = 1 << 30  # a larger count line is taken for garbage, not allocated
 _PREFETCH_ATOMS = 1 << 20  # above this many atoms, check the data is there first
 _FIRST_CHUNK = 1 << 16  # 64 KiB: enough for the first frame of most files, and fast
-_MAX_CHUNK = 1 << 22  # 4 MiB
+_MAX_CHUNK = 1 << 20  # 1 MiB
 _COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".lzma")
 _XYZ_SUFFIXES = (".xyz", ".extxyz")
 
@@ -724,6 +724,7 @@ class XYZReader:
         self._chunk = min(self._chunk * 2, _MAX_CHUNK)
         tail = self._end - self._pos
         if tail + want > len(self._buf):
+            # grow (rarely: the buffer settles at about twice the largest chunk or frame)
             grown = bytearray(max(2 * len(self._buf), tail + want))
             grown[:tail] = self._buf[self._pos : self._end]
             self._buf = grown
@@ -734,10 +735,11 @@ class XYZReader:
         if self._pending is not None:
             raise _UndecodableError(self._pending)
         got = 0
+        room = len(self._buf)  # read as much as fits, at least ``want``
         with memoryview(self._buf) as view:
             while got < want:
                 try:
-                    n = _readinto(self._file, view[tail + got : tail + want])
+                    n = _readinto(self._file, view[tail + got : room])
                 except (EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
                     # a corrupt or truncated compressed stream: keep what came before it
                     self._pending = f"cannot decompress the file any further ({exc})"

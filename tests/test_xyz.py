@@ -452,6 +452,18 @@ def test_implausible_count_is_not_allocated(tmp_path: Path) -> None:
     assert "truncated" in error.reason
 
 
+def test_binary_garbage_stops_with_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.xyz"
+    path.write_bytes(GOOD.encode() + bytes(range(11, 256)) * 70000)  # no newline, 17 MB
+    error = error_of(path)
+    assert error.line == 5 and "line break" in error.reason
+    reader = XYZReader(path, skip_bad=True)
+    assert len(list(reader)) == 1 and reader.bad_frames == 1
+    reader.close()
+    with pytest.raises(ValueError, match="closed"):
+        next(reader)
+
+
 def test_text_mode_file_is_rejected(tmp_path: Path) -> None:
     path = write_text(tmp_path / "t.xyz", GOOD)
     with open(path) as f, pytest.raises(TypeError, match="binary"):

@@ -53,6 +53,7 @@ PathLike = str | os.PathLike[str]
 
 _MAX_ATOMS = 1 << 30  # a larger count line is taken for garbage, not allocated
 _PREFETCH_ATOMS = 1 << 20  # above this many atoms, check the data is there first
+_MAX_LINE = 1 << 24  # 16 MiB without a line break: give up
 _FIRST_CHUNK = 1 << 16  # 64 KiB: enough for the first frame of most files, and fast
 _MAX_CHUNK = 1 << 20  # 1 MiB
 _COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".lzma")
@@ -308,7 +309,7 @@ def _lattice_from_text(raw: str | None) -> NDArray[np.float64]:
 VelocityUnit = Literal["momenta", "ase", "fs"]
 
 _POSITION_NAMES = frozenset({"pos", "positions"})
-_SPECIES_NAMES = frozenset({"species", "symbols", "element"})
+_SPECIES_NAMES = frozenset({"species", "symbols"})
 _NUMBER_NAMES = frozenset({"Z", "numbers"})
 _FORCE_NAMES = frozenset({"forces", "force"})
 _MASS_NAMES = frozenset({"masses", "mass"})
@@ -563,8 +564,8 @@ def _readinto(file: BinaryIO, view: memoryview) -> int:
     return len(data)
 
 
-class _UndecodableError(Exception):
-    """Internal: the compressed stream cannot be decompressed any further."""
+class _FatalError(Exception):
+    """Internal: the file cannot be read any further (corrupt compressed data, no lines)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -661,13 +662,15 @@ class XYZReader:
         return self
 
     def __next__(self) -> Frame:
+        if self._file is None:
+            raise ValueError("I/O operation on a closed XYZReader")
         while True:
             if self._broken:
                 raise StopIteration
             try:
                 frame = self._read_frame()
-            except _UndecodableError as exc:
-                # a corrupt or truncated compressed stream: nothing after it can be read
+            except _FatalError as exc:
+                # corrupt compressed data, or no line breaks: nothing after it can be read
                 self._broken = True
                 error = XYZFormatError(self.path, self._line, exc.reason, frame=self._index)
                 if not self.skip_bad:
@@ -733,7 +736,7 @@ class XYZReader:
             self._buf[:tail] = self._buf[self._pos : self._end]
         self._pos, self._end = 0, tail
         if self._pending is not None:
-            raise _UndecodableError(self._pending)
+            raise _FatalError(self._pending)
         got = 0
         room = len(self._buf)  # read as much as fits, at least ``want``
         with memoryview(self._buf) as view:
@@ -745,7 +748,7 @@ class XYZReader:
                     self._pending = f"cannot decompress the file any further ({exc})"
                     if got:
                         break
-                    raise _UndecodableError(self._pending) from exc
+                    raise _FatalError(self._pending) from exc
                 if not n:
                     break
                 got += n
@@ -763,6 +766,8 @@ class XYZReader:
             end = self._buf.find(b"\n", begin, self._end)
             if end >= 0:
                 return begin, end
+            if self._end - self._pos - offset > _MAX_LINE:
+                raise _FatalError(f"no line break in {_MAX_LINE >> 20} MiB: not an xyz file?")
             if not self._fill():
                 begin = self._pos + offset
                 if begin < self._end:

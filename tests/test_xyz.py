@@ -758,3 +758,38 @@ def test_float_bits_helper_is_strict() -> None:
     assert not same_bits(0.0, -0.0)
     assert same_bits(float("nan"), -float("nan"))
     assert struct.pack("<d", 1.0) != struct.pack("<d", math.nextafter(1.0, 2.0))
+
+
+FUZZ_BASE = (
+    GOOD
+    + '3\nLattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3:momenta:R:3:forces:R:3'
+    + ' energy=-1.5 step=7 time=14.0 pbc="T T T" tag="a b"\n'
+    + "Cu 0.1 0.2 0.3 1.5 -2.5e-3 3 0.01 0.02 0.03\n" * 3
+    + "2\nplain comment\nH 0 0 0 extra\n1 0 0 0.74\n"
+).encode()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(FUZZ_BASE)), st.binary(max_size=4), st.integers(0, 3)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_corrupted_files_never_crash(edits: list[tuple[int, bytes, int]]) -> None:
+    data = bytearray(FUZZ_BASE)
+    for position, insert, delete in edits:
+        data[position : position + delete] = insert
+    reader = XYZReader(io.BytesIO(bytes(data)), skip_bad=True)
+    frames = list(reader)  # never raises with skip_bad
+    assert reader.frames == len(frames) and len(reader.errors) == reader.bad_frames
+    for frame in frames:
+        assert frame.positions.shape == (frame.n_atoms, 3)
+        assert ((frame.numbers >= 0) & (frame.numbers <= 118)).all()
+    try:
+        strict = list(XYZReader(io.BytesIO(bytes(data))))
+    except XYZFormatError:
+        assert reader.bad_frames > 0
+    else:
+        assert reader.bad_frames == 0 and len(strict) == len(frames)

@@ -101,14 +101,10 @@ def _power_of_five_table() -> NDArray[np.uint64]:
             z = power.bit_length()
             b = z + 127 if q >= -27 else 2 * z + 128
             value = 2**b // power + 1
-            while value >= 1 << 128:
-                value //= 2
         else:
             value = 5**q
-            while value < 1 << 127:
-                value *= 2
-            while value >= 1 << 128:
-                value //= 2
+        shift = value.bit_length() - 128  # keep the top 128 bits (truncating)
+        value = value >> shift if shift > 0 else value << -shift
         table[q - _MIN_Q, 0] = value >> 64
         table[q - _MIN_Q, 1] = value & 0xFFFFFFFFFFFFFFFF
     return table

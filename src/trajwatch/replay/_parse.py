@@ -15,6 +15,14 @@ ambiguous product) is reported back as a "slow" token for the caller to convert 
 
 All integer arithmetic on 64-bit words is written so that no intermediate value
 overflows; the kernels therefore give the same answers with ``NUMBA_DISABLE_JIT=1``.
+
+Speed notes (measured, see ``benchmarks/bench_reader.py``): the helpers are inlined at
+Numba IR level (``inline="always"``), otherwise every token pays a call plus atomic
+reference counting of the array arguments; bytes are indexed with ``np.uint64`` so that
+Numba leaves out its negative-index wrap-around test; tables that live in other modules
+(element symbols and masses) are passed in as arguments rather than read as globals,
+which Numba would freeze into its on-disk cache. Reading eight digits at a time (SWAR)
+was tried and gave nothing measurable on these branch-bound loops, so it is not used.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ from numba import njit
 from numpy.typing import NDArray
 
 from trajwatch.elements import MASSES, SYMBOLS
-from trajwatch.units import ASE_TIME_IN_FS
 
 # --- status codes returned by parse_rows --------------------------------------------
 OK = 0
@@ -528,7 +535,8 @@ def parse_real_tokens(
     return values, status
 
 
-_MASSES = np.array(MASSES, dtype=np.float64)
+#: standard masses by atomic number (passed to the kernel, not frozen into its cache)
+STANDARD_MASSES = np.array(MASSES, dtype=np.float64)
 
 
 @njit(cache=True)
@@ -536,20 +544,23 @@ def to_velocities(
     values: NDArray[np.float64],
     numbers: NDArray[np.int32],
     masses: NDArray[np.float64],
+    standard_masses: NDArray[np.float64],
     momenta: bool,
+    time_unit: float,
 ) -> None:
     """In place, ASE momenta (amu·Å/ASE-time) or ASE velocities (Å/ASE-time) to Å/fs.
 
     Momenta are divided by the mass (``masses`` if given, else the standard mass of the
-    element) and then by the ASE time unit, the same operations in the same order as
-    ``atoms.get_velocities() / ASE_TIME_IN_FS``, so the results agree with ASE bit for bit.
+    element) and then by the ASE time unit ``time_unit`` (fs), the same operations in the
+    same order as ``atoms.get_velocities() / ASE_TIME_IN_FS``, so the results agree with
+    ASE bit for bit.
     """
     use_masses = masses.shape[0] > 0
     for r in range(values.shape[0]):
         if momenta:
-            m = masses[r] if use_masses else _MASSES[numbers[r]]
+            m = masses[r] if use_masses else standard_masses[numbers[r]]
             for c in range(3):
-                values[r, c] = values[r, c] / m / ASE_TIME_IN_FS
+                values[r, c] = values[r, c] / m / time_unit
         else:
             for c in range(3):
-                values[r, c] = values[r, c] / ASE_TIME_IN_FS
+                values[r, c] = values[r, c] / time_unit

@@ -931,7 +931,10 @@ class XYZReader:
         index = self._index
         self._index += 1
         if layout.velocities is not None and layout.velocities != "fs":
-            _parse.to_velocities(velocities, numbers, masses, layout.velocities == "momenta")
+            _parse.to_velocities(
+                velocities, numbers, masses, _parse.STANDARD_MASSES,
+                layout.velocities == "momenta", ASE_TIME_IN_FS,
+            )  # fmt: skip
         return Frame(
             positions,
             numbers,

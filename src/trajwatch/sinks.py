@@ -27,12 +27,10 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
-
-import numpy as np
 
 from trajwatch.events import Event, severity_rank
 from trajwatch.frame import Frame
@@ -461,7 +459,7 @@ class FrameDump:
         if item.onset_time is not None:
             common["onset_time"] = item.onset_time
         if event.atoms:
-            common["atoms"] = " ".join(str(a) for a in event.atoms)
+            common["atoms"] = list(event.atoms)
         if event.features:
             common["features"] = " ".join(f.name for f in event.features)
         frames = []
@@ -475,13 +473,15 @@ class FrameDump:
         self._queue.put((path, frames))
 
     def _write_loop(self) -> None:
+        from trajwatch.replay.xyz import write_extxyz
+
         while True:
             job = self._queue.get()
             if job is None:
                 return
             path, frames = job
             try:
-                _write_extxyz(path, frames)
+                write_extxyz(path, frames)
             except Exception as error:  # reported by close()
                 logger.warning("frame dump: cannot write %s: %s", path, error)
                 self._error = error
@@ -511,47 +511,3 @@ def _with_info(frame: Frame, info: dict[str, Any]) -> Frame:
         time=frame.time, seq=frame.seq, source=frame.source, info=info, copy=False,
         wall_time=frame.wall_time,
     )  # fmt: skip
-
-
-def _write_extxyz(path: Path, frames: Iterable[Frame]) -> None:
-    """Minimal ASE-compatible extxyz writer (species, pos, momenta, forces, info keys)."""
-    from trajwatch.elements import MASSES, SYMBOLS
-    from trajwatch.units import ASE_TIME_IN_FS
-
-    with open(path, "w", encoding="utf-8") as out:
-        for frame in frames:
-            columns = [frame.positions]
-            properties = "species:S:1:pos:R:3"
-            if frame.velocities is not None:
-                masses = MASSES[frame.numbers][:, None]
-                columns.append(frame.velocities * ASE_TIME_IN_FS * masses)
-                properties += ":momenta:R:3"
-            if frame.forces is not None:
-                columns.append(frame.forces)
-                properties += ":forces:R:3"
-            keys = []
-            if frame.cell is not None:
-                lattice = " ".join(repr(x) for x in frame.cell.ravel().tolist())
-                keys.append(f'Lattice="{lattice}"')
-            keys.append(f"Properties={properties}")
-            if frame.energy is not None:
-                keys.append(f"energy={frame.energy!r}")
-            keys.append(f"step={frame.step}")
-            if frame.time is not None:
-                keys.append(f"time={frame.time!r}")
-            keys.append('pbc="' + " ".join("T" if p else "F" for p in frame.pbc) + '"')
-            for key, value in frame.info.items():
-                keys.append(f"{key}={_info_value(value)}")
-            data = np.hstack(columns)
-            out.write(f"{frame.n_atoms}\n{' '.join(keys)}\n")
-            for z, row in zip(frame.numbers.tolist(), data.tolist(), strict=True):
-                out.write(SYMBOLS[z] + " " + " ".join(repr(float(x)) for x in row) + "\n")
-
-
-def _info_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "T" if value else "F"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value).replace('"', "'")
-    return f'"{text}"' if re.search(r"\s|=", text) or not text else text

@@ -2,7 +2,8 @@
 
 :func:`scan_file` reads a trajectory frame by frame (never the whole file) into the same
 :class:`~trajwatch.pipeline.Pipeline` the live monitor uses, calls the observers before
-and the recorders after each frame, and reports progress in bytes of the file on disk.
+and the recorders after each frame, and reports progress in bytes of the file on disk
+(compressed or not: ``XYZReader.tell()``).
 :func:`render_scan_table` is the summary table, one row per file.
 
 >>> import os, tempfile
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from rich import box
 from rich.table import Table
@@ -30,7 +31,6 @@ from rich.text import Text
 
 from trajwatch.events import Event, severity_rank
 from trajwatch.frame import Frame
-from trajwatch.monitor.counted import open_counted
 from trajwatch.monitor.live import FrameObserver
 from trajwatch.monitor.render import SEVERITY_STYLE
 from trajwatch.pipeline import Pipeline
@@ -89,11 +89,11 @@ def scan_file(
     from trajwatch.replay.xyz import XYZReader
 
     report = FileReport(Path(path))
+    size = os.path.getsize(path)
     start = time.perf_counter()
     clock = time.monotonic
     next_report = 0.0
-    with open_counted(path) as stream:
-        reader = XYZReader(cast(BinaryIO, stream), skip_bad=skip_bad)
+    with XYZReader(path, skip_bad=skip_bad) as reader:
         report.source = reader.source
         try:
             for frame in reader:
@@ -108,12 +108,11 @@ def scan_file(
                 report.frames += 1
                 if progress is not None and clock() >= next_report:
                     next_report = clock() + every
-                    progress(stream.bytes_read, stream.size, report.frames)
+                    progress(reader.tell(), size, report.frames)
         finally:
             report.bad_frames = reader.bad_frames
-            reader.close()
-        if progress is not None:
-            progress(stream.size, stream.size, report.frames)
+    if progress is not None:
+        progress(size, size, report.frames)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -287,3 +287,16 @@ def test_real_latency_over_a_socket(clean_frames: list[Frame]) -> None:
     view = state.snapshot().sources[0]
     assert view.latency_p50 is not None and view.latency_p99 is not None
     assert 0 < view.latency_p50 <= view.latency_p99 < 5.0
+
+
+def test_a_broken_view_ends_the_run_instead_of_hiding(clean_frames: list[Frame]) -> None:
+    import io
+
+    out = io.StringIO()
+    out.close()  # every write fails, as on a terminal that went away
+    view = LiveView(Console(file=out, force_terminal=True, width=80), keys=KeyReader(None))
+    view.start()
+    frames = iter(clean_frames)
+    with pytest.raises(RuntimeError, match="live view failed"):
+        ingest(lambda t: next(frames, None), Pipeline(), MonitorState(), view=view)
+    view.stop()  # the error was reported once; stopping is clean

@@ -128,7 +128,14 @@ class LiveView:
         return self._quit.is_set()
 
     def show(self, snapshot: Snapshot) -> None:
-        """Hand over a snapshot (an assignment: never waits for the drawing)."""
+        """Hand over a snapshot (an assignment: never waits for the drawing).
+
+        Raises RuntimeError if the drawing thread has failed, so a broken view ends the
+        run at once instead of leaving it blind.
+        """
+        error, self._error = self._error, None
+        if error is not None:
+            raise RuntimeError("the live view failed") from error
         self._latest = snapshot
 
     def start(self) -> LiveView:
@@ -144,8 +151,9 @@ class LiveView:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         self.keys.close()
-        if self._error is not None:
-            raise RuntimeError("the live view failed") from self._error
+        error, self._error = self._error, None
+        if error is not None:
+            raise RuntimeError("the live view failed") from error
 
     def __enter__(self) -> LiveView:
         return self.start()

@@ -124,11 +124,10 @@ def test_render_fits_the_terminal_height(watched: tuple[Snapshot, list[Event]]) 
     for height in (12, 24, 40):
         text = text_of(render(snapshot, width=100, height=height), width=100)
         assert len(text.rstrip("\n").splitlines()) <= height
-    # the source in alarm is the one that gets the room
-    small = text_of(render(snapshot, width=100, height=16), width=100)
-    clash = snapshot.source("clash")
-    if clash.status != "OK":
-        assert "╭─  clash" in small and "╭─  clean" not in small
+    # room for one panel: the source with the worst status (then by name) gets it
+    small = text_of(render(snapshot, width=100, height=24), width=100)
+    assert "╭─  clash" in small and "╭─  clean" not in small
+    assert "1 source panel hidden (no room)" in small
 
 
 def test_summary_lists_every_source_and_the_alarm(watched: tuple[Snapshot, list[Event]]) -> None:

@@ -16,8 +16,9 @@ feature vector of every frame to a CSV file as it goes, so it holds nothing in m
 ...     csv.write(frame, watch)
 >>> trace.sources["cu"].frames.tolist(), csv.rows
 ([0, 1, 2, 3], 4)
->>> out.getvalue().splitlines()[0].split(",")[:6]
-['frame', 'step', 'time', 'source', 'score', 'disp_max']
+>>> header = out.getvalue().splitlines()[0].split(",")
+>>> header[:5], tuple(header[5:]) == pipeline.sources["cu"].engine.names
+(['frame', 'step', 'time', 'source', 'score'], True)
 """
 
 from __future__ import annotations

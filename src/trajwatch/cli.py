@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from trajwatch.frame import Frame
     from trajwatch.monitor.state import MonitorState
     from trajwatch.pipeline import Pipeline
+    from trajwatch.sinks import Sink
 
 __all__ = ["entry_point", "main"]
 
@@ -405,6 +406,20 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile() -> float:
+    """Compile the kernels before the first frame arrives; the seconds it took."""
+    from trajwatch.features.engine import warmup
+
+    return warmup()
+
+
+def _pipeline(args: argparse.Namespace, sinks: Sequence[Sink]) -> Pipeline:
+    """The detection pipeline the options ask for (monitor, demo, and each file of scan)."""
+    from trajwatch.pipeline import Pipeline
+
+    return Pipeline(sinks=sinks)
+
+
 def _use_tui(args: argparse.Namespace) -> bool:
     """The live view needs a terminal; into a pipe or a file, JSON lines make sense."""
     return not args.no_tui and sys.stdout.isatty()
@@ -421,7 +436,6 @@ class _Outputs:
             AlertPublisher,
             FrameDump,
             JsonlSink,
-            Sink,
             StreamSink,
         )
 
@@ -531,13 +545,11 @@ def _summarise(
 
 
 def _run_monitor(args: argparse.Namespace) -> int:
-    from trajwatch.features.engine import warmup
     from trajwatch.monitor.state import MonitorState
-    from trajwatch.pipeline import Pipeline
     from trajwatch.streaming import Subscriber
 
     tui = _use_tui(args)
-    compile_seconds = warmup()
+    compile_seconds = _compile()
     outputs = _Outputs(args, tui=tui)  # ready (alert socket bound) before frames can come
     try:
         subscriber = Subscriber(
@@ -552,7 +564,7 @@ def _run_monitor(args: argparse.Namespace) -> int:
         raise
     with subscriber:
         state = MonitorState(endpoint=subscriber.endpoint, stats=subscriber.stats)
-        pipeline = Pipeline(sinks=outputs.sinks)
+        pipeline = _pipeline(args, outputs.sinks)
         print(
             f"trajwatch monitor: listening on {subscriber.endpoint} "
             f"(kernels compiled in {compile_seconds * 1e3:.0f} ms)",
@@ -574,9 +586,7 @@ def _run_monitor(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from trajwatch.demo import AlarmClock, DemoSpec, Engine, ase_missing
-    from trajwatch.features.engine import warmup
     from trajwatch.monitor.state import MonitorState
-    from trajwatch.pipeline import Pipeline
     from trajwatch.sinks import AlarmCallback
     from trajwatch.streaming import Subscriber
 
@@ -604,7 +614,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
     clock = AlarmClock(engine.fault_at)
     try:
-        warmup()  # compiles while the engine equilibrates
+        _compile()  # while the engine equilibrates
         engine.wait_ready()
         with Subscriber(engine.endpoint) as subscriber:
             state = MonitorState(
@@ -616,7 +626,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             outputs.sinks.append(clock)
             if args.stop_on_alarm:
                 outputs.sinks.append(AlarmCallback(lambda event: engine.terminate(), once=True))
-            pipeline = Pipeline(sinks=outputs.sinks)
+            pipeline = _pipeline(args, outputs.sinks)
             reason = _live_session(
                 state,
                 subscriber.recv,
@@ -649,12 +659,10 @@ def _run_scan(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from trajwatch.features.engine import warmup
     from trajwatch.monitor.plot import matplotlib_missing, save_plot
     from trajwatch.monitor.scan import FileReport, Recorder, render_scan_table, scan_file
     from trajwatch.monitor.trace import FeatureCsv, Trace
-    from trajwatch.pipeline import Pipeline
-    from trajwatch.sinks import FrameDump, JsonlSink, Sink, StreamSink
+    from trajwatch.sinks import FrameDump, JsonlSink, StreamSink
 
     for path in args.files:
         if not path.is_file():
@@ -662,7 +670,7 @@ def _run_scan(args: argparse.Namespace) -> int:
     if args.plot and (missing := matplotlib_missing()):
         print(f"trajwatch: error: {missing}", file=sys.stderr)
         return 1
-    warmup()
+    _compile()
     console = Console(stderr=True)
     sinks: list[Sink] = [
         JsonlSink(args.events, fsync=args.fsync) if args.events else StreamSink(sys.stdout)
@@ -695,7 +703,7 @@ def _run_scan(args: argparse.Namespace) -> int:
 
                 report = scan_file(
                     path,
-                    Pipeline(sinks=sinks),
+                    _pipeline(args, sinks),
                     skip_bad=args.skip_bad,
                     observers=[dump] if dump is not None else [],
                     recorders=recorders,
@@ -738,7 +746,7 @@ def _run_imd_bridge(args: argparse.Namespace) -> int:
     from trajwatch.adapters.inprocess import FrameTarget, Watch
     from trajwatch.adapters.topology import numbers_from_file, numbers_from_spec, parse_types
     from trajwatch.adapters.units import imd_units
-    from trajwatch.sinks import JsonlSink, Sink, StreamSink
+    from trajwatch.sinks import JsonlSink, StreamSink
     from trajwatch.streaming import Publisher
 
     host, port = parse_address(args.address)

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from trajwatch import __version__
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
     from trajwatch.frame import Frame
+    from trajwatch.monitor.scan import FileReport
     from trajwatch.monitor.state import MonitorState
     from trajwatch.pipeline import Pipeline
     from trajwatch.sinks import Sink
@@ -191,11 +193,14 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "trajwatch scan run.extxyz --events events.jsonl",
             "trajwatch scan run.extxyz --plot run.png --features run.csv",
             "trajwatch scan runs/*.extxyz.gz --events all.jsonl --skip-bad --dump flagged/",
+            "trajwatch scan archive/*.xyz --jobs 8 --events all.jsonl",
+            "trajwatch scan archive/*.xyz --dask tcp://scheduler:8786 --events all.jsonl",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     _add_outputs(p, live=False)
+    _add_scan_parallel(p)
     p.add_argument(
         "--plot",
         type=Path,
@@ -217,6 +222,24 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     p.set_defaults(command=_run_scan)
+
+
+def _add_scan_parallel(p: argparse.ArgumentParser) -> None:
+    """scan's --jobs and --dask (docs/scaling.md)."""
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="files scanned at once, each in a process of its own (default: one per CPU; "
+        "1: one file after the other, in this process); the same events as one by one",
+    )
+    p.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="scan on a Dask cluster, one task per file: its scheduler (tcp://host:8786), "
+        "or 'local' for a cluster of --jobs processes here (needs the 'dask' extra)",
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -650,17 +673,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _run_scan(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from trajwatch.monitor.plot import matplotlib_missing, save_plot
-    from trajwatch.monitor.scan import FileReport, Recorder, render_scan_table, scan_file
+    from trajwatch.monitor.scan import Recorder, scan_file
     from trajwatch.monitor.trace import FeatureCsv, Trace
     from trajwatch.sinks import FrameDump, JsonlSink, StreamSink
 
@@ -670,6 +685,9 @@ def _run_scan(args: argparse.Namespace) -> int:
     if args.plot and (missing := matplotlib_missing()):
         print(f"trajwatch: error: {missing}", file=sys.stderr)
         return 1
+    jobs = _scan_jobs(args)
+    if args.dask or (jobs > 1 and len(args.files) > 1):
+        return _scan_in_parallel(args, jobs)
     _compile()
     console = Console(stderr=True)
     sinks: list[Sink] = [
@@ -688,17 +706,7 @@ def _run_scan(args: argparse.Namespace) -> int:
                 recorders.append(trace.record)
             if table is not None:
                 recorders.append(lambda frame, watch, events: table.write(frame, watch))
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TaskProgressColumn(),
-                DownloadColumn(),
-                TextColumn("{task.fields[frames]:,} frames"),
-                TimeRemainingColumn(),
-                console=console,
-                disable=args.quiet or not console.is_terminal,
-                transient=True,
-            ) as progress:
+            with _scan_progress(console, quiet=args.quiet) as progress:
                 task = progress.add_task(path.name, total=path.stat().st_size, frames=0)
 
                 report = scan_file(
@@ -715,22 +723,72 @@ def _run_scan(args: argparse.Namespace) -> int:
             sink.close()
         if table is not None:
             table.close()
-    if not args.quiet:
-        console.print(render_scan_table([report for report, _ in reports]))
-    if args.features:
-        console.print(f"features: {args.features} ({table.rows if table else 0:,} rows)")
-    if dump is not None and dump.written:
-        console.print(f"flagged frames: {len(dump.written)} file(s) in {args.dump}")
+    _scan_summary(
+        console,
+        args,
+        [report for report, _ in reports],
+        rows=table.rows if table else 0,
+        dumped=len(dump.written) if dump is not None else 0,
+    )
     if args.plot:
         for report, trace in reports:
             assert trace is not None
-            out = args.plot
-            if len(reports) > 1:
-                out = out.with_name(f"{out.stem}-{_safe_name(report.source)}{out.suffix}")
+            out = _plot_path(args.plot, report.source, len(reports) > 1)
             for source_trace in trace.sources.values():
                 save_plot(source_trace, out, title=str(report.path))
                 console.print(f"plot: {out}")
     return 0
+
+
+def _scan_progress(console: Console, *, quiet: bool) -> Progress:
+    """scan's progress bar: bytes of the file(s) on disk, frames read, time left."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[frames]:,} frames"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet or not console.is_terminal,
+        transient=True,
+    )
+
+
+def _scan_summary(
+    console: Console,
+    args: argparse.Namespace,
+    reports: Sequence[FileReport],
+    *,
+    rows: int,
+    dumped: int,
+) -> None:
+    """The table, one row per file, and where the feature table and flagged frames went."""
+    from trajwatch.monitor.scan import render_scan_table
+
+    if not args.quiet:
+        console.print(render_scan_table(reports))
+    if args.features:
+        console.print(f"features: {args.features} ({rows:,} rows)")
+    if dumped:
+        console.print(f"flagged frames: {dumped} file(s) in {args.dump}")
+
+
+def _plot_path(base: Path, source: str, several: bool) -> Path:
+    """Where ``scan --plot`` draws a file's figure: NAME.png, or with several files
+    NAME-<source>.png."""
+    if not several:
+        return base
+    return base.with_name(f"{base.stem}-{_safe_name(source)}{base.suffix}")
 
 
 def _progress(progress: Progress, task: TaskID, done: int, total: int, frames: int) -> None:
@@ -739,6 +797,103 @@ def _progress(progress: Progress, task: TaskID, done: int, total: int, frames: i
 
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "file"
+
+
+# -- scan of many files at once (trajwatch.parallel, docs/scaling.md) -------------------
+
+
+def _scan_jobs(args: argparse.Namespace) -> int:
+    from trajwatch.parallel import dask_missing, default_jobs
+
+    if args.dask and (missing := dask_missing()):
+        raise ValueError(missing)
+    jobs: int = default_jobs() if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, not {jobs}")
+    return jobs
+
+
+def _scan_in_parallel(args: argparse.Namespace, jobs: int) -> int:
+    """Each file a task on a process pool or a Dask cluster; the events, feature rows and
+    summary gathered here in the order of the files, as the serial scan writes them."""
+    from collections.abc import Iterator
+
+    from rich.console import Console
+
+    from trajwatch.parallel import (
+        ScanTask,
+        TaskResult,
+        in_file_order,
+        options_of,
+        run_dask,
+        run_pool,
+    )
+    from trajwatch.sinks import JsonlSink, StreamSink
+
+    console = Console(stderr=True)
+    options = options_of(args)
+    tasks = [
+        ScanTask(
+            str(path),
+            options,
+            skip_bad=args.skip_bad,
+            features=args.features is not None,
+            plot=None if args.plot is None else str(args.plot),
+            plot_by_source=len(args.files) > 1,
+            dump=None if args.dump is None else str(args.dump),
+            context=args.context,
+        ).to_dict()
+        for path in args.files
+    ]
+    sizes = [path.stat().st_size for path in args.files]
+    if args.dask:
+        quiet = logging.ERROR if not args.verbose else logging.WARNING - 10 * args.verbose
+        completed = run_dask(tasks, args.dask, jobs=args.jobs, log_level=quiet)
+        where = f"Dask ({args.dask})"
+    else:
+        completed = run_pool(tasks, jobs=jobs)
+        where = f"{min(jobs, len(tasks))} processes"
+    sink: Sink = (
+        JsonlSink(args.events, fsync=args.fsync) if args.events else StreamSink(sys.stdout)
+    )
+    table = None
+    if args.features:
+        table = open(args.features, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    reports: list[FileReport] = []
+    plots: list[str] = []
+    rows = dumped = 0
+    try:
+        with _scan_progress(console, quiet=args.quiet) as progress:
+            bar = progress.add_task(f"{len(tasks)} files on {where}", total=sum(sizes), frames=0)
+
+            def tracked() -> Iterator[tuple[int, TaskResult]]:
+                frames = 0  # the bar moves as files complete, in whatever order
+                for index, data in completed:
+                    result = TaskResult.from_dict(data)
+                    frames += result.report.frames
+                    progress.update(bar, advance=sizes[index], frames=frames)
+                    yield index, result
+
+            for _, result in in_file_order(tracked()):
+                for event in result.report.events:
+                    sink.emit(event)
+                if table is not None and result.csv:
+                    # one header, at the top: the serial scan's single table
+                    table.write(result.csv if rows == 0 else result.csv.split("\r\n", 1)[1])
+                    rows += result.csv_rows
+                dumped += len(result.dumped)
+                result.raise_error()  # after its events: the serial scan logs those too
+                reports.append(result.report)
+                plots.extend(result.plots)
+    finally:
+        completed.close()  # cancels the files not started yet
+        sink.close()
+        if table is not None:
+            table.close()
+    _scan_summary(console, args, reports, rows=rows, dumped=dumped)
+    for out in plots:
+        console.print(f"plot: {out}")
+    return 0
 
 
 def _run_imd_bridge(args: argparse.Namespace) -> int:

@@ -22,7 +22,9 @@ from trajwatch import __version__
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
+    from rich.text import Text
 
+    from trajwatch.events import Event
     from trajwatch.frame import Frame
     from trajwatch.monitor.scan import FileReport
     from trajwatch.monitor.state import MonitorState
@@ -200,7 +202,6 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     _add_outputs(p, live=False)
-    _add_scan_parallel(p)
     p.add_argument(
         "--plot",
         type=Path,
@@ -221,6 +222,7 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="count and skip malformed frames instead of stopping",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    _add_scan_parallel(p)
     p.set_defaults(command=_run_scan)
 
 
@@ -351,6 +353,102 @@ def _add_imd_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(command=_run_imd_bridge)
 
 
+def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "proxy",
+        help="fan-in: many engines publish to one address, several monitors subscribe",
+        description="Run ZeroMQ's XSUB/XPUB proxy device: engines (replay --connect, "
+        "adapters with bind=False) connect to the frontend, monitors to the backend. Frames "
+        "pass through untouched and subscriptions go back to the engines, so monitors can "
+        "share the sources out with --topics and an engine waits for its monitor. Runs until "
+        "Ctrl-C or SIGTERM. See docs/scaling.md.",
+        epilog=_examples(
+            "trajwatch proxy",
+            "trajwatch replay run.extxyz --connect --endpoint tcp://127.0.0.1:5554",
+            "trajwatch monitor --topics nodeA/ --alerts tcp://127.0.0.1:5556",
+            "trajwatch proxy --frontend tcp://0.0.0.0:5554 --backend tcp://0.0.0.0:5555 "
+            "--allow-remote --stats 10",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from trajwatch.streaming.proxy import DEFAULT_BACKEND, DEFAULT_FRONTEND
+
+    p.add_argument(
+        "--frontend",
+        default=DEFAULT_FRONTEND,
+        metavar="ENDPOINT",
+        help="bound here, engines connect (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        metavar="ENDPOINT",
+        help="bound here, monitors connect (default: %(default)s, the monitor's default)",
+    )
+    p.add_argument(
+        "--hwm",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="frames queued per peer before a slow monitor loses some (default: %(default)s)",
+    )
+    p.add_argument(
+        "--stats",
+        type=float,
+        metavar="SECONDS",
+        help="print what was forwarded every SECONDS on stderr (always once at the end)",
+    )
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow binding to non-loopback addresses"
+    )
+    p.set_defaults(command=_run_proxy)
+
+
+def _add_events(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "events",
+        help="the merged events of several monitors, from their alert sockets",
+        description="Subscribe to the alert sockets of one or more monitors (monitor --alerts) "
+        "and show their events as one stream, as they come: a line per event on a terminal, "
+        "JSON lines otherwise (or with --json). PUB/SUB: events sent before this command "
+        "connected are not seen; each monitor's --events log is the complete record.",
+        epilog=_examples(
+            "trajwatch events tcp://127.0.0.1:5556 tcp://127.0.0.1:5557",
+            "trajwatch events tcp://node1:5556 tcp://node2:5556 --topics anomaly "
+            "--events all.jsonl",
+            "trajwatch events tcp://127.0.0.1:5556 --json | jq .source",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("endpoints", nargs="+", metavar="ENDPOINT", help="alert sockets to connect to")
+    p.add_argument(
+        "--topics",
+        nargs="*",
+        default=[""],
+        metavar="PREFIX",
+        help="only events whose '<kind>/<source>' starts with one of these "
+        "(e.g. anomaly, anomaly/nodeA)",
+    )
+    p.add_argument("--events", type=Path, metavar="PATH", help="also write them to a JSONL log")
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout, also on a terminal")
+    p.add_argument("--max-events", type=int, metavar="N", help="stop after N events")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the connections before saying how many are up; the "
+        "others are retried all along (default: %(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop when no event arrived for this long",
+    )
+    p.set_defaults(command=_run_events)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trajwatch",
@@ -365,7 +463,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_demo, _add_replay, _add_monitor, _add_scan, _add_imd_bridge):
+    for add in (
+        _add_demo,
+        _add_replay,
+        _add_monitor,
+        _add_scan,
+        _add_imd_bridge,
+        _add_proxy,
+        _add_events,
+    ):
         add(sub)
     return parser
 
@@ -960,6 +1066,108 @@ def _run_imd_bridge(args: argparse.Namespace) -> int:
     if stats is not None:
         print(f"trajwatch imd-bridge: {stats.line()}", file=sys.stderr)
     return 0
+
+
+def _run_proxy(args: argparse.Namespace) -> int:
+    from trajwatch.streaming.proxy import Proxy
+
+    proxy = Proxy(args.frontend, args.backend, hwm=args.hwm, allow_remote=args.allow_remote)
+    previous = _stop_on_sigterm()
+    try:
+        proxy.start()
+        print(
+            f"trajwatch proxy: engines connect to {proxy.frontend}, monitors to {proxy.backend}",
+            file=sys.stderr,
+        )
+        start = time.monotonic()
+        stats = None
+        try:
+            while not proxy.join(args.stats or 1.0):
+                stats = proxy.stats()
+                if args.stats:
+                    print(f"trajwatch proxy: {stats.line()}", file=sys.stderr)
+            print("trajwatch: error: the proxy stopped on its own", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            stats = proxy.stats()
+        seconds = time.monotonic() - start
+        rate = stats.bytes_out / seconds / 1e6 if seconds > 0 else 0.0
+        print(
+            f"trajwatch proxy: {stats.line()} in {seconds:.1f} s ({rate:,.1f} MB/s)",
+            file=sys.stderr,
+        )
+        return 0
+    finally:
+        proxy.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_events(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from trajwatch.streaming.alerts import AlertSubscriber
+
+    json_lines = args.json or not sys.stdout.isatty()
+    console = Console()
+    sinks: list[Sink] = []
+    subscriber = AlertSubscriber(args.endpoints, topics=tuple(args.topics))
+    previous = _stop_on_sigterm()
+    count = 0
+    sources: set[str] = set()
+    try:
+        if args.events:
+            from trajwatch.sinks import JsonlSink
+
+            sinks.append(JsonlSink(args.events))
+        if json_lines:
+            from trajwatch.sinks import StreamSink
+
+            sinks.append(StreamSink(sys.stdout))
+        connected = subscriber.wait_connected(args.wait)
+        print(
+            f"trajwatch events: connected to {connected} of {len(subscriber.endpoints)} "
+            f"alert socket(s): {' '.join(subscriber.endpoints)}",
+            file=sys.stderr,
+        )
+        while args.max_events is None or count < args.max_events:
+            event = subscriber.recv(args.idle_timeout)
+            if event is None:
+                break
+            count += 1
+            sources.add(event.source)
+            for sink in sinks:
+                sink.emit(event)
+            if not json_lines:
+                console.print(_event_line(event))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        subscriber.close()
+        for sink in sinks:
+            sink.close()
+        signal.signal(signal.SIGTERM, previous)
+    print(
+        f"trajwatch events: {count} events from {len(sources)} source(s), "
+        f"malformed {subscriber.malformed}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _event_line(event: Event) -> Text:
+    """One event as a line of the merged view (the monitor's event log, one row)."""
+    from rich.text import Text
+
+    from trajwatch.monitor.render import EVENT_STYLE, SEVERITY_STYLE, format_evidence
+
+    onset = "" if event.onset_frame is None else f" (onset {event.onset_frame})"
+    line = Text(time.strftime("%H:%M:%S "), "dim")
+    line.append(f"{event.source}  ", "bold")
+    line.append(f"{event.event:<9}", EVENT_STYLE.get(event.event, ""))
+    line.append(f"{event.severity:<9}", SEVERITY_STYLE.get(event.severity, ""))
+    line.append(f"frame {event.frame}{onset}  score {event.score:.3g}  ")
+    line.append(format_evidence(event), "dim")
+    return line
 
 
 def _stop_on_sigterm() -> Any:

@@ -79,15 +79,46 @@ class AlertSubscriber:
             socket.setsockopt(zmq.MAXMSGSIZE, MAX_ALERT_BYTES)
             for topic in topics:
                 socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
+            # watched from before the first connect, so no handshake goes unseen
+            self._monitor: zmq.Socket[Any] | None = socket.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED
+            )
+            self._connected: set[str] = set()
             for endpoint in endpoints:
                 socket.connect(endpoint)
         except BaseException:
+            if getattr(self, "_monitor", None) is not None:
+                socket.disable_monitor()
+                self._monitor.close(linger=0)  # type: ignore[union-attr]
             socket.close(linger=0)
             if self._own_context:
                 self._context.term()
             raise
         self._socket: zmq.Socket[Any] = socket
         self.endpoints = tuple(endpoints)
+
+    def wait_connected(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds until every endpoint has completed its handshake
+        (the subscriptions travel right behind it); the number that have. Endpoints not
+        up yet keep being retried in the background, as ZeroMQ always does."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        deadline = time.monotonic() + timeout
+        monitor = self._monitor
+        while monitor is not None and len(self._connected) < len(self.endpoints):
+            left = deadline - time.monotonic()
+            if left <= 0 or not monitor.poll(max(1, math.ceil(left * 1e3))):
+                break
+            self._connected.add(str(recv_monitor_message(monitor).get("endpoint", b"")))
+        if len(self._connected) >= len(self.endpoints):
+            self._stop_monitor()
+        return min(len(self._connected), len(self.endpoints))
+
+    def _stop_monitor(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     def recv(self, timeout: float | None = None) -> Event | None:
         """The next valid event, or None if none arrived within ``timeout`` seconds."""
@@ -124,6 +155,7 @@ class AlertSubscriber:
 
     def close(self) -> None:
         if not self._socket.closed:
+            self._stop_monitor()
             self._socket.close(linger=0)
         if self._own_context and not self._context.closed:
             self._context.term()

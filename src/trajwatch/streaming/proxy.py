@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import signal
 import struct
 import threading
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ class Proxy:
         self._context = ctx
         self._sockets: list[zmq.Socket[Any]] = []
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()
         self._error: BaseException | None = None
         try:
             self._xsub = self._socket(zmq.XSUB, hwm)
@@ -114,6 +116,9 @@ class Proxy:
             self._request = self._socket(zmq.REQ, hwm)
             self._request.connect(control)
             self._request.setsockopt(zmq.RCVTIMEO, 5000)
+            # a request whose reply was never read (Ctrl-C in between) must not block the next
+            self._request.setsockopt(zmq.REQ_RELAXED, 1)
+            self._request.setsockopt(zmq.REQ_CORRELATE, 1)
             self._xsub.bind(frontend)
             self._xpub.bind(backend)
         except BaseException:
@@ -133,7 +138,7 @@ class Proxy:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and not self._done.is_set()
 
     def start(self) -> Proxy:
         """Forward on a background thread; returns self."""
@@ -144,16 +149,22 @@ class Proxy:
         return self
 
     def _run(self) -> None:
+        # Signals are the main thread's business: one delivered to this thread would
+        # interrupt libzmq's poll and end the proxy.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             zmq.proxy_steerable(self._xsub, self._xpub, None, self._control)
         except BaseException as error:  # reported by stats() and close()
             self._error = error
+        finally:
+            self._done.set()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the forwarding thread to end; True if it has."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
+        """Wait for the forwarding to end; True if it has (or never started)."""
+        # an Event, not Thread.join: a KeyboardInterrupt inside Thread.join can leave the
+        # thread marked as stopped while it still runs (CPython 3.11)
+        return self._thread is None or self._done.wait(timeout)
 
     def _command(self, command: bytes) -> list[bytes]:
         self._request.send(command)

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from trajwatch.detectors.hysteresis import Hysteresis
 from trajwatch.detectors.zscore import ZScore
 from trajwatch.events import SEVERITIES, Event, FeatureDeviation
+from trajwatch.features.catalogue import FEATURES
 from trajwatch.features.engine import FeatureEngine
 from trajwatch.frame import Frame
 from trajwatch.sinks import Sink
@@ -46,6 +47,10 @@ class PipelineConfig:
     """Consecutive normal frames that end an alarm (and emit ``recovered``)."""
     top_features: int = 3
     top_atoms: int = 5
+    unscored: tuple[str, ...] = ("disp_max", "min_interatomic_dist")
+    """Features the z-score leaves out. Window extremes are step functions (flat while the
+    extreme frame stays in the window, then a jump) that a running z-score mistakes for
+    faults; ``step_disp_max`` and ``step_min_dist`` carry the same signal at once."""
 
 
 class SourceWatch:
@@ -57,6 +62,9 @@ class SourceWatch:
         self.source = source
         self.config = config
         self.engine = FeatureEngine(window=config.window, top_atoms=config.top_atoms)
+        self._scored = np.array([name not in config.unscored for name in self.engine.names])
+        self._scored_names = tuple(n for n in self.engine.names if n not in config.unscored)
+        self._per_frame = np.array([FEATURES[n].kind == "frame" for n in self._scored_names])
         self.detector = ZScore()
         self.alarm = Hysteresis(config.threshold, config.release, config.release_frames)
         self.frames = 0
@@ -68,8 +76,11 @@ class SourceWatch:
     def process(self, frame: Frame) -> list[Event]:
         index = self.frames
         self.frames += 1
-        x = self.engine.update(frame)
-        self.last_features = x
+        features = self.engine.update(frame)
+        self.last_features = features
+        if self.engine.structure_change is not None:
+            return [self._structure_changed(frame, index, self.engine.structure_change)]
+        x = features[self._scored]
         warming_up = self.learned < self.config.warmup_frames
         score = 0.0 if warming_up else self.detector.score_one(x)
         self.last_score = score
@@ -85,6 +96,26 @@ class SourceWatch:
             self.detector.learn_one(x)
             self.learned += 1
         return events
+
+    def _structure_changed(self, frame: Frame, index: int, what: str) -> Event:
+        """Atoms appeared, vanished or changed element: the run broke; start afresh."""
+        self.detector = ZScore()
+        config = self.config
+        self.alarm = Hysteresis(config.threshold, config.release, config.release_frames)
+        self.learned = 0
+        return Event(
+            "anomaly",
+            frame=index,
+            step=frame.step,
+            time=frame.time,
+            source=self.source,
+            detector="structure",
+            score=math.inf,
+            threshold=0.0,
+            severity=SEVERITIES[2],
+            onset_frame=index,
+            message=what,
+        )
 
     def _onset(self, index: int) -> int:
         """First frame of the run of above-release scores that ends at ``index``."""
@@ -102,9 +133,14 @@ class SourceWatch:
 
     def _anomaly(self, frame: Frame, index: int, x: NDArray[np.float64], score: float) -> Event:
         z = self.detector.deviations(x)
-        order = np.argsort(-np.nan_to_num(np.abs(z), nan=-1.0, posinf=np.inf))
+        size = np.nan_to_num(np.abs(z), nan=-1.0, posinf=np.inf)
+        # Per-frame features past the threshold say what happened in this frame; window
+        # statistics summarise it (and their z can be far larger: they barely vary when
+        # all is well), so they come after.
+        urgent = self._per_frame & (size > self.config.threshold)
+        order = np.lexsort((-size, ~urgent))
         features = [
-            FeatureDeviation(self.engine.names[k], float(x[k]), float(z[k]))
+            FeatureDeviation(self._scored_names[k], float(x[k]), float(z[k]))
             for k in order[: self.config.top_features]
             if np.isfinite(z[k]) or not np.isfinite(x[k])
         ]

@@ -254,6 +254,22 @@ def _wrap(d: np.ndarray, cell: np.ndarray, inv: np.ndarray, pbc: np.ndarray) -> 
 
 
 @njit(cache=True, nogil=True)
+def _rebase(pairs: np.ndarray, shifts: np.ndarray, count: int, positions: np.ndarray,
+            u: np.ndarray) -> None:
+    """Make shifts found for ``positions`` apply to the unwrapped ``u`` instead.
+
+    u - positions is a lattice vector of the cell the atoms were unwrapped in, which is not
+    the current cell if the cell changed: lists are therefore built from the frame's own
+    positions and the difference is folded into each pair's shift.
+    """
+    for p in range(min(count, pairs.shape[0])):
+        i = pairs[p, 0]
+        j = pairs[p, 1]
+        for k in range(3):
+            shifts[p, k] += positions[j, k] - u[j, k] - positions[i, k] + u[i, k]
+
+
+@njit(cache=True, nogil=True)
 def _list_min(
     u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, count: int, out: np.ndarray
 ) -> None:
@@ -277,7 +293,7 @@ def _list_min(
 
 @njit(cache=True, nogil=True)
 def _list_rdf(u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, count: int, cutoff: float,
-              counts: np.ndarray) -> None:  # fmt: skip
+              counts: np.ndarray) -> None:
     """Add the listed pairs closer than ``cutoff`` to ``counts`` (bins of cutoff / len)."""
     bins = counts.shape[0]
     dr = cutoff / bins

@@ -38,6 +38,7 @@ from trajwatch.features._kernels_neighbors import (
     _list_min,
     _list_rdf,
     _pairs_within,
+    _rebase,
 )
 
 # --- kernel return codes
@@ -147,6 +148,10 @@ R_DMIN = 19  # minimum interatomic distance, NaN if undefined
 R_HAS_RDF = 20
 R_LAGS = 21  # then one MSD column per lag, then one VACF column per lag
 
+# Values whose spread is below this fraction of their mean count as constant: skew,
+# kurtosis and the spectrum of a constant are NaN, not rounding noise.
+FLAT = 1e-12
+
 # Kinetic energy of 1 amu at 1 Å/fs in eV, and kB in eV/K (trajwatch.units, as literals).
 _AMU_A2_PER_FS2_IN_EV = 103.6426957
 _KB_EV_PER_K = 8.617330337217213e-05
@@ -182,7 +187,7 @@ def _moved(u: np.ndarray, ref: np.ndarray) -> float:
 
 @njit(cache=True, nogil=True)
 def _same_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray,
-               at: int) -> bool:  # fmt: skip
+               at: int) -> bool:
     for a in range(3):
         if (1 if pbc[a] else 0) != ibuf[at + a]:
             return False
@@ -194,11 +199,231 @@ def _same_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.nd
 
 @njit(cache=True, nogil=True)
 def _remember_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray,
-                   at: int) -> None:  # fmt: skip
+                   at: int) -> None:
     for a in range(3):
         ibuf[at + a] = 1 if pbc[a] else 0
         for k in range(3):
             built[a, k] = cell[a, k]
+
+
+@njit(cache=True, nogil=True)
+def _geometry(cell: np.ndarray, pbc: np.ndarray, has_cell: bool, geom: np.ndarray):  # type: ignore[no-untyped-def]
+    """The cell to use (the identity for none or a flat one), its pbc, and its volume."""
+    inv = geom[G_INV]
+    det = _inv3(cell, inv) if has_cell else 0.0
+    if det == 0.0:
+        inv[:, :] = geom[G_EYE]
+        return geom[G_EYE], np.zeros(3, dtype=np.bool_), 0.0
+    return cell, pbc, abs(det)
+
+
+@njit(cache=True, nogil=True)
+def _advance(positions: np.ndarray, atoms: np.ndarray, have_prev: bool, u_old: np.ndarray,
+             u_new: np.ndarray, h: np.ndarray, inv: np.ndarray, per: np.ndarray) -> None:
+    """Step since the previous frame (minimum image) and the new unwrapped positions."""
+    n = positions.shape[0]
+    steps = atoms[A_STEP]
+    if not have_prev:
+        u_new[:n] = positions
+        return
+    previous = atoms[A_PREV]
+    for i in range(n):
+        for k in range(3):
+            steps[i, k] = positions[i, k] - previous[i, k]
+    if per[0] or per[1] or per[2]:
+        _minimum_image(steps, h, inv, per)
+    for i in range(n):
+        for k in range(3):
+            u_new[i, k] = u_old[i, k] + steps[i, k]
+
+
+@njit(cache=True, nogil=True)
+def _contact(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.ndarray,
+             per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
+             atoms: np.ndarray, cpairs: np.ndarray, cshift: np.ndarray, out: np.ndarray) -> int:
+    """``out[:3]`` = closest pair from the contact list, rebuilt only when it could be wrong."""
+    n = positions.shape[0]
+    skin = fbuf[F_SKIN]
+    need = ibuf[I_NCONTACT] < 0 or not _same_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC)
+    guess = fbuf[F_CONTACT_D] + skin
+    if not need:
+        _list_min(u_new, cpairs, cshift, ibuf[I_NCONTACT], out)
+        # A pair outside the list was >= R apart at the build and has closed by at most
+        # the two largest moves since: the list minimum is exact if below that.
+        need = out[0] > fbuf[F_CONTACT_R] - _moved(u_new, atoms[A_BUILD])
+        guess = out[0]
+    if not need:
+        return OK
+    # Built from the frame's positions (see _rebase), evaluated on u from then on.
+    _closest_pair(positions, h, inv, per, guess if math.isfinite(guess) else 0.0, out)
+    radius = out[0] + 2.0 * skin
+    half = n >= 2  # a runtime bool: literals True/False would each compile a copy
+    count = _pairs_within(positions, h, inv, per, radius, np.arange(n), half, cpairs, cshift,
+                          out[3:])
+    _rebase(cpairs, cshift, count, positions, u_new)
+    if count > cpairs.shape[0]:
+        ibuf[I_NCONTACT] = -1
+        ibuf[I_NEED] = count
+        return GROW_CONTACT
+    ibuf[I_NCONTACT] = count
+    fbuf[F_CONTACT_R] = radius
+    fbuf[F_CONTACT_D] = out[0]
+    atoms[A_BUILD, :n] = u_new[:n]
+    _remember_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC)
+    ibuf[I_CONTACT_BUILDS] += 1
+    _list_min(u_new, cpairs, cshift, count, out)
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.ndarray,
+              per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
+              atoms: np.ndarray, tagged: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray,
+              scratch: np.ndarray) -> int:
+    """Rebuild the RDF pair list if a pair could have come within the cutoff unseen."""
+    n = positions.shape[0]
+    skin = fbuf[F_SKIN]
+    if (
+        ibuf[I_NRDF] >= 0
+        and _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
+        and _moved(u_new, atoms[A_RBUILD]) <= skin
+    ):
+        return OK
+    full = n < 2  # False, as a runtime bool (see _contact)
+    count = _pairs_within(positions, h, inv, per, fbuf[F_RDF_CUTOFF] + skin, tagged, full,
+                          rpairs, rshift, scratch)
+    _rebase(rpairs, rshift, count, positions, u_new)
+    if count > rpairs.shape[0]:
+        ibuf[I_NRDF] = -1
+        ibuf[I_NEED] = count
+        return GROW_RDF
+    ibuf[I_NRDF] = count
+    atoms[A_RBUILD, :n] = u_new[:n]
+    _remember_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
+    ibuf[I_RDF_BUILDS] += 1
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def _push_displacements(steps: np.ndarray, disp: np.ndarray, row: np.ndarray, bins: np.ndarray,
+                        hist: np.ndarray) -> None:
+    """This frame's displacements: moments, maximum, step tensor, histogram bins."""
+    dmax = 0.0
+    dsq = 0.0
+    for c in range(6):
+        row[R_T + c] = 0.0
+    for i in range(steps.shape[0]):
+        sx = steps[i, 0]
+        sy = steps[i, 1]
+        sz = steps[i, 2]
+        d2 = sx * sx + sy * sy + sz * sz
+        d = math.sqrt(d2)
+        disp[i] = d
+        dsq += d2
+        dmax = max(dmax, d)
+        row[R_T + 0] += sx * sx
+        row[R_T + 1] += sy * sy
+        row[R_T + 2] += sz * sz
+        row[R_T + 3] += sx * sy
+        row[R_T + 4] += sx * sz
+        row[R_T + 5] += sy * sz
+        b = _hist_bin(d)
+        bins[i] = b
+        _hist_add(hist, b, 1)
+    _central_moments(disp, row[R_DN : R_DN + 5])
+    row[R_DMAX] = dmax
+    row[R_DSQ] = dsq
+
+
+@njit(cache=True, nogil=True)
+def _push_velocities(v: np.ndarray, masses: np.ndarray, tagged: np.ndarray, row: np.ndarray,
+                     ring_v_slot: np.ndarray) -> float:
+    """Record |v|² sums and the tagged atoms' velocities; returns the kinetic energy (eV)."""
+    v2sum = 0.0
+    mv2 = 0.0
+    for i in range(v.shape[0]):
+        vv = v[i, 0] * v[i, 0] + v[i, 1] * v[i, 1] + v[i, 2] * v[i, 2]
+        v2sum += vv
+        mv2 += masses[i] * vv
+    row[R_HAS_V] = 1.0
+    row[R_V2SUM] = v2sum
+    c0 = 0.0
+    for m in range(tagged.shape[0]):
+        i = tagged[m]
+        for k in range(3):
+            ring_v_slot[m, k] = v[i, k]
+        c0 += v[i, 0] * v[i, 0] + v[i, 1] * v[i, 1] + v[i, 2] * v[i, 2]
+    row[R_C0] = c0 / tagged.shape[0]
+    return 0.5 * mv2 * _AMU_A2_PER_FS2_IN_EV
+
+
+@njit(cache=True, nogil=True)
+def _push_lags(u_new: np.ndarray, tagged: np.ndarray, ring: np.ndarray, ring_u: np.ndarray,
+               ring_v: np.ndarray, lags: np.ndarray, slot: int, n_window: int) -> None:
+    """MSD and VACF of the tagged atoms between this frame and each lag back."""
+    W = ring.shape[0]
+    M = tagged.shape[0]
+    L = lags.shape[0]
+    row = ring[slot]
+    for m in range(M):
+        i = tagged[m]
+        for k in range(3):
+            ring_u[slot, m, k] = u_new[i, k]
+    for li in range(L):
+        lag = lags[li]
+        if lag > n_window - 1:
+            break
+        back = (slot - lag) % W
+        msd = 0.0
+        for m in range(M):
+            for k in range(3):
+                d = ring_u[slot, m, k] - ring_u[back, m, k]
+                msd += d * d
+        row[R_LAGS + li] = msd / M
+        if row[R_HAS_V] > 0.0 and ring[back, R_HAS_V] > 0.0:
+            dot = 0.0
+            for m in range(M):
+                for k in range(3):
+                    dot += ring_v[slot, m, k] * ring_v[back, m, k]
+            row[R_LAGS + L + li] = dot / M
+
+
+@njit(cache=True, nogil=True)
+def _push_rdf(u_new: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray, count: int,
+              cutoff: float, volume: float, centers: int, counts: np.ndarray,
+              g: np.ndarray) -> None:
+    """g(r) of this frame: pair counts over an ideal gas of the same density."""
+    bins = g.shape[0]
+    counts[:] = 0.0
+    _list_rdf(u_new, rpairs, rshift, count, cutoff, counts)
+    dr = cutoff / bins
+    density = (u_new.shape[0] - 1) / volume
+    for b in range(bins):
+        shell = 4.0 / 3.0 * math.pi * ((b + 1) ** 3 - b**3) * dr**3
+        g[b] = counts[b] / (centers * density * shell)
+
+
+@njit(cache=True, nogil=True)
+def _push_signal(ring: np.ndarray, dft: np.ndarray, work: np.ndarray, head: int, n_window: int,
+                 pushed: int, old: float, old_present: bool, new: float,
+                 new_present: bool) -> None:
+    """Slide the DFT of the frame signal (each frame's mean displacement) by one frame."""
+    W = ring.shape[0]
+    K = W // 2 + 1
+    if pushed % W != 0:
+        _dft_slide(dft[0, :K], dft[1, :K], dft[2], old, old_present, new, new_present)
+        return
+    # Every W frames: recompute from the ring, so rounding cannot pile up.
+    values = work[9]
+    present = work[10]
+    values[:] = 0.0
+    present[:] = 0.0
+    for k in range(n_window):
+        s = (head - n_window + k) % W
+        if ring[s, R_HAS_DISP] > 0.0:
+            values[W - n_window + k] = ring[s, R_DMEAN]
+            present[W - n_window + k] = 1.0
+    _dft_direct(values[:W], present[:W], dft[2], dft[0, :K], dft[1, :K])
 
 
 @njit(cache=True, nogil=True)
@@ -245,142 +470,56 @@ def _update(
     for i in range(n):
         if numbers[i] != numbers0[i]:
             return SPECIES_CHANGED
-    for k in range(out.shape[0]):
-        out[k] = np.nan
+    out[:] = np.nan
 
     # --- what is usable in this frame
     bad_positions = _count_nonfinite(positions)
-    nonfinite = bad_positions
-    velocities_ok = has_velocities
-    if has_velocities:
-        bad = _count_nonfinite(velocities)
-        nonfinite += bad
-        velocities_ok = bad == 0
-    forces_ok = has_forces
-    if has_forces:
-        bad = _count_nonfinite(forces)
-        nonfinite += bad
-        forces_ok = bad == 0
+    bad_velocities = _count_nonfinite(velocities) if has_velocities else 0
+    bad_forces = _count_nonfinite(forces) if has_forces else 0
     energy_ok = has_energy and math.isfinite(energy)
-    if has_energy and not energy_ok:
-        nonfinite += 1
-    out[O_NONFINITE] = nonfinite
+    out[O_NONFINITE] = bad_positions + bad_velocities + bad_forces + (has_energy and not energy_ok)
     if bad_positions > 0:  # the frame is not taken; the window stays what it was
         ibuf[I_LAST_BAD] = 1
         _window(out, ibuf, fbuf, ring, hist, rdf_ring, dft, lags, work, n)
         return OK
 
-    # --- geometry: a cell with periodic directions, or open space
-    h = cell
-    per = pbc
+    # --- step, unwrapped positions, velocities (the frame's own, else finite differences)
+    h, per, volume = _geometry(cell, pbc, has_cell, geom)
     inv = geom[G_INV]
-    det = _inv3(cell, inv) if has_cell else 0.0
-    if det == 0.0:
-        h = geom[G_EYE]
-        inv[:, :] = h
-        if pbc[0] or pbc[1] or pbc[2]:
-            per = np.zeros(3, dtype=np.bool_)
-    periodic = det != 0.0 and (per[0] or per[1] or per[2])
-    skin = fbuf[F_SKIN]
-    tmp = work[0]
-
-    # --- step since the previous frame, and the unwrapped positions
+    periodic = per[0] or per[1] or per[2]
     cur = ibuf[I_UCUR]
-    u_old = atoms[A_U + cur]
     u_new = atoms[A_U + 1 - cur]
-    steps = atoms[A_STEP]
     have_prev = ibuf[I_HAVE_PREV] == 1
-    if have_prev:
-        previous = atoms[A_PREV]
-        for i in range(n):
-            for k in range(3):
-                steps[i, k] = positions[i, k] - previous[i, k]
-        if periodic:
-            _minimum_image(steps, h, inv, per)
-        for i in range(n):
-            for k in range(3):
-                u_new[i, k] = u_old[i, k] + steps[i, k]
-    else:
-        for i in range(n):
-            for k in range(3):
-                u_new[i, k] = positions[i, k]
-
-    # --- velocities: the frame's own, else finite differences of the step
+    _advance(positions, atoms, have_prev, atoms[A_U + cur], u_new, h, inv, per)
     v = velocities
-    v_avail = False
+    v_avail = has_velocities and bad_velocities == 0
     prev_time = fbuf[F_PREV_TIME]
-    if has_velocities:
-        v_avail = velocities_ok
-    elif have_prev and has_time and math.isfinite(prev_time) and time > prev_time:
+    if not has_velocities and have_prev and has_time and time > prev_time:  # NaN: False
         v = atoms[A_VEL]
-        inv_dt = 1.0 / (time - prev_time)
-        for i in range(n):
-            for k in range(3):
-                v[i, k] = steps[i, k] * inv_dt
+        v[:n] = atoms[A_STEP, :n] * (1.0 / (time - prev_time))
         v_avail = True
 
-    # --- closest pair from the contact list, rebuilt only when it could be wrong
-    dmin = np.nan
-    closest_i = -1
-    closest_j = -1
+    # --- pair lists (may ask for room and be called again: nothing committed yet)
+    tmp = work[0]
+    tmp[:3] = np.nan
     if n >= 2:
-        need = ibuf[I_NCONTACT] < 0 or not _same_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC)
-        guess = fbuf[F_CONTACT_D] + skin
-        if not need:
-            _list_min(u_new, cpairs, cshift, ibuf[I_NCONTACT], tmp)
-            # A pair outside the list was >= R apart at the build and has closed by at
-            # most the two largest moves since: the list minimum is exact if below that.
-            need = tmp[0] > fbuf[F_CONTACT_R] - _moved(u_new, atoms[A_BUILD])
-            guess = tmp[0]
-        if need:
-            everyone = np.arange(n)
-            _closest_pair(u_new, h, inv, per, guess if math.isfinite(guess) else 0.0, tmp)
-            radius = tmp[0] + 2.0 * skin
-            half = n >= 2  # runtime bools (True here, False below): literals would each
-            count = _pairs_within(u_new, h, inv, per, radius, everyone, half, cpairs, cshift,
-                                  tmp[3:])  # compile their own copy  # fmt: skip
-            if count > cpairs.shape[0]:
-                ibuf[I_NCONTACT] = -1
-                ibuf[I_NEED] = count
-                return GROW_CONTACT
-            ibuf[I_NCONTACT] = count
-            fbuf[F_CONTACT_R] = radius
-            fbuf[F_CONTACT_D] = tmp[0]
-            atoms[A_BUILD, :n] = u_new[:n]
-            _remember_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC)
-            ibuf[I_CONTACT_BUILDS] += 1
-            _list_min(u_new, cpairs, cshift, count, tmp)
-        dmin = tmp[0]
-        closest_i = int(tmp[1])
-        closest_j = int(tmp[2])
-
-    # --- RDF pair list (RDF frames only)
+        status = _contact(positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, cpairs, cshift,
+                          tmp)
+        if status != OK:
+            return status
+    dmin = tmp[0]
+    closest_i = int(tmp[1]) if n >= 2 else -1
+    closest_j = int(tmp[2]) if n >= 2 else -1
     pushed = ibuf[I_PUSHED]
-    cutoff = fbuf[F_RDF_CUTOFF]
     rdf_frame = periodic and n >= 2 and pushed % ibuf[I_RDF_STRIDE] == 0
     if rdf_frame:
-        need = (
-            ibuf[I_NRDF] < 0
-            or not _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
-            or _moved(u_new, atoms[A_RBUILD]) > skin
-        )
-        if need:
-            full = n < 2
-            count = _pairs_within(u_new, h, inv, per, cutoff + skin, tagged, full, rpairs, rshift,
-                                  tmp[3:])  # fmt: skip
-            if count > rpairs.shape[0]:
-                ibuf[I_NRDF] = -1
-                ibuf[I_NEED] = count
-                return GROW_RDF
-            ibuf[I_NRDF] = count
-            atoms[A_RBUILD, :n] = u_new[:n]
-            _remember_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
-            ibuf[I_RDF_BUILDS] += 1
+        status = _rdf_list(positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, tagged, rpairs,
+                           rshift, tmp[3:])
+        if status != OK:
+            return status
 
     # ================================ commit: from here on the state changes
     W = ring.shape[0]
-    M = tagged.shape[0]
-    L = lags.shape[0]
     head = ibuf[I_HEAD]
     count = ibuf[I_COUNT]
     slot = head
@@ -395,130 +534,34 @@ def _update(
         if ring[slot, R_HAS_RDF] > 0.0:
             ibuf[I_RDF_DIRTY] = 1
     row = ring[slot]
-    for c in range(row.shape[0]):
-        row[c] = np.nan
+    row[:] = np.nan
     row[R_CLOCK] = time if has_time else step
     row[R_HAS_DISP] = 1.0 if have_prev else 0.0
     row[R_HAS_V] = 0.0
     row[R_HAS_RDF] = 0.0
-
-    # displacements of this frame: moments, maximum, step tensor, histogram bins
     if have_prev:
-        dmax = 0.0
-        dsq = 0.0
-        for c in range(6):
-            row[R_T + c] = 0.0
-        for i in range(n):
-            sx = steps[i, 0]
-            sy = steps[i, 1]
-            sz = steps[i, 2]
-            d2 = sx * sx + sy * sy + sz * sz
-            d = math.sqrt(d2)
-            disp[i] = d
-            dsq += d2
-            dmax = max(dmax, d)
-            row[R_T + 0] += sx * sx
-            row[R_T + 1] += sy * sy
-            row[R_T + 2] += sz * sz
-            row[R_T + 3] += sx * sy
-            row[R_T + 4] += sx * sz
-            row[R_T + 5] += sy * sz
-            b = _hist_bin(d)
-            ring_bins[slot, i] = b
-            _hist_add(hist, b, 1)
-        _central_moments(disp, row[R_DN : R_DN + 5])
-        row[R_DMAX] = dmax
-        row[R_DSQ] = dsq
+        _push_displacements(atoms[A_STEP, :n], disp, row, ring_bins[slot], hist)
     else:
         disp[:] = 0.0
-
-    kinetic = np.nan
-    if v_avail:
-        v2sum = 0.0
-        mv2 = 0.0
-        for i in range(n):
-            vv = v[i, 0] * v[i, 0] + v[i, 1] * v[i, 1] + v[i, 2] * v[i, 2]
-            v2sum += vv
-            mv2 += masses[i] * vv
-        kinetic = 0.5 * mv2 * _AMU_A2_PER_FS2_IN_EV
-        row[R_HAS_V] = 1.0
-        row[R_V2SUM] = v2sum
-        c0 = 0.0
-        for m in range(M):
-            i = tagged[m]
-            for k in range(3):
-                ring_v[slot, m, k] = v[i, k]
-            c0 += v[i, 0] * v[i, 0] + v[i, 1] * v[i, 1] + v[i, 2] * v[i, 2]
-        row[R_C0] = c0 / M
+    kinetic = _push_velocities(v, masses, tagged, row, ring_v[slot]) if v_avail else np.nan
     if energy_ok:
         row[R_E] = energy / n
     row[R_DMIN] = dmin
-
-    # MSD and VACF of the tagged atoms between this frame and each lag back
-    for m in range(M):
-        i = tagged[m]
-        for k in range(3):
-            ring_u[slot, m, k] = u_new[i, k]
     n_window = min(count + 1, W)
-    for li in range(L):
-        lag = lags[li]
-        if lag > n_window - 1:
-            break
-        back = (slot - lag) % W
-        msd = 0.0
-        for m in range(M):
-            for k in range(3):
-                d = ring_u[slot, m, k] - ring_u[back, m, k]
-                msd += d * d
-        row[R_LAGS + li] = msd / M
-        if row[R_HAS_V] > 0.0 and ring[back, R_HAS_V] > 0.0:
-            dot = 0.0
-            for m in range(M):
-                for k in range(3):
-                    dot += ring_v[slot, m, k] * ring_v[back, m, k]
-            row[R_LAGS + L + li] = dot / M
-
-    # g(r) of this frame
+    _push_lags(u_new, tagged, ring, ring_u, ring_v, lags, slot, n_window)
     if rdf_frame:
-        bins = rdf_ring.shape[1]
-        counts = rdf_ring[W]
-        counts[:] = 0.0
-        _list_rdf(u_new, rpairs, rshift, ibuf[I_NRDF], cutoff, counts)
-        dr = cutoff / bins
-        density = (n - 1) / abs(det)
-        for b in range(bins):
-            shell = 4.0 / 3.0 * math.pi * ((b + 1) ** 3 - b**3) * dr**3
-            rdf_ring[slot, b] = counts[b] / (M * density * shell)
+        _push_rdf(u_new, rpairs, rshift, ibuf[I_NRDF], fbuf[F_RDF_CUTOFF], volume,
+                  tagged.shape[0], rdf_ring[W], rdf_ring[slot])
         row[R_HAS_RDF] = 1.0
         ibuf[I_RDF_DIRTY] = 1
-
-    # sliding DFT of the frame signal (each frame's mean displacement)
-    K = W // 2 + 1
     head = (head + 1) % W
     ibuf[I_HEAD] = head
     ibuf[I_COUNT] = n_window
     ibuf[I_PUSHED] = pushed + 1
     new_value = row[R_DMEAN] if have_prev else 0.0
-    if (pushed + 1) % W == 0:  # re-sync now and then, so rounding cannot pile up
-        values = work[9]
-        present = work[10]
-        for j in range(W):
-            values[j] = 0.0
-            present[j] = 0.0
-        for k in range(n_window):
-            s = (head - n_window + k) % W
-            j = W - n_window + k
-            if ring[s, R_HAS_DISP] > 0.0:
-                values[j] = ring[s, R_DMEAN]
-                present[j] = 1.0
-        _dft_direct(values[:W], present[:W], dft[2], dft[0, :K], dft[1, :K])
-    else:
-        _dft_slide(dft[0, :K], dft[1, :K], dft[2], old_value, old_present, new_value, have_prev)
-
-    # remember this frame for the next
-    for i in range(n):
-        for k in range(3):
-            atoms[A_PREV, i, k] = positions[i, k]
+    _push_signal(ring, dft, work, head, n_window, pushed + 1, old_value, old_present, new_value,
+                 have_prev)
+    atoms[A_PREV, :n] = positions
     ibuf[I_UCUR] = 1 - cur
     ibuf[I_HAVE_PREV] = 1
     ibuf[I_LAST_BAD] = 0
@@ -540,7 +583,7 @@ def _update(
                 fbuf[F_E0] = total
                 ibuf[I_HAVE_E0] = 1
             out[O_DRIFT] = (total - fbuf[F_E0]) / n
-    if forces_ok:
+    if has_forces and bad_forces == 0:
         fmax = 0.0
         for i in range(n):
             fmax = max(fmax, forces[i, 0] ** 2 + forces[i, 1] ** 2 + forces[i, 2] ** 2)
@@ -615,7 +658,7 @@ def _window(
         m2 = acc[2] / total
         out[O_DISP_MEAN] = mean
         out[O_DISP_STD] = math.sqrt(m2)
-        if m2 > 0.0:
+        if m2 > (FLAT * mean) ** 2 and m2 > 0.0:
             out[O_DISP_SKEW] = acc[3] / total / m2**1.5
             out[O_DISP_KURT] = acc[4] / total / (m2 * m2) - 3.0
         out[O_DISP_MAX] = dmax
@@ -634,12 +677,13 @@ def _window(
         for k in range(ns):
             var += (signal[k] - smean) ** 2
         out[O_FRAME_VAR] = var / ns
-        K = W // 2 + 1
-        spec = work[8]
-        _spectral(dft[0, :K], dft[1, :K], smean, W, dt, spec)
-        out[O_FREQ] = spec[0]
-        out[O_ENTROPY] = spec[1]
-        out[O_PEAK_RATIO] = spec[2]
+        if var / ns > (FLAT * smean) ** 2:
+            K = W // 2 + 1
+            spec = work[8]
+            _spectral(dft[0, :K], dft[1, :K], smean, W, dt, spec)
+            out[O_FREQ] = spec[0]
+            out[O_ENTROPY] = spec[1]
+            out[O_PEAK_RATIO] = spec[2]
     if nv > 0:
         out[O_RMS_V] = math.sqrt(v2 / (n_atoms * nv))
 

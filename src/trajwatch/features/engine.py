@@ -134,7 +134,7 @@ class FeatureEngine:
             self._numbers0, self._tagged, self.lags, self._ring, self._ring_u, self._ring_v,
             self._ring_bins, self._hist, self._rdf_ring, self._cpairs, self._cshift,
             self._rpairs, self._rshift, self._dft, self._work,
-        )  # fmt: skip
+        )
 
     def reset(self) -> None:
         """Forget all history: the next frame starts a new segment (no change reported)."""
@@ -204,7 +204,7 @@ class FeatureEngine:
                 float(frame.step),
                 v is not None, f is not None, cell is not None, energy is not None, t is not None,
                 out, *self._state,
-            )  # fmt: skip
+            )
             if status == kern.OK:
                 break
             self._handle(status, frame)
@@ -286,7 +286,7 @@ def warmup() -> float:
         positions = base + 0.05 * k
         moving = np.full((4, 3), 0.1 * k)
         engine.update(Frame(positions, numbers, velocities=moving, forces=moving, energy=-1.0,
-                            cell=cell, step=k, time=2.0 * k))  # fmt: skip
+                            cell=cell, step=k, time=2.0 * k))
         engine.update(Frame(positions, numbers, step=k))
     engine.update(Frame(np.full((4, 3), np.nan), numbers, energy=math.nan))
     engine.update(Frame(base, [29, 29, 29, 47], cell=cell))

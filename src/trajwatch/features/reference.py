@@ -27,6 +27,9 @@ from trajwatch.features.catalogue import FEATURE_NAMES, lag_set
 from trajwatch.frame import Frame
 from trajwatch.units import AMU_A2_PER_FS2_IN_EV, KB_EV_PER_K
 
+FLAT = 1e-12
+"""Spread (std / mean) below which values count as constant: no skew, kurtosis, spectrum."""
+
 FloatArray = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
 
@@ -250,7 +253,7 @@ def features(
         m2, m3, m4 = (np.mean((d - mean) ** p) for p in (2, 3, 4))
         x["disp_mean"] = float(mean)
         x["disp_std"] = math.sqrt(m2)
-        if m2 > 0:
+        if m2 > (FLAT * mean) ** 2 and m2 > 0:
             x["disp_skew"] = float(m3 / m2**1.5)
             x["disp_kurtosis"] = float(m4 / m2**2 - 3.0)
         x["disp_max"] = float(d.max())
@@ -268,13 +271,13 @@ def features(
 
     # --- the frame signal: each frame's mean displacement, zero-padded at the old end
     signal = np.array([disp[t].mean() for t in win if t in disp]) if n else np.empty(0)
-    if len(signal) >= 2:
+    if len(signal) >= 2:  # spectral features need a signal that is not constant
         x["frame_variance"] = float(signal.var())
         padded = np.zeros(window)
         padded[window - len(signal) :] = signal - signal.mean()
         power = np.abs(np.fft.rfft(padded)[1 : window // 2 + 1]) ** 2
         total = power.sum()
-        if total > 0 and dt > 0:
+        if signal.var() > (FLAT * signal.mean()) ** 2 and dt > 0:
             p = power / total
             k = int(np.argmax(power)) + 1
             x["dominant_freq"] = k / (window * dt) * 1000.0
@@ -299,7 +302,7 @@ def features(
         np.mean([np.mean(np.sum((unwrapped[t] - unwrapped[t - lag]) ** 2, axis=1))
                  for t in win if t - lag >= start])
         for lag in lags
-    ])  # fmt: skip
+    ])
     if len(msd) >= 1 and n:
         x["msd_mean"] = float(msd.mean())
         x["msd_final"] = float(msd[-1])
@@ -312,7 +315,7 @@ def features(
         curve = [(0.0, 1.0)]
         for lag in lags:
             products = [np.mean(np.sum(tv[t] * tv[t - lag], axis=1))
-                        for t in win if t in tv and t - lag in tv]  # fmt: skip
+                        for t in win if t in tv and t - lag in tv]
             if products and c0 > 0:
                 curve.append((float(lag), float(np.mean(products)) / c0))
         if len(curve) > 1 and curve[1][0] == 1.0:
@@ -341,7 +344,7 @@ def features(
             _rdf(history[t].positions, history[t].cell, history[t].pbc,  # type: ignore[arg-type]
                  tagged, rdf_cutoff, rdf_bins)
             for t in rdf_frames
-        ]  # fmt: skip
+        ]
         if g:
             x["rdf_first_peak_pos"], x["rdf_first_peak_height"] = _first_peak(
                 np.mean(g, axis=0), rdf_cutoff / rdf_bins

@@ -255,3 +255,10 @@ def test_slope_anisotropy_peak_and_zero_crossing() -> None:
     assert _kernels._zero_crossing(lags, np.array([0.5, -0.5, -1.0]), 3) == pytest.approx(1.5)
     assert _kernels._zero_crossing(lags, np.array([-1.0, 0.5, 0.2]), 3) == pytest.approx(0.5)
     assert math.isnan(_kernels._zero_crossing(lags, np.array([0.9, 0.5, 0.2]), 3))
+
+
+def test_histogram_bins_from_bits_agree_with_frexp() -> None:
+    values = np.concatenate([[0.0, 1e-12, 2.0**-30, 1023.9, 1024.0, 1e9], np.geomspace(1e-9, 1e3, 500)])
+    out = np.empty(values.size, dtype=np.int32)
+    _kernels._hist_bins(values, values.view(np.int64), out)
+    assert out.tolist() == [_kernels._hist_bin(v) for v in values]

@@ -61,14 +61,13 @@ def _minimum_image(d: np.ndarray, cell: np.ndarray, inv_cell: np.ndarray, pbc: n
         s0 = d[i, 0] * inv_cell[0, 0] + d[i, 1] * inv_cell[1, 0] + d[i, 2] * inv_cell[2, 0]
         s1 = d[i, 0] * inv_cell[0, 1] + d[i, 1] * inv_cell[1, 1] + d[i, 2] * inv_cell[2, 1]
         s2 = d[i, 0] * inv_cell[0, 2] + d[i, 1] * inv_cell[1, 2] + d[i, 2] * inv_cell[2, 2]
-        if pbc[0]:
-            s0 -= np.rint(s0)
-        if pbc[1]:
-            s1 -= np.rint(s1)
-        if pbc[2]:
-            s2 -= np.rint(s2)
+        w0 = np.rint(s0) if pbc[0] else 0.0
+        w1 = np.rint(s1) if pbc[1] else 0.0
+        w2 = np.rint(s2) if pbc[2] else 0.0
+        if w0 == 0.0 and w1 == 0.0 and w2 == 0.0:
+            continue  # the usual case: no boundary crossed, d stays exactly as it is
         for k in range(3):
-            d[i, k] = s0 * cell[0, k] + s1 * cell[1, k] + s2 * cell[2, k]
+            d[i, k] -= w0 * cell[0, k] + w1 * cell[1, k] + w2 * cell[2, k]
 
 
 @njit(cache=True, nogil=True)
@@ -180,6 +179,27 @@ def _hist_bin(x: float) -> int:
         return HIST_BINS - 1
     m, e = math.frexp(x)
     return 1 + (e - HIST_EMIN) * HIST_SUB + int((2.0 * m - 1.0) * HIST_SUB)
+
+
+# For a positive double, bits >> 44 is (biased exponent) * 256 + top 8 mantissa bits:
+# the same bin as _hist_bin without frexp. The offset maps the octave of 2**-30 to bin 1.
+_BITS_SHIFT = 52 - 8
+_BITS_OFFSET = (1022 + HIST_EMIN) * HIST_SUB - 1
+
+
+@njit(cache=True, nogil=True)
+def _hist_bins(x: np.ndarray, bits: np.ndarray, out: np.ndarray) -> None:
+    """``out[i] = _hist_bin(x[i])`` for non-negative x; ``bits`` is ``x`` viewed as int64."""
+    assert HIST_SUB == 256  # the shift above assumes 8 sub-bin bits
+    top = 2.0 ** (HIST_EMAX - 1)
+    for i in range(x.shape[0]):
+        v = x[i]
+        if v < HIST_UNDERFLOW:
+            out[i] = 0
+        elif v < top:
+            out[i] = (bits[i] >> _BITS_SHIFT) - _BITS_OFFSET
+        else:
+            out[i] = HIST_BINS - 1
 
 
 @njit(cache=True, nogil=True)

@@ -134,69 +134,107 @@ def _pairs_within(
     """Every (i in ``centers``, j != i, image) closer than ``radius``; returns how many.
 
     Writes the first ``len(pairs)`` into ``pairs`` (i, j) and ``shifts`` (Cartesian, for
-    unwrapped positions). ``half`` keeps i < j only. ``best[:3]`` gets the smallest
+    the positions ``u`` given). ``half`` keeps i < j only. ``best[:3]`` gets the smallest
     distance found and its pair (inf, -1, -1 if none).
     """
     frac, offset, coords, dims, reach, periodic, start, order = _grid(u, cell, inv, pbc, radius)
+    n = u.shape[0]
+    # Binned positions in Cartesian coordinates, stored cell after cell for the inner loop.
+    xs = np.empty((n, 3))
+    for p in range(n):
+        j = order[p]
+        for k in range(3):
+            xs[p, k] = frac[j, 0] * cell[0, k] + frac[j, 1] * cell[1, k] + frac[j, 2] * cell[2, k]
     r2max = radius * radius
     count = 0
-    best[0] = np.inf
-    best[1] = -1.0
-    best[2] = -1.0
+    # Scalars, not array reads: stores into pairs/shifts would otherwise force reloads.
+    e0, e1, e2 = reach[0], reach[1], reach[2]
+    n0, n1, n2 = dims[0], dims[1], dims[2]
+    p0, p1, p2 = periodic[0], periodic[1], periodic[2]
+    bmin = np.inf
+    bi = -1
+    bj = -1
     capacity = pairs.shape[0]
-    image = np.zeros(3)
-    v = np.zeros(3)
     for ci in range(centers.shape[0]):
         i = centers[ci]
-        for d0 in range(-reach[0], reach[0] + 1):
+        xi = 0.0
+        yi = 0.0
+        zi = 0.0
+        for k in range(3):
+            x = frac[i, 0] * cell[0, k] + frac[i, 1] * cell[1, k] + frac[i, 2] * cell[2, k]
+            if k == 0:
+                xi = x
+            elif k == 1:
+                yi = x
+            else:
+                zi = x
+        for d0 in range(-e0, e0 + 1):
             x0 = coords[i, 0] + d0
-            if periodic[0]:
-                image[0] = math.floor(x0 / dims[0])
-                x0 -= int(image[0]) * dims[0]
-            elif x0 < 0 or x0 >= dims[0]:
+            m0 = 0
+            if p0:  # wrap (loops, not integer division: this runs 27 N times)
+                while x0 < 0:
+                    x0 += n0
+                    m0 -= 1
+                while x0 >= n0:
+                    x0 -= n0
+                    m0 += 1
+            elif x0 < 0 or x0 >= n0:
                 continue
-            for d1 in range(-reach[1], reach[1] + 1):
+            for d1 in range(-e1, e1 + 1):
                 x1 = coords[i, 1] + d1
-                if periodic[1]:
-                    image[1] = math.floor(x1 / dims[1])
-                    x1 -= int(image[1]) * dims[1]
-                elif x1 < 0 or x1 >= dims[1]:
+                m1 = 0
+                if p1:  # wrap (loops, not integer division: this runs 27 N times)
+                    while x1 < 0:
+                        x1 += n1
+                        m1 -= 1
+                    while x1 >= n1:
+                        x1 -= n1
+                        m1 += 1
+                elif x1 < 0 or x1 >= n1:
                     continue
-                for d2 in range(-reach[2], reach[2] + 1):
+                for d2 in range(-e2, e2 + 1):
                     x2 = coords[i, 2] + d2
-                    if periodic[2]:
-                        image[2] = math.floor(x2 / dims[2])
-                        x2 -= int(image[2]) * dims[2]
-                    elif x2 < 0 or x2 >= dims[2]:
+                    m2 = 0
+                    if p2:  # wrap (loops, not integer division: this runs 27 N times)
+                        while x2 < 0:
+                            x2 += n2
+                            m2 -= 1
+                        while x2 >= n2:
+                            x2 -= n2
+                            m2 += 1
+                    elif x2 < 0 or x2 >= n2:
                         continue
-                    c = (x0 * dims[1] + x1) * dims[2] + x2
+                    # the image this neighbour cell sits in, as a Cartesian shift
+                    sx = m0 * cell[0, 0] + m1 * cell[1, 0] + m2 * cell[2, 0] - xi
+                    sy = m0 * cell[0, 1] + m1 * cell[1, 1] + m2 * cell[2, 1] - yi
+                    sz = m0 * cell[0, 2] + m1 * cell[1, 2] + m2 * cell[2, 2] - zi
+                    c = (x0 * n1 + x1) * n2 + x2
                     for p in range(start[c], start[c + 1]):
+                        dx = xs[p, 0] + sx
+                        dy = xs[p, 1] + sy
+                        dz = xs[p, 2] + sz
+                        r2 = dx * dx + dy * dy + dz * dz
+                        if r2 >= r2max:
+                            continue
                         j = order[p]
                         if j == i or (half and j < i):
                             continue
-                        for a in range(3):
-                            v[a] = frac[j, a] + image[a] - frac[i, a]
-                        r2 = 0.0
-                        for k in range(3):
-                            dk = v[0] * cell[0, k] + v[1] * cell[1, k] + v[2] * cell[2, k]
-                            r2 += dk * dk
-                        if r2 >= r2max:
-                            continue
-                        if r2 < best[0]:
-                            best[0] = r2
-                            best[1] = i
-                            best[2] = j
+                        if r2 < bmin:
+                            bmin = r2
+                            bi = i
+                            bj = j
                         if count < capacity:
                             pairs[count, 0] = i
                             pairs[count, 1] = j
+                            l0 = m0 + offset[i, 0] - offset[j, 0]
+                            l1 = m1 + offset[i, 1] - offset[j, 1]
+                            l2 = m2 + offset[i, 2] - offset[j, 2]
                             for k in range(3):
-                                shifts[count, k] = 0.0
-                            for a in range(3):
-                                lattice = image[a] + offset[i, a] - offset[j, a]
-                                for k in range(3):
-                                    shifts[count, k] += lattice * cell[a, k]
+                                shifts[count, k] = l0 * cell[0, k] + l1 * cell[1, k] + l2 * cell[2, k]
                         count += 1
-    best[0] = math.sqrt(best[0])
+    best[0] = math.sqrt(bmin)
+    best[1] = bi
+    best[2] = bj
     return count
 
 

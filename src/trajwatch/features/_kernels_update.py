@@ -24,7 +24,7 @@ from trajwatch.features._kernels import (
     _dft_slide,
     _first_peak,
     _hist_add,
-    _hist_bin,
+    _hist_bins,
     _hist_quantile,
     _inv3,
     _merge_moments,
@@ -310,8 +310,7 @@ def _push_displacements(steps: np.ndarray, disp: np.ndarray, row: np.ndarray, bi
     """This frame's displacements: moments, maximum, step tensor, histogram bins."""
     dmax = 0.0
     dsq = 0.0
-    for c in range(6):
-        row[R_T + c] = 0.0
+    txx = tyy = tzz = txy = txz = tyz = 0.0
     for i in range(steps.shape[0]):
         sx = steps[i, 0]
         sy = steps[i, 1]
@@ -321,15 +320,22 @@ def _push_displacements(steps: np.ndarray, disp: np.ndarray, row: np.ndarray, bi
         disp[i] = d
         dsq += d2
         dmax = max(dmax, d)
-        row[R_T + 0] += sx * sx
-        row[R_T + 1] += sy * sy
-        row[R_T + 2] += sz * sz
-        row[R_T + 3] += sx * sy
-        row[R_T + 4] += sx * sz
-        row[R_T + 5] += sy * sz
-        b = _hist_bin(d)
-        bins[i] = b
-        _hist_add(hist, b, 1)
+        txx += sx * sx
+        tyy += sy * sy
+        tzz += sz * sz
+        txy += sx * sy
+        txz += sx * sz
+        tyz += sy * sz
+    row[R_T + 0] = txx
+    row[R_T + 1] = tyy
+    row[R_T + 2] = tzz
+    row[R_T + 3] = txy
+    row[R_T + 4] = txz
+    row[R_T + 5] = tyz
+    n = steps.shape[0]
+    _hist_bins(disp[:n], disp[:n].view(np.int64), bins)
+    for i in range(n):
+        _hist_add(hist, bins[i], 1)
     _central_moments(disp, row[R_DN : R_DN + 5])
     row[R_DMAX] = dmax
     row[R_DSQ] = dsq
@@ -369,22 +375,27 @@ def _push_lags(u_new: np.ndarray, tagged: np.ndarray, ring: np.ndarray, ring_u: 
         i = tagged[m]
         for k in range(3):
             ring_u[slot, m, k] = u_new[i, k]
+    now_u = ring_u[slot]
+    now_v = ring_v[slot]
     for li in range(L):
         lag = lags[li]
         if lag > n_window - 1:
             break
         back = (slot - lag) % W
+        then_u = ring_u[back]
         msd = 0.0
         for m in range(M):
-            for k in range(3):
-                d = ring_u[slot, m, k] - ring_u[back, m, k]
-                msd += d * d
+            dx = now_u[m, 0] - then_u[m, 0]
+            dy = now_u[m, 1] - then_u[m, 1]
+            dz = now_u[m, 2] - then_u[m, 2]
+            msd += dx * dx + dy * dy + dz * dz
         row[R_LAGS + li] = msd / M
         if row[R_HAS_V] > 0.0 and ring[back, R_HAS_V] > 0.0:
+            then_v = ring_v[back]
             dot = 0.0
             for m in range(M):
-                for k in range(3):
-                    dot += ring_v[slot, m, k] * ring_v[back, m, k]
+                dot += (now_v[m, 0] * then_v[m, 0] + now_v[m, 1] * then_v[m, 1]
+                        + now_v[m, 2] * then_v[m, 2])
             row[R_LAGS + L + li] = dot / M
 
 

@@ -193,13 +193,19 @@ class FeatureEngine:
         v = frame.velocities
         f = frame.forces
         cell = frame.cell
+        pbc = frame.pbc
         energy = frame.energy
         t = frame.time
+        # Numba compiles read-only arrays separately; cell and pbc are often shared constants.
+        if not pbc.flags.writeable:
+            pbc = pbc.copy()
+        if cell is not None and not cell.flags.writeable:
+            cell = cell.copy()
         while True:
             status = kern._update(
                 positions, frame.numbers,
                 _EMPTY3 if v is None else v, _EMPTY3 if f is None else f,
-                _EYE if cell is None else cell, frame.pbc,
+                _EYE if cell is None else cell, pbc,
                 math.nan if energy is None else energy, math.nan if t is None else t,
                 float(frame.step),
                 v is not None, f is not None, cell is not None, energy is not None, t is not None,

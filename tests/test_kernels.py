@@ -148,14 +148,14 @@ def test_kinetic_energy_matches_reference() -> None:
     assert _kernels._kinetic_energy(v, m) == pytest.approx(expected, rel=1e-12)
 
 
-def test_merged_moments_match_numpy_over_chunks() -> None:
+def test_combined_moments_match_numpy_over_chunks() -> None:
     rng = np.random.default_rng(9)
     chunks = [rng.gamma(2.0, 0.05, size=k) + 10.0 for k in (1, 7, 100, 3, 0, 50)]
+    parts = np.full((len(chunks) + 1, 5), np.nan)  # the last row: a frame with no data
+    for row, chunk in zip(parts, chunks, strict=False):
+        _kernels._central_moments(chunk, row)
     acc = np.zeros(5)
-    part = np.zeros(5)
-    for chunk in chunks:
-        _kernels._central_moments(chunk, part)
-        _kernels._merge_moments(acc, part)
+    _kernels._combine_moments(parts, np.array([6, 3, 0, 1, 2, 4, 5]), acc)
     x = np.concatenate(chunks)
     mean = x.mean()
     expected = [x.size, mean, *(np.sum((x - mean) ** p) for p in (2, 3, 4))]

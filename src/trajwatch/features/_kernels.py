@@ -136,35 +136,37 @@ def _central_moments(x: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
-def _merge_moments(acc: np.ndarray, part: np.ndarray) -> None:
-    """Fold ``part = [n, mean, M2, M3, M4]`` into ``acc`` (Pébay 2008, exact and stable)."""
-    na = acc[0]
-    nb = part[0]
-    if nb == 0:
+def _combine_moments(parts: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """Central moments of the union of groups: ``out[:5] = [n, mean, M2, M3, M4]``.
+
+    ``parts[r] = [n, mean, M2, M3, M4]`` of one group (rows with n NaN or 0 are skipped).
+    Each group's sums are shifted to the overall mean (exact, and as stable as two
+    passes over the raw values, with no division per group).
+    """
+    n = 0.0
+    s = 0.0
+    for r in rows:
+        if parts[r, 0] > 0.0:
+            n += parts[r, 0]
+            s += parts[r, 0] * parts[r, 1]
+    out[0] = n
+    out[1] = out[2] = out[3] = out[4] = 0.0
+    if n == 0.0:
         return
-    if na == 0:
-        for k in range(5):
-            acc[k] = part[k]
-        return
-    n = na + nb
-    delta = part[1] - acc[1]
-    d_n = delta / n
-    d2 = delta * delta
-    m2a, m3a = acc[2], acc[3]
-    m2b, m3b = part[2], part[3]
-    acc[4] = (
-        acc[4]
-        + part[4]
-        + d2 * d2 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
-        + 6.0 * d2 * (na * na * m2b + nb * nb * m2a) / (n * n)
-        + 4.0 * d_n * (na * m3b - nb * m3a)
-    )
-    acc[3] = (
-        m3a + m3b + d2 * delta * na * nb * (na - nb) / (n * n) + 3.0 * d_n * (na * m2b - nb * m2a)
-    )
-    acc[2] = m2a + m2b + d2 * na * nb / n
-    acc[1] = acc[1] + d_n * nb
-    acc[0] = n
+    mean = s / n
+    m2 = m3 = m4 = 0.0
+    for r in rows:
+        k = parts[r, 0]
+        if k > 0.0:
+            d = parts[r, 1] - mean
+            d2 = d * d
+            m2 += parts[r, 2] + k * d2
+            m3 += parts[r, 3] + 3.0 * d * parts[r, 2] + k * d2 * d
+            m4 += parts[r, 4] + 4.0 * d * parts[r, 3] + 6.0 * d2 * parts[r, 2] + k * d2 * d2
+    out[1] = mean
+    out[2] = m2
+    out[3] = m3
+    out[4] = m4
 
 
 # ------------------------------------------------------------------------- histogram

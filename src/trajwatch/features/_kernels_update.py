@@ -27,7 +27,7 @@ from trajwatch.features._kernels import (
     _hist_bins,
     _hist_quantile,
     _inv3,
-    _merge_moments,
+    _combine_moments,
     _minimum_image,
     _slope,
     _spectral,
@@ -103,7 +103,8 @@ I_RDF_BUILDS = 14
 I_CONTACT_PBC = 15  # 3 entries: pbc when the contact list was built
 I_RDF_PBC = 18  # 3 entries
 I_RDF_STRIDE = 21
-N_IBUF = 22
+I_ORDER = 22  # W entries: the window's ring slots, oldest first (scratch)
+N_IBUF = 22  # plus W for I_ORDER
 
 # --- float scalars (fbuf)
 F_E0 = 0  # total energy at the drift origin (eV)
@@ -280,9 +281,13 @@ def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.n
               per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
               atoms: np.ndarray, tagged: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray,
               scratch: np.ndarray) -> int:
-    """Rebuild the RDF pair list if a pair could have come within the cutoff unseen."""
+    """Rebuild the RDF pair list if a pair could have come within the cutoff unseen.
+
+    Its skin is twice the contact list's: it is looked at only every ``rdf_stride``
+    frames, so atoms have moved further by the next look.
+    """
     n = positions.shape[0]
-    skin = fbuf[F_SKIN]
+    skin = 2.0 * fbuf[F_SKIN]
     if (
         ibuf[I_NRDF] >= 0
         and _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
@@ -623,10 +628,15 @@ def _window(
     head = ibuf[I_HEAD]
     if count == 0 or n_atoms == 0:
         return
+    order = ibuf[I_ORDER : I_ORDER + count]  # slots oldest first: no modulo in the loops
+    s = head - count + W if head < count else head - count
+    for k in range(count):
+        order[k] = s
+        s = s + 1 if s + 1 < W else 0
     acc = work[0, 0:5]
     tensor = work[0, 8:14]
-    acc[:] = 0.0
     tensor[:] = 0.0
+    _combine_moments(ring[:, R_DN : R_DN + 5], order, acc)
     signal = work[1]
     clocks = work[2]
     energies = work[3]
@@ -640,10 +650,9 @@ def _window(
     c0 = 0.0
     dmin = np.inf
     for k in range(count):
-        row = ring[(head - count + k) % W]
+        row = ring[order[k]]
         clocks[k] = row[R_CLOCK]
         if row[R_HAS_DISP] > 0.0:
-            _merge_moments(acc, row[R_DN : R_DN + 5])
             dmax = max(dmax, row[R_DMAX])
             dsq += row[R_DSQ]
             for c in range(6):
@@ -706,10 +715,10 @@ def _window(
         lag = lags[li]
         if lag > count - 1:
             break
-        s = 0.0
+        total_msd = 0.0
         for k in range(lag, count):
-            s += ring[(head - count + k) % W, R_LAGS + li]
-        msd[nl] = s / (count - lag)
+            total_msd += ring[order[k], R_LAGS + li]
+        msd[nl] = total_msd / (count - lag)
         lag_time[nl] = lag * dt
         nl += 1
     if nl >= 1:
@@ -736,16 +745,16 @@ def _window(
             lag = lags[li]
             if lag > count - 1:
                 break
-            s = 0.0
+            total_c = 0.0
             m = 0
             for k in range(lag, count):
-                value = ring[(head - count + k) % W, R_LAGS + L + li]
+                value = ring[order[k], R_LAGS + L + li]
                 if not math.isnan(value):
-                    s += value
+                    total_c += value
                     m += 1
             if m > 0:
                 vlag[nc] = lag
-                vval[nc] = s / m / c0
+                vval[nc] = total_c / m / c0
                 nc += 1
         if nc > 0 and vlag[0] == 1.0:
             out[O_VACF_DECAY] = 1.0 - vval[0]
@@ -772,10 +781,9 @@ def _window(
         g[:] = 0.0
         nr = 0
         for k in range(count):
-            s = (head - count + k) % W
-            if ring[s, R_HAS_RDF] > 0.0:
+            if ring[order[k], R_HAS_RDF] > 0.0:
                 for b in range(g.shape[0]):
-                    g[b] += rdf_ring[s, b]
+                    g[b] += rdf_ring[order[k], b]
                 nr += 1
         fbuf[F_RDF_POS] = np.nan
         fbuf[F_RDF_HEIGHT] = np.nan

@@ -67,8 +67,8 @@ class FeatureEngine:
         window: int = 50,
         top_atoms: int = 5,
         *,
-        sample_atoms: int = 1000,
-        rdf_stride: int = 10,
+        sample_atoms: int = 250,
+        rdf_stride: int = 20,
         rdf_cutoff: float = 5.0,
         rdf_bins: int = 100,
         skin: float = 0.5,
@@ -103,7 +103,7 @@ class FeatureEngine:
         m = len(tagged)
         lags = len(self.lags)
         self._tagged = tagged
-        self._ibuf = np.zeros(kern.N_IBUF, dtype=np.int64)
+        self._ibuf = np.zeros(kern.N_IBUF + w, dtype=np.int64)
         self._fbuf = np.zeros(kern.N_FBUF)
         self._geom = np.zeros((kern.N_GEOM, 3, 3))
         self._geom[kern.G_EYE] = np.eye(3)

@@ -193,8 +193,8 @@ def features(
     history: Sequence[Frame],
     *,
     window: int = 50,
-    sample_atoms: int = 1000,
-    rdf_stride: int = 10,
+    sample_atoms: int = 250,
+    rdf_stride: int = 20,
     rdf_cutoff: float = 5.0,
     rdf_bins: int = 100,
 ) -> dict[str, float]:

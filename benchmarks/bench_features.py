@@ -90,7 +90,9 @@ def stream(frames: list[Frame], count: int) -> Iterator[Frame]:
         k = order[t % len(order)]
         backwards = t % len(order) >= len(frames)
         f = frames[k]
-        yield Frame(f.positions, f.numbers, velocities=-f.velocities if backwards else f.velocities,
+        assert f.velocities is not None
+        velocities = -f.velocities if backwards else f.velocities
+        yield Frame(f.positions, f.numbers, velocities=velocities,
                     forces=f.forces, energy=f.energy, cell=f.cell, step=t, time=2.0 * t,
                     source="bench", copy=False)  # fmt: skip
 

@@ -100,10 +100,14 @@ def test_pairs_within_finds_exactly_the_pairs_in_range(name: str, half: bool) ->
     best = np.empty(3)
     none = np.zeros((0, 2), dtype=np.int64)
     args = (positions, cell, inv, pbc, radius, centers, half)
-    count = _kernels_neighbors._pairs_within(*args, none, np.zeros((0, 3)), best)
+    rows = np.zeros(len(centers) + 1, dtype=np.int64)
+    count = _kernels_neighbors._pairs_within(*args, none, np.zeros((0, 3)), best, rows[:0])
     pairs = np.zeros((count, 2), dtype=np.int64)  # counted first, then filled
     shifts = np.zeros((count, 3))
-    assert _kernels_neighbors._pairs_within(*args, pairs, shifts, best) == count
+    assert _kernels_neighbors._pairs_within(*args, pairs, shifts, best, rows) == count
+    for c, i in enumerate(centers):  # pairs come centre by centre
+        assert (pairs[rows[c] : rows[c + 1], 0] == i).all()
+    assert rows[-1] == count
     got = sorted(
         (int(i), int(j), round(float(np.linalg.norm(positions[j] - positions[i] + s)), 9))
         for (i, j), s in zip(pairs[:count], shifts[:count], strict=True)
@@ -129,10 +133,10 @@ def test_list_kernels_match_reference() -> None:
     shifts = np.zeros((4000, 3))
     best = np.empty(3)
     count = _kernels_neighbors._pairs_within(
-        positions, cell, inv, pbc, 4.0, centers, False, pairs, shifts, best
+        positions, cell, inv, pbc, 4.0, centers, False, pairs, shifts, best, np.empty(0, np.int64)
     )
     counts = np.zeros(20)
-    _kernels_neighbors._list_rdf(positions, pairs, shifts, count, 4.0, counts)
+    _kernels_neighbors._list_rdf(positions, pairs, shifts, 0, count, 4.0, counts)
     expected = reference.rdf_counts(positions, CELLS["triclinic"], pbc, centers, 4.0, 20)
     np.testing.assert_array_equal(counts, expected)
     out = np.empty(3)
@@ -258,7 +262,8 @@ def test_slope_anisotropy_peak_and_zero_crossing() -> None:
 
 
 def test_histogram_bins_from_bits_agree_with_frexp() -> None:
-    values = np.concatenate([[0.0, 1e-12, 2.0**-30, 1023.9, 1024.0, 1e9], np.geomspace(1e-9, 1e3, 500)])
+    edges = [0.0, 1e-12, 2.0**-30, 1023.9, 1024.0, 1e9]
+    values = np.concatenate([edges, np.geomspace(1e-9, 1e3, 500)])
     out = np.empty(values.size, dtype=np.int32)
     _kernels._hist_bins(values, values.view(np.int64), out)
     assert out.tolist() == [_kernels._hist_bin(v) for v in values]

@@ -47,10 +47,17 @@ class PipelineConfig:
     """Consecutive normal frames that end an alarm (and emit ``recovered``)."""
     top_features: int = 3
     top_atoms: int = 5
-    unscored: tuple[str, ...] = ("disp_max", "min_interatomic_dist")
+    unscored: tuple[str, ...] = (
+        "disp_max",
+        "min_interatomic_dist",
+        "rdf_first_peak_pos",
+        "rdf_first_peak_height",
+    )
     """Features the z-score leaves out. Window extremes are step functions (flat while the
     extreme frame stays in the window, then a jump) that a running z-score mistakes for
-    faults; ``step_disp_max`` and ``step_min_dist`` carry the same signal at once."""
+    faults; ``step_disp_max`` and ``step_min_dist`` carry the same signal at once. The
+    first RDF peak sharpens and shifts for many frames while a crystal started on its
+    lattice warms up, a real drift that a z-score without a drift model calls a fault."""
 
 
 class SourceWatch:

@@ -130,12 +130,14 @@ def _pairs_within(
     pairs: np.ndarray,
     shifts: np.ndarray,
     best: np.ndarray,
+    row_start: np.ndarray,
 ) -> int:
     """Every (i in ``centers``, j != i, image) closer than ``radius``; returns how many.
 
     Writes the first ``len(pairs)`` into ``pairs`` (i, j) and ``shifts`` (Cartesian, for
     the positions ``u`` given). ``half`` keeps i < j only. ``best[:3]`` gets the smallest
-    distance found and its pair (inf, -1, -1 if none).
+    distance found and its pair (inf, -1, -1 if none). Pairs come centre by centre:
+    ``row_start[c]`` is where centre c's begin (if ``row_start`` is long enough).
     """
     frac, offset, coords, dims, reach, periodic, start, order = _grid(u, cell, inv, pbc, radius)
     n = u.shape[0]
@@ -156,6 +158,8 @@ def _pairs_within(
     bj = -1
     capacity = pairs.shape[0]
     for ci in range(centers.shape[0]):
+        if ci < row_start.shape[0]:
+            row_start[ci] = count
         i = centers[ci]
         xi = 0.0
         yi = 0.0
@@ -230,8 +234,12 @@ def _pairs_within(
                             l1 = m1 + offset[i, 1] - offset[j, 1]
                             l2 = m2 + offset[i, 2] - offset[j, 2]
                             for k in range(3):
-                                shifts[count, k] = l0 * cell[0, k] + l1 * cell[1, k] + l2 * cell[2, k]
+                                shifts[count, k] = (
+                                    l0 * cell[0, k] + l1 * cell[1, k] + l2 * cell[2, k]
+                                )
                         count += 1
+    if centers.shape[0] < row_start.shape[0]:
+        row_start[centers.shape[0]] = count
     best[0] = math.sqrt(bmin)
     best[1] = bi
     best[2] = bj
@@ -269,10 +277,11 @@ def _closest_pair(
     centers = np.arange(n)
     nopairs = np.empty((0, 2), dtype=np.int64)
     noshifts = np.empty((0, 3))
+    norows = np.empty(0, dtype=np.int64)
     half = n > 1  # a runtime bool: a literal True would compile a second specialisation
     for _ in range(64):
         radius = min(radius, upper * (1.0 + 1e-9) + 1e-9)
-        _pairs_within(u, cell, inv, pbc, radius, centers, half, nopairs, noshifts, out)
+        _pairs_within(u, cell, inv, pbc, radius, centers, half, nopairs, noshifts, out, norows)
         if out[1] >= 0:
             return
         radius *= 2.0
@@ -330,13 +339,13 @@ def _list_min(
 
 
 @njit(cache=True, nogil=True)
-def _list_rdf(u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, count: int, cutoff: float,
-              counts: np.ndarray) -> None:
-    """Add the listed pairs closer than ``cutoff`` to ``counts`` (bins of cutoff / len)."""
+def _list_rdf(u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, first: int, last: int,
+              cutoff: float, counts: np.ndarray) -> None:
+    """Add listed pairs ``first:last`` closer than ``cutoff`` to ``counts`` (cutoff/len bins)."""
     bins = counts.shape[0]
     dr = cutoff / bins
     c2 = cutoff * cutoff
-    for p in range(count):
+    for p in range(first, last):
         i = pairs[p, 0]
         j = pairs[p, 1]
         dx = u[j, 0] - u[i, 0] + shifts[p, 0]

@@ -20,6 +20,7 @@ from numba import njit
 from trajwatch.features._kernels import (
     _anisotropy,
     _central_moments,
+    _combine_moments,
     _dft_direct,
     _dft_slide,
     _first_peak,
@@ -27,7 +28,6 @@ from trajwatch.features._kernels import (
     _hist_bins,
     _hist_quantile,
     _inv3,
-    _combine_moments,
     _minimum_image,
     _slope,
     _spectral,
@@ -96,7 +96,6 @@ I_NEED = 7  # pairs a list needs when the kernel asks for room
 I_CLOSEST_I = 8
 I_CLOSEST_J = 9
 I_HAVE_E0 = 10
-I_RDF_DIRTY = 11  # window g(r) must be re-averaged
 I_LAST_BAD = 12  # the latest frame had non-finite positions
 I_CONTACT_BUILDS = 13
 I_RDF_BUILDS = 14
@@ -111,8 +110,6 @@ F_E0 = 0  # total energy at the drift origin (eV)
 F_PREV_TIME = 1  # NaN when the previous frame had no time
 F_CONTACT_R = 2  # contact list radius
 F_CONTACT_D = 3  # minimum distance when the contact list was built
-F_RDF_POS = 4  # cached window g(r) peak
-F_RDF_HEIGHT = 5
 F_SKIN = 6
 F_RDF_CUTOFF = 7
 N_FBUF = 8
@@ -147,7 +144,8 @@ R_C0 = 17  # mean over tagged atoms of |v|²
 R_E = 18  # energy per atom, NaN if missing
 R_DMIN = 19  # minimum interatomic distance, NaN if undefined
 R_HAS_RDF = 20
-R_LAGS = 21  # then one MSD column per lag, then one VACF column per lag
+R_RDF_NORM = 21  # this frame's RDF centres times the pair density (N - 1) / V
+R_LAGS = 22  # then one MSD column per lag, then one VACF column per lag
 
 # Values whose spread is below this fraction of their mean count as constant: skew,
 # kurtosis and the spectrum of a constant are NaN, not rounding noise.
@@ -260,7 +258,7 @@ def _contact(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.nd
     radius = out[0] + 2.0 * skin
     half = n >= 2  # a runtime bool: literals True/False would each compile a copy
     count = _pairs_within(positions, h, inv, per, radius, np.arange(n), half, cpairs, cshift,
-                          out[3:])
+                          out[3:], np.empty(0, dtype=np.int64))
     _rebase(cpairs, cshift, count, positions, u_new)
     if count > cpairs.shape[0]:
         ibuf[I_NCONTACT] = -1
@@ -280,11 +278,11 @@ def _contact(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.nd
 def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.ndarray,
               per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
               atoms: np.ndarray, tagged: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray,
-              scratch: np.ndarray) -> int:
+              rstart: np.ndarray, scratch: np.ndarray) -> int:
     """Rebuild the RDF pair list if a pair could have come within the cutoff unseen.
 
-    Its skin is twice the contact list's: it is looked at only every ``rdf_stride``
-    frames, so atoms have moved further by the next look.
+    Its skin is twice the contact list's: it holds more pairs per atom, so rebuilding it
+    is dearer, and a centre's pairs are counted only every ``rdf_stride`` frames.
     """
     n = positions.shape[0]
     skin = 2.0 * fbuf[F_SKIN]
@@ -296,7 +294,7 @@ def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.n
         return OK
     full = n < 2  # False, as a runtime bool (see _contact)
     count = _pairs_within(positions, h, inv, per, fbuf[F_RDF_CUTOFF] + skin, tagged, full,
-                          rpairs, rshift, scratch)
+                          rpairs, rshift, scratch, rstart)
     _rebase(rpairs, rshift, count, positions, u_new)
     if count > rpairs.shape[0]:
         ibuf[I_NRDF] = -1
@@ -405,18 +403,16 @@ def _push_lags(u_new: np.ndarray, tagged: np.ndarray, ring: np.ndarray, ring_u: 
 
 
 @njit(cache=True, nogil=True)
-def _push_rdf(u_new: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray, count: int,
-              cutoff: float, volume: float, centers: int, counts: np.ndarray,
-              g: np.ndarray) -> None:
-    """g(r) of this frame: pair counts over an ideal gas of the same density."""
-    bins = g.shape[0]
+def _push_rdf(u_new: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray, rstart: np.ndarray,
+              phase: int, stride: int, cutoff: float, counts: np.ndarray) -> int:
+    """Pair counts of this frame's share of the RDF centres (every ``stride``-th from
+    ``phase``) into ``counts``; returns how many centres that was."""
     counts[:] = 0.0
-    _list_rdf(u_new, rpairs, rshift, count, cutoff, counts)
-    dr = cutoff / bins
-    density = (u_new.shape[0] - 1) / volume
-    for b in range(bins):
-        shell = 4.0 / 3.0 * math.pi * ((b + 1) ** 3 - b**3) * dr**3
-        g[b] = counts[b] / (centers * density * shell)
+    centres = 0
+    for m in range(phase, rstart.shape[0] - 1, stride):
+        _list_rdf(u_new, rpairs, rshift, rstart[m], rstart[m + 1], cutoff, counts)
+        centres += 1
+    return centres
 
 
 @njit(cache=True, nogil=True)
@@ -478,6 +474,7 @@ def _update(
     cshift: np.ndarray,
     rpairs: np.ndarray,
     rshift: np.ndarray,
+    rstart: np.ndarray,
     dft: np.ndarray,
     work: np.ndarray,
 ) -> int:
@@ -527,10 +524,10 @@ def _update(
     closest_i = int(tmp[1]) if n >= 2 else -1
     closest_j = int(tmp[2]) if n >= 2 else -1
     pushed = ibuf[I_PUSHED]
-    rdf_frame = periodic and n >= 2 and pushed % ibuf[I_RDF_STRIDE] == 0
-    if rdf_frame:
+    rdf_on = periodic and n >= 2  # g(r) needs a volume
+    if rdf_on:
         status = _rdf_list(positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, tagged, rpairs,
-                           rshift, tmp[3:])
+                           rshift, rstart, tmp[3:])
         if status != OK:
             return status
 
@@ -548,7 +545,7 @@ def _update(
             for i in range(n):
                 _hist_add(hist, ring_bins[slot, i], -1)
         if ring[slot, R_HAS_RDF] > 0.0:
-            ibuf[I_RDF_DIRTY] = 1
+            rdf_ring[W] -= rdf_ring[slot]  # counts are integers: the running sum is exact
     row = ring[slot]
     row[:] = np.nan
     row[R_CLOCK] = time if has_time else step
@@ -565,11 +562,14 @@ def _update(
     row[R_DMIN] = dmin
     n_window = min(count + 1, W)
     _push_lags(u_new, tagged, ring, ring_u, ring_v, lags, slot, n_window)
-    if rdf_frame:
-        _push_rdf(u_new, rpairs, rshift, ibuf[I_NRDF], fbuf[F_RDF_CUTOFF], volume,
-                  tagged.shape[0], rdf_ring[W], rdf_ring[slot])
-        row[R_HAS_RDF] = 1.0
-        ibuf[I_RDF_DIRTY] = 1
+    if rdf_on:  # this frame's share of the RDF centres (spread so g(r) moves smoothly)
+        stride = ibuf[I_RDF_STRIDE]
+        centres = _push_rdf(u_new, rpairs, rshift, rstart, pushed % stride, stride,
+                            fbuf[F_RDF_CUTOFF], rdf_ring[slot])
+        if centres > 0:
+            row[R_HAS_RDF] = 1.0
+            row[R_RDF_NORM] = centres * (n - 1) / volume
+            rdf_ring[W] += rdf_ring[slot]
     head = (head + 1) % W
     ibuf[I_HEAD] = head
     ibuf[I_COUNT] = n_window
@@ -776,24 +776,19 @@ def _window(
     # structure
     if dmin < np.inf:
         out[O_MIN_DIST] = dmin
-    if ibuf[I_RDF_DIRTY] == 1:
+    # g(r): the window's pair counts over what an ideal gas would give the same centres
+    norm = 0.0
+    for k in range(count):
+        if ring[order[k], R_HAS_RDF] > 0.0:
+            norm += ring[order[k], R_RDF_NORM]
+    if norm > 0.0:
         g = rdf_ring[W + 1]
-        g[:] = 0.0
-        nr = 0
-        for k in range(count):
-            if ring[order[k], R_HAS_RDF] > 0.0:
-                for b in range(g.shape[0]):
-                    g[b] += rdf_ring[order[k], b]
-                nr += 1
-        fbuf[F_RDF_POS] = np.nan
-        fbuf[F_RDF_HEIGHT] = np.nan
-        if nr > 0:
-            for b in range(g.shape[0]):
-                g[b] /= nr
-            peak = work[8]
-            _first_peak(g, fbuf[F_RDF_CUTOFF] / g.shape[0], peak)
-            fbuf[F_RDF_POS] = peak[0]
-            fbuf[F_RDF_HEIGHT] = peak[1]
-        ibuf[I_RDF_DIRTY] = 0
-    out[O_RDF_POS] = fbuf[F_RDF_POS]
-    out[O_RDF_HEIGHT] = fbuf[F_RDF_HEIGHT]
+        bins = g.shape[0]
+        dr = fbuf[F_RDF_CUTOFF] / bins
+        for b in range(bins):
+            shell = 4.0 / 3.0 * math.pi * ((b + 1) ** 3 - b**3) * dr**3
+            g[b] = rdf_ring[W, b] / (norm * shell)
+        peak = work[8]
+        _first_peak(g, dr, peak)
+        out[O_RDF_POS] = peak[0]
+        out[O_RDF_HEIGHT] = peak[1]

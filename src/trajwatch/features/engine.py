@@ -121,6 +121,7 @@ class FeatureEngine:
         self._cshift = np.zeros((8 * n + 16, 3))
         self._rpairs = np.zeros((64 * m + 16, 2), dtype=np.int64)
         self._rshift = np.zeros((64 * m + 16, 3))
+        self._rstart = np.zeros(m + 1, dtype=np.int64)
         self._dft = np.zeros((3, w), dtype=np.complex128)
         self._dft[2] = np.exp(-2j * np.pi * np.arange(w) / w)
         self._work = np.zeros((11, max(w, 16)))
@@ -133,7 +134,7 @@ class FeatureEngine:
             self._ibuf, self._fbuf, self._geom, self._atoms, self._disp, self._masses,
             self._numbers0, self._tagged, self.lags, self._ring, self._ring_u, self._ring_v,
             self._ring_bins, self._hist, self._rdf_ring, self._cpairs, self._cshift,
-            self._rpairs, self._rshift, self._dft, self._work,
+            self._rpairs, self._rshift, self._rstart, self._dft, self._work,
         )
 
     def reset(self) -> None:
@@ -148,6 +149,7 @@ class FeatureEngine:
         self._fbuf[kern.F_SKIN] = self.skin
         self._fbuf[kern.F_RDF_CUTOFF] = self.rdf_cutoff
         self._hist[:] = 0
+        self._rdf_ring[:] = 0.0
         self._dft[:2] = 0
         self._numbers = None
         self._last = None

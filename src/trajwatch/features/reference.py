@@ -338,36 +338,24 @@ def features(
         x["min_interatomic_dist"] = min(
             closest_pair(history[t].positions, *_geometry(history[t]))[0] for t in win
         )
-    rdf_frames = [t for t in win if t % rdf_stride == 0 and history[t].has_cell]
-    if rdf_frames and n >= 2:
-        g = [
-            _rdf(history[t].positions, history[t].cell, history[t].pbc,  # type: ignore[arg-type]
-                 tagged, rdf_cutoff, rdf_bins)
-            for t in rdf_frames
-        ]
-        if g:
-            x["rdf_first_peak_pos"], x["rdf_first_peak_height"] = _first_peak(
-                np.mean(g, axis=0), rdf_cutoff / rdf_bins
-            )
+    # g(r): frame t counts the pairs of every rdf_stride-th tagged atom from t % rdf_stride
+    counts = np.zeros(rdf_bins)
+    norm = 0.0  # sum over frames of (centres) * (pair density (N - 1) / V)
+    for t in win:
+        frame = history[t]
+        centres = tagged[t % rdf_stride :: rdf_stride]
+        if frame.cell is None or not frame.has_cell or n < 2 or len(centres) == 0:
+            continue
+        counts += rdf_counts(frame.positions, frame.cell, frame.pbc, centres, rdf_cutoff, rdf_bins)
+        norm += len(centres) * (n - 1) / abs(np.linalg.det(frame.cell))
+    if norm > 0:
+        dr = rdf_cutoff / rdf_bins
+        edges = np.arange(rdf_bins + 1) * dr
+        shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+        x["rdf_first_peak_pos"], x["rdf_first_peak_height"] = _first_peak(
+            counts / (norm * shell), dr
+        )
     return x
-
-
-def _rdf(
-    positions: FloatArray,
-    cell: FloatArray,
-    pbc: BoolArray,
-    centers: NDArray[np.int64],
-    cutoff: float,
-    bins: int,
-) -> FloatArray:
-    """g(r) per bin: pair counts over what an ideal gas of the same density would give."""
-    counts = rdf_counts(positions, cell, pbc, centers, cutoff, bins)
-    dr = cutoff / bins
-    edges = np.arange(bins + 1) * dr
-    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
-    density = (len(positions) - 1) / abs(np.linalg.det(cell))
-    g: FloatArray = counts / (len(centers) * density * shell)
-    return g
 
 
 def _first_peak(g: FloatArray, dr: float) -> tuple[float, float]:

@@ -55,8 +55,9 @@ class FeatureEngine:
 
     ``window`` frames are kept (W >= 4). MSD, VACF and the RDF use every s-th atom,
     s = ceil(N / ``sample_atoms``), so their cost stops growing past that many atoms. The
-    RDF, the expensive one, is taken every ``rdf_stride`` frames (pairs within
-    ``rdf_cutoff`` Å in ``rdf_bins`` bins). ``skin`` (Å) is the Verlet-list margin.
+    RDF, the expensive one (pairs within ``rdf_cutoff`` Å in ``rdf_bins`` bins), is spread
+    out: each frame counts the pairs of 1/``rdf_stride`` of its centres. ``skin`` (Å) is
+    the Verlet-list margin. Formulas and algorithms: ``docs/features.md``.
 
     After :meth:`update`, :attr:`structure_change` says what changed if the atom count or
     the species differ from the previous frame (the window state was reset), else None.

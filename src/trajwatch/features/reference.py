@@ -8,9 +8,12 @@ feature of the newest frame from scratch, from the frames of the current segment
 >>> cell = np.eye(3) * 10.0
 >>> round(float(minimum_image(np.array([[9.0, 0.0, 0.0]]), cell, np.ones(3, bool))[0, 0]), 9)
 -1.0
->>> skewed = np.array([[10.0, 0, 0], [9.0, 1.0, 0], [0, 0, 10.0]])  # a = 10, b at 84°
->>> round(closest_pair(np.array([[0.0, 0, 0], [1.0, 1.0, 0]]), skewed, np.ones(3, bool))[0], 6)
-0.0
+>>> skewed = np.array([[10.0, 0, 0], [9.0, 1.0, 0], [0, 0, 10.0]])  # b leans onto a
+>>> pair = np.array([[0.0, 0, 0], [4.6, 0.3, 0]])
+>>> pbc = np.ones(3, bool)
+>>> rounded = minimum_image(pair[1:] - pair[:1], skewed, pbc)  # rounding: not the nearest
+>>> round(float(np.linalg.norm(rounded)), 3), round(closest_pair(pair, skewed, pbc)[0], 3)
+(4.61, 3.471)
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Standardised z-score: how many standard deviations the most extreme feature is away.
 
-Running mean and variance per feature with Welford's update (numerically stable, O(1) per
-frame). The score is max_k |x_k - mean_k| / std_k over the features that are available.
-A floor on std (``rel_floor`` of |mean| plus ``abs_floor``) keeps a feature that has not
-moved yet from turning round-off into an alarm.
+Running mean and variance per feature with Welford's update (numerically stable, O(1)
+per frame, one Numba call). The score is max_k |x_k - mean_k| / std_k over the features
+that are available. A floor on std (``rel_floor`` of |mean| plus ``abs_floor``) keeps a
+feature that has not moved yet from turning round-off into an alarm; a feature that was
+finite for ``min_streak`` frames in a row and turns NaN or infinite scores infinity.
 
 >>> import numpy as np
 >>> det = ZScore()
@@ -11,57 +12,93 @@ moved yet from turning round-off into an alarm.
 ...     det.learn_one(v)
 >>> det.score_one(np.array([10.0, 10.0])) < 1, det.score_one(np.array([10.0, 20.0])) > 8
 (True, True)
+>>> det.score_one(np.array([np.nan, 10.0]))
+inf
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
+
+from trajwatch.detectors import _kernels
+from trajwatch.detectors.base import State, as_vector, register
 
 __all__ = ["ZScore"]
 
 
+@register
 class ZScore:
     """Welford z-score over a feature vector; NaN features are skipped."""
 
-    def __init__(self, rel_floor: float = 1e-4, abs_floor: float = 1e-12) -> None:
+    def __init__(
+        self, rel_floor: float = 1e-4, abs_floor: float = 1e-12, min_streak: int = 20
+    ) -> None:
         self.rel_floor = rel_floor
         self.abs_floor = abs_floor
-        self.count: NDArray[np.float64] = np.zeros(0)
-        self.mean: NDArray[np.float64] = np.zeros(0)
-        self.m2: NDArray[np.float64] = np.zeros(0)
+        self.min_streak = min_streak
+        self.stats: NDArray[np.float64] = np.zeros((4, 0))
+        self.z: NDArray[np.float64] = np.zeros(0)
+        """Signed z of the last vector scored (scratch, overwritten by each call)."""
 
     def _ensure(self, size: int) -> None:
-        if self.mean.size != size:
-            self.count = np.zeros(size)
-            self.mean = np.zeros(size)
-            self.m2 = np.zeros(size)
+        if self.stats.shape[1] != size:
+            self.stats = np.zeros((4, size))
+            self.z = np.zeros(size)
+
+    @property
+    def count(self) -> NDArray[np.float64]:
+        return self.stats[0]
+
+    @property
+    def mean(self) -> NDArray[np.float64]:
+        return self.stats[1]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.stats.shape[1]) and float(self.stats[0].max()) >= 2
 
     def learn_one(self, x: NDArray[np.float64]) -> None:
+        x = as_vector(x)
         self._ensure(x.size)
-        ok = np.isfinite(x)
-        self.count += ok
-        delta = np.where(ok, x - self.mean, 0.0)
-        self.mean += np.divide(delta, self.count, out=np.zeros_like(delta), where=ok)
-        self.m2 += np.where(ok, delta * (x - self.mean), 0.0)
+        _kernels._welford_learn(x, self.stats)
 
     def std(self) -> NDArray[np.float64]:
-        variance = np.divide(
-            self.m2, self.count - 1, out=np.zeros_like(self.m2), where=self.count > 1
+        c = self.stats[0]
+        variance = np.divide(self.stats[2], c - 1, out=np.zeros_like(c), where=c > 1)
+        floor = self.rel_floor * np.abs(self.stats[1]) + self.abs_floor
+        return np.maximum(np.sqrt(np.maximum(variance, 0.0)), floor)
+
+    def score_one(self, x: NDArray[np.float64]) -> float:
+        x = as_vector(x)
+        self._ensure(x.size)
+        return float(
+            _kernels._welford_z(
+                x, self.stats, self.rel_floor, self.abs_floor, float(self.min_streak), self.z
+            )
         )
-        floor = self.rel_floor * np.abs(self.mean) + self.abs_floor
-        return np.maximum(np.sqrt(variance), floor)
 
     def deviations(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Signed z per feature; NaN where the feature or its statistics are missing."""
-        self._ensure(x.size)
-        z = (x - self.mean) / self.std()
-        z[self.count < 2] = np.nan
-        return z
+        self.score_one(x)
+        return self.z.copy()
 
-    def score_one(self, x: NDArray[np.float64]) -> float:
-        z = np.abs(self.deviations(x))
-        # A feature that was finite in training and is not finite now is as bad as it gets.
-        z[~np.isfinite(x) & (self.count >= 2) & ~np.isnan(x)] = np.inf
-        finite = z[~np.isnan(z)]
-        return float(finite.max()) if finite.size else 0.0
+    def get_state(self) -> State:
+        return {
+            "type": type(self).__name__,
+            "params": {
+                "rel_floor": self.rel_floor,
+                "abs_floor": self.abs_floor,
+                "min_streak": self.min_streak,
+            },
+            "stats": self.stats.copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ZScore:
+        det = cls(**state["params"])
+        det.stats = np.array(state["stats"], dtype=np.float64).reshape(4, -1)
+        det.z = np.zeros(det.stats.shape[1])
+        return det

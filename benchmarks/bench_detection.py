@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ import numpy as np
 
 from trajwatch import simulate
 from trajwatch.frame import Frame
-from trajwatch.simulate import ABRUPT_FAULTS, FAULTS, GRADUAL_FAULTS, MDSpec, run_md
+from trajwatch.simulate import ABRUPT_FAULTS, FAULTS, MDSpec, run_md
 
 CACHE = Path(os.environ.get("TRAJWATCH_BENCH_CACHE", Path.home() / ".cache" / "trajwatch-bench"))
 
@@ -158,6 +158,211 @@ def generate(quick: bool) -> None:
             )
 
 
+SILENT = 150
+"""Frames at the start of every run in which no system may alarm (warm-up + calibration
+of the default stack); they are not counted as clean frames either."""
+
+RELEASE = 10
+"""Baselines: consecutive unflagged frames that end an event (as trajwatch's hysteresis)."""
+
+
+@dataclass
+class Outcome:
+    """One system on one run: the frames at which it raised an alarm."""
+
+    case: Case
+    alarms: list[int]
+    frames: int
+
+    @property
+    def fault_frame(self) -> int | None:
+        return None if self.case.fault is None else self.case.spec.fault_frame
+
+    @property
+    def clean_frames(self) -> int:
+        end = self.frames if self.fault_frame is None else self.fault_frame
+        return max(0, end - SILENT)
+
+    @property
+    def false_alarms(self) -> int:
+        f = self.fault_frame
+        return sum(1 for a in self.alarms if f is None or a < f)
+
+    @property
+    def delay(self) -> int | None:
+        f = self.fault_frame
+        after = [a - f for a in self.alarms if f is not None and a >= f]
+        return min(after) if after else None
+
+    @property
+    def extra(self) -> int:
+        f = self.fault_frame
+        return max(0, sum(1 for a in self.alarms if f is not None and a >= f) - 1)
+
+
+def _events(flags: Sequence[bool]) -> list[int]:
+    """First frame of each run of flagged frames (runs closer than RELEASE merge)."""
+    starts: list[int] = []
+    quiet = RELEASE
+    for i, flagged in enumerate(flags):
+        if flagged:
+            if quiet >= RELEASE:
+                starts.append(i)
+            quiet = 0
+        else:
+            quiet += 1
+    return starts
+
+
+def run_trajwatch(case: Case, frames: list[Frame], config: Any = None) -> tuple[Outcome, np.ndarray]:
+    """The pipeline's alarms (anomaly and drift events) and the features it saw."""
+    from trajwatch.pipeline import Pipeline, PipelineConfig
+
+    pipeline = Pipeline(config or PipelineConfig())
+    xs = []
+    alarms = []
+    for frame in frames:
+        for event in pipeline.process(frame):
+            if event.event in ("anomaly", "drift"):
+                alarms.append(event.frame)
+        xs.append(pipeline.sources[frame.source].last_features.copy())
+    return Outcome(case, alarms, len(frames)), np.array(xs)
+
+
+def run_river_hst(case: Case, xs: np.ndarray, names: Sequence[str], q: float = 0.995) -> Outcome:
+    """River's HalfSpaceTrees on min-max scaled features under a QuantileFilter."""
+    from river import anomaly, compose, preprocessing
+
+    model = compose.Pipeline(
+        preprocessing.MinMaxScaler(),
+        anomaly.QuantileFilter(anomaly.HalfSpaceTrees(seed=42), q=q),
+    )
+    flags = []
+    for i, x in enumerate(xs):
+        d = {n: float(v) for n, v in zip(names, x) if math.isfinite(v)}
+        score = model.score_one(d)
+        flags.append(i >= SILENT and bool(model["QuantileFilter"].classify(score)))
+        model.learn_one(d)
+    return Outcome(case, _events(flags), len(xs))
+
+
+def run_zscore_rule(case: Case, xs: np.ndarray, limit: float = 3.0) -> Outcome:
+    """A plain rule: any feature more than ``limit`` running standard deviations away."""
+    from trajwatch.detectors.zscore import ZScore
+
+    det = ZScore()
+    flags = []
+    for i, x in enumerate(xs):
+        z = det.deviations(x)
+        finite = np.isfinite(x)
+        flags.append(i >= SILENT and bool((np.abs(z[finite]) > limit).any()))
+        det.learn_one(x)
+    return Outcome(case, _events(flags), len(xs))
+
+
+def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Per-fault detection rate and delays, false alarms per 10k clean frames, event F1."""
+    per_fault: dict[str, dict[str, Any]] = {}
+    for fault in FAULTS:
+        runs = [o for o in outcomes if o.case.fault == fault]
+        if not runs:
+            continue
+        delays = [o.delay for o in runs if o.delay is not None]
+        per_fault[fault] = {
+            "kind": "abrupt" if fault in ABRUPT_FAULTS else "gradual",
+            "runs": len(runs),
+            "detected": len(delays),
+            "rate": len(delays) / len(runs),
+            "median_delay": float(np.median(delays)) if delays else None,
+            "max_delay": max(delays) if delays else None,
+            "extra_events": sum(o.extra for o in runs),
+        }
+    faulty = [o for o in outcomes if o.case.fault is not None]
+    tp = sum(1 for o in faulty if o.delay is not None)
+    fp = sum(o.false_alarms for o in outcomes)
+    clean = sum(o.clean_frames for o in outcomes)
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / len(faulty) if faulty else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "per_fault": per_fault,
+        "true_positives": tp,
+        "false_alarms": fp,
+        "clean_frames": clean,
+        "false_alarms_per_10k": 1e4 * fp / clean if clean else math.nan,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Evaluate trajwatch and the two baselines on the suite; returns the results."""
+    from trajwatch.detectors.stack import warmup as warmup_detectors
+    from trajwatch.features.engine import FeatureEngine
+    from trajwatch.features.engine import warmup as warmup_features
+
+    warmup_features()
+    warmup_detectors()
+    names = list(FeatureEngine().names)
+    outcomes: dict[str, list[Outcome]] = {"trajwatch": [], "river-hst": [], "z>3": []}
+    start = time.perf_counter()
+    for case in suite(quick):
+        frames = frames_of(case)
+        ours, xs = run_trajwatch(case, frames)
+        outcomes["trajwatch"].append(ours)
+        outcomes["river-hst"].append(run_river_hst(case, xs, names))
+        outcomes["z>3"].append(run_zscore_rule(case, xs))
+    results = {name: summarise(o) for name, o in outcomes.items()}
+    runs = {
+        o.case.name: {"fault_frame": o.fault_frame, "alarms": o.alarms}
+        for o in outcomes["trajwatch"]
+    }
+    return {
+        "benchmark": "detection",
+        "quick": quick,
+        "features": names,
+        "systems": results,
+        "trajwatch_runs": runs,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The report: per fault, then the headline numbers of each system."""
+    systems = result["systems"]
+    ours = systems["trajwatch"]["per_fault"]
+    lines = [
+        f"{'fault':<11} {'kind':<8} {'detected':>9} {'median delay':>13} {'max delay':>10}"
+        f"   {'river-hst':>10} {'z>3':>10}",
+    ]
+    for fault, row in ours.items():
+        other = []
+        for name in ("river-hst", "z>3"):
+            r = systems[name]["per_fault"][fault]
+            other.append(f"{r['detected']}/{r['runs']}")
+        med = "-" if row["median_delay"] is None else f"{row['median_delay']:g}"
+        mx = "-" if row["max_delay"] is None else f"{row['max_delay']}"
+        lines.append(
+            f"{fault:<11} {row['kind']:<8} {row['detected']:>4}/{row['runs']:<4} {med:>13} {mx:>10}"
+            f"   {other[0]:>10} {other[1]:>10}"
+        )
+    lines.append("")
+    lines.append(f"{'system':<10} {'FA/10k':>8} {'precision':>10} {'recall':>7} {'F1':>6} {'F1 ratio':>9}")
+    best = systems["trajwatch"]["f1"]
+    for name, s in systems.items():
+        ratio = best / s["f1"] if s["f1"] else math.inf
+        lines.append(
+            f"{name:<10} {s['false_alarms_per_10k']:>8.2f} {s['precision']:>10.3f} "
+            f"{s['recall']:>7.3f} {s['f1']:>6.3f} {ratio:>8.2f}x"
+        )
+    lines.append(
+        f"clean frames: {systems['trajwatch']['clean_frames']}; "
+        f"F1 ratio = trajwatch F1 / system F1"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one metal, small runs")
@@ -167,7 +372,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.generate_only:
         generate(args.quick)
         return 0
+    result = run(args.quick)
+    print(table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=_json_default))
     return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 if __name__ == "__main__":

@@ -541,8 +541,9 @@ def _adwin(
     ``ring`` is ``(d, W)``, ``meta`` ``(d, 2)`` (fill, head). When ``check`` is set,
     every split of each window into an older part W0 and a newer part W1 (each at least
     ``min_window`` long) is tested as in Bifet & Gavalda (2007) with the variance-aware
-    bound of their ADWIN2: |mu0 - mu1| > sqrt(2 v ln(2/d') / m) + 2 ln(2/d') / (3 m),
-    m = 1 / (1/n0 + 1/n1), d' = delta / n. On a cut the older part is dropped and
+    bound of their ADWIN2 (as River computes it): |mu0 - mu1| > sqrt(2 v L / m) +
+    2 L / (3 m), m = 1 / (1/n0 + 1/n1), L = ln(2 ln(n) / delta), v the window's
+    variance. On a cut the older part is dropped and
     ``shift[k]`` gets mu1 - mu0 (else 0). O(W) per feature per check.
     """
     d, w = ring.shape
@@ -570,7 +571,7 @@ def _adwin(
             total2 += e * e
         mean = total / n
         var = max(total2 / n - mean * mean, 0.0)
-        log_term = math.log(2.0 * n / delta)
+        log_term = math.log(2.0 * math.log(n) / delta)
         s0 = 0.0
         best = 0.0
         best_i = 0

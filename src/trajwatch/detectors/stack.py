@@ -10,7 +10,7 @@ Per frame (after ``warmup_frames`` frames that are only learned):
    default, or k-of-n vote) and the fused surprise drives a
    :class:`~trajwatch.detectors.hysteresis.Hysteresis` (``threshold`` / ``release`` /
    ``release_frames``) and the onset :class:`~trajwatch.detectors.evidence.Cusum`;
-4. the frame is learned (detectors and calibrators) only if it is below ``threshold``
+4. the frame is learned (detectors and calibrators) only if it is below ``learn_below``
    and no alarm is on, and only while the stack is not frozen;
 5. the z-scores of the first z-type detector feed the
    :class:`~trajwatch.detectors.drift.DriftWatch` (not during an alarm).
@@ -106,6 +106,9 @@ class StackConfig:
     """Fused surprise at or below which a frame counts as normal again."""
     release_frames: int = 10
     """Consecutive normal frames that end an alarm (and emit ``recovered``)."""
+    learn_below: float = 3.0
+    """Only frames with a fused surprise below this (p > 0.001) are learned, so the
+    detectors do not follow a fault that builds up slowly."""
     high: float = 12.0
     """Fused surprise from which an alarm is ``high`` (below: ``warning``)."""
     critical: float = 20.0
@@ -218,7 +221,7 @@ class DetectorStack:
         if change == "start":
             step.onset = self.cusum.onset(index)
         if not self.alarm.active:
-            if not self.frozen and fused <= self.config.threshold:
+            if not self.frozen and fused < self.config.learn_below:
                 for j, det in enumerate(detectors):
                     det.learn_one(x)
                     if det.ready:

@@ -15,7 +15,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from trajwatch import __version__
+
+if TYPE_CHECKING:
+    from trajwatch.detectors.stack import DetectorStack
+    from trajwatch.pipeline import PipelineConfig
 
 __all__ = ["entry_point", "main"]
 
@@ -65,9 +71,12 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "trajwatch monitor --no-tui --events events.jsonl",
             "trajwatch monitor --endpoint tcp://127.0.0.1:6000 --no-tui | jq .",
             "trajwatch monitor --lossless --bind --idle-timeout 5 --events out.jsonl",
+            "trajwatch monitor --no-tui --reference aimd.extxyz   # judge against a trusted run",
+            "trajwatch monitor --no-tui --reference aimd-model.npz",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_reference_options(p)
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="default: %(default)s")
     p.add_argument("--bind", action="store_true", help="bind instead of connecting (fan-in)")
     p.add_argument("--lossless", action="store_true", help="PULL instead of SUB (pair with replay --lossless)")
@@ -90,14 +99,81 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=_examples(
             "trajwatch scan run.extxyz --events events.jsonl",
             "trajwatch scan runs/*.extxyz.gz --events all.jsonl --skip-bad",
+            "trajwatch scan mlff.extxyz --reference aimd.extxyz --save-reference aimd-model.npz",
+            "trajwatch scan mlff-*.extxyz --reference aimd-model.npz --events out.jsonl",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_reference_options(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--events", type=Path, metavar="PATH", help="JSONL event log (default: events to stdout)")
     p.add_argument("--skip-bad", action="store_true", help="count and skip malformed frames instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(command=_run_scan)
+
+
+def _add_reference_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "detection",
+        "By default each source learns its own normal from its first frames (self-baseline). "
+        "With --reference, every source is judged against a trusted run instead.",
+    )
+    g.add_argument(
+        "--reference",
+        type=Path,
+        metavar="PATH",
+        help="trusted trajectory (.xyz/.extxyz[.gz]) to fit the detectors on, or a model "
+        "saved with --save-reference (.npz/.json)",
+    )
+    g.add_argument(
+        "--save-reference",
+        type=Path,
+        metavar="PATH",
+        help="write the model fitted on --reference here (.npz, or .json) for later runs",
+    )
+    g.add_argument(
+        "--fusion",
+        choices=("cauchy", "min", "fisher", "vote"),
+        default="cauchy",
+        help="how detector p-values are combined (default: %(default)s; vote = k-of-n)",
+    )
+    g.add_argument("--vote-k", type=int, default=2, metavar="K", help="K for --fusion vote (default: %(default)s)")
+
+
+def _detection(args: argparse.Namespace) -> tuple[PipelineConfig, DetectorStack | None]:
+    """The pipeline config and the reference model (or None) the options ask for."""
+    from dataclasses import replace
+
+    from trajwatch.pipeline import (
+        PipelineConfig,
+        fit_reference,
+        load_reference,
+        save_reference,
+    )
+
+    config = replace(PipelineConfig(), fusion=args.fusion, vote_k=args.vote_k)
+    if args.reference is None:
+        if args.save_reference is not None:
+            raise ValueError("--save-reference needs --reference")
+        return config, None
+    path: Path = args.reference
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix in (".npz", ".json"):
+        model = load_reference(path)
+    else:
+        from trajwatch.replay.xyz import iread
+
+        start = time.perf_counter()
+        model = fit_reference(iread(path), config)
+        print(
+            f"trajwatch: fitted the reference on {model.meta['frames']} frames of {path} "
+            f"in {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
+    if args.save_reference is not None:
+        save_reference(model, args.save_reference)
+    return config, model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +252,7 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 
 def _run_monitor(args: argparse.Namespace) -> int:
+    from trajwatch.detectors.stack import warmup as warmup_detectors
     from trajwatch.features.engine import warmup
     from trajwatch.pipeline import Pipeline
     from trajwatch.sinks import JsonlSink, Sink, StreamSink
@@ -185,8 +262,9 @@ def _run_monitor(args: argparse.Namespace) -> int:
     if args.events:
         sinks.append(JsonlSink(args.events, fsync=args.fsync))
     sinks.append(StreamSink(sys.stdout))
-    pipeline = Pipeline(sinks=sinks)
-    compile_seconds = warmup()
+    config, reference = _detection(args)
+    pipeline = Pipeline(config, sinks, reference=reference)
+    compile_seconds = warmup() + warmup_detectors()
     frames = 0
     start = time.perf_counter()
     with Subscriber(
@@ -234,18 +312,21 @@ def _run_scan(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from trajwatch.detectors.stack import warmup as warmup_detectors
     from trajwatch.features.engine import warmup
     from trajwatch.pipeline import Pipeline
     from trajwatch.replay.xyz import XYZReader
     from trajwatch.sinks import JsonlSink, Sink, StreamSink
 
+    config, reference = _detection(args)
     sinks: list[Sink] = [JsonlSink(args.events) if args.events else StreamSink(sys.stdout)]
     warmup()
+    warmup_detectors()
     console = Console(stderr=True)
     total_frames = 0
     try:
         for path in args.files:
-            pipeline = Pipeline(sinks=sinks)
+            pipeline = Pipeline(config, sinks, reference=reference)
             size = path.stat().st_size
             with (
                 XYZReader(path, skip_bad=args.skip_bad) as reader,

@@ -60,7 +60,17 @@ def test_anomaly_event_has_every_contract_field() -> None:
         features=[FeatureDeviation("disp_max", 1.5, math.nan)], atoms=[4],
     )  # fmt: skip
     data = json.loads(event.to_json())
-    required = {"event", "frame", "step", "time", "source", "detector", "score", "threshold", "severity"}
+    required = {
+        "event",
+        "frame",
+        "step",
+        "time",
+        "source",
+        "detector",
+        "score",
+        "threshold",
+        "severity",
+    }
     assert required | {"onset_frame", "features", "atoms"} <= data.keys()
     assert data["score"] is None and data["time"] is None  # strict JSON: no NaN/Infinity
     assert data["features"] == [{"name": "disp_max", "value": 1.5, "deviation": None}]

@@ -55,4 +55,6 @@ def test_kinetic_energy_matches_reference() -> None:
     rng = np.random.default_rng(7)
     v = rng.normal(size=(64, 3))
     m = rng.uniform(1, 200, size=64)
-    assert _kernels._kinetic_energy(v, m) == pytest.approx(reference.kinetic_energy(v, m), rel=1e-12)
+    assert _kernels._kinetic_energy(v, m) == pytest.approx(
+        reference.kinetic_energy(v, m), rel=1e-12
+    )

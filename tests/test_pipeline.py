@@ -39,10 +39,12 @@ def test_alarm_recovers_once_the_system_relaxes(clash_frames: list[Frame]) -> No
         assert events[1].frame > events[0].frame
 
 
-def test_sources_are_watched_separately(clean_frames: list[Frame], clash_frames: list[Frame]) -> None:
+def test_sources_are_watched_separately(
+    clean_frames: list[Frame], clash_frames: list[Frame]
+) -> None:
     pipeline = Pipeline()
     events = []
-    for a, b in zip(clean_frames, clash_frames):  # interleaved, as from a fan-in proxy
+    for a, b in zip(clean_frames, clash_frames, strict=True):  # interleaved, as from a proxy
         events += pipeline.process(a) + pipeline.process(b)
     assert {e.source for e in events} == {"clash"}
     assert set(pipeline.sources) == {"clean", "clash"}

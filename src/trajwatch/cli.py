@@ -50,14 +50,40 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="default: %(default)s")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=100.0, metavar="FPS", help="frames per second (default: %(default)s)")
+    pace.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        metavar="FPS",
+        help="frames per second (default: %(default)s)",
+    )
     pace.add_argument("--max", action="store_true", help="send as fast as possible")
     p.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
-    p.add_argument("--lossless", action="store_true", help="PUSH/PULL: block instead of dropping (monitor needs --lossless too)")
-    p.add_argument("--connect", action="store_true", help="connect instead of binding (to a proxy or a binding monitor)")
-    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="how long to wait for a subscriber (default: %(default)s)")
-    p.add_argument("--skip-bad", action="store_true", help="count and skip malformed frames instead of stopping")
-    p.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    p.add_argument(
+        "--lossless",
+        action="store_true",
+        help="PUSH/PULL: block instead of dropping (monitor needs --lossless too)",
+    )
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="connect instead of binding (to a proxy or a binding monitor)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for a subscriber (default: %(default)s)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="count and skip malformed frames instead of stopping",
+    )
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
+    )
     p.set_defaults(command=_run_replay)
 
 
@@ -79,14 +105,36 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _add_reference_options(p)
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="default: %(default)s")
     p.add_argument("--bind", action="store_true", help="bind instead of connecting (fan-in)")
-    p.add_argument("--lossless", action="store_true", help="PULL instead of SUB (pair with replay --lossless)")
-    p.add_argument("--topics", nargs="*", default=[""], metavar="PREFIX", help="only sources whose name starts with one of these")
-    p.add_argument("--no-tui", action="store_true", help="print events as JSON lines instead of the live view")
-    p.add_argument("--events", type=Path, metavar="PATH", help="append-free JSONL event log (flushed per event)")
+    p.add_argument(
+        "--lossless", action="store_true", help="PULL instead of SUB (pair with replay --lossless)"
+    )
+    p.add_argument(
+        "--topics",
+        nargs="*",
+        default=[""],
+        metavar="PREFIX",
+        help="only sources whose name starts with one of these",
+    )
+    p.add_argument(
+        "--no-tui", action="store_true", help="print events as JSON lines instead of the live view"
+    )
+    p.add_argument(
+        "--events",
+        type=Path,
+        metavar="PATH",
+        help="append-free JSONL event log (flushed per event)",
+    )
     p.add_argument("--fsync", action="store_true", help="fsync the event log after each event")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    p.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="stop when no frame arrived for this long (after the first)")
-    p.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop when no frame arrived for this long (after the first)",
+    )
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
+    )
     p.set_defaults(command=_run_monitor)
 
 
@@ -106,8 +154,14 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     _add_reference_options(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    p.add_argument("--events", type=Path, metavar="PATH", help="JSONL event log (default: events to stdout)")
-    p.add_argument("--skip-bad", action="store_true", help="count and skip malformed frames instead of stopping")
+    p.add_argument(
+        "--events", type=Path, metavar="PATH", help="JSONL event log (default: events to stdout)"
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="count and skip malformed frames instead of stopping",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(command=_run_scan)
 
@@ -235,7 +289,9 @@ def _run_replay(args: argparse.Namespace) -> int:
         lossless=args.lossless,
         allow_remote=args.allow_remote,
     ) as publisher:
-        print(f"trajwatch replay: waiting for a subscriber on {args.endpoint} ...", file=sys.stderr)
+        print(
+            f"trajwatch replay: waiting for a subscriber on {args.endpoint} ...", file=sys.stderr
+        )
         if not publisher.wait_for_subscriber(args.wait):
             print(f"trajwatch replay: no subscriber within {args.wait:g} s", file=sys.stderr)
             return 1

@@ -40,7 +40,11 @@ class FeatureDeviation:
     deviation: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "value": _finite(self.value), "deviation": _finite(self.deviation)}
+        return {
+            "name": self.name,
+            "value": _finite(self.value),
+            "deviation": _finite(self.deviation),
+        }
 
 
 @dataclass(frozen=True)
@@ -96,9 +100,7 @@ class Event:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
         features = [
-            FeatureDeviation(
-                str(f["name"]), _num(f.get("value")), _num(f.get("deviation"))
-            )
+            FeatureDeviation(str(f["name"]), _num(f.get("value")), _num(f.get("deviation")))
             for f in data.get("features") or []
         ]
         return cls(

@@ -26,7 +26,7 @@ class FrameError(ValueError):
 
 
 def _owned(values: ArrayLike, dtype: type, shape: tuple[int, ...], name: str) -> NDArray[Any]:
-    array = np.array(values, dtype=dtype, order="C", copy=True)
+    array: NDArray[Any] = np.array(values, dtype=dtype, order="C", copy=True)
     if array.shape != shape:
         raise FrameError(f"{name} has shape {array.shape}, expected {shape}")
     return array

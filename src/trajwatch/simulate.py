@@ -49,7 +49,15 @@ ABRUPT_FAULTS = ("clash", "kick", "dt", "potential", "frozen", "nan")
 GRADUAL_FAULTS = ("thermostat", "heat", "degrade")
 FAULTS = ABRUPT_FAULTS + GRADUAL_FAULTS
 
-_LATTICE = {"Cu": "fcc", "Ag": "fcc", "Au": "fcc", "Ni": "fcc", "Pd": "fcc", "Pt": "fcc", "Al": "fcc"}
+_LATTICE = {
+    "Cu": "fcc",
+    "Ag": "fcc",
+    "Au": "fcc",
+    "Ni": "fcc",
+    "Pd": "fcc",
+    "Pt": "fcc",
+    "Al": "fcc",
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,9 @@ class MDSpec:
 
     def __post_init__(self) -> None:
         if self.element not in _LATTICE:
-            raise ValueError(f"element {self.element!r} has no EMT parameters; use one of {sorted(_LATTICE)}")
+            raise ValueError(
+                f"element {self.element!r} has no EMT parameters; use one of {sorted(_LATTICE)}"
+            )
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; expected one of {FAULTS}")
         if self.thermostat not in ("langevin", "nve"):
@@ -154,7 +164,9 @@ def run_md(spec: MDSpec) -> Iterator[Frame]:
         yield frame
 
 
-def _inject(spec: MDSpec, atoms: Any, dyn: Any, rng: np.random.Generator, make_dynamics: Any) -> Any:
+def _inject(
+    spec: MDSpec, atoms: Any, dyn: Any, rng: np.random.Generator, make_dynamics: Any
+) -> Any:
     """Change the running simulation; returns the dynamics object to continue with."""
     if spec.fault == "clash":
         i = int(rng.integers(len(atoms)))

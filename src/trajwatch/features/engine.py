@@ -86,7 +86,14 @@ class FeatureEngine:
         x = np.full(len(self.names), math.nan)
         if self._previous is not None:
             _kernels._step_displacements(
-                positions, self._previous, self._unwrapped, cell, inv_cell, pbc, self._step, self._displacement
+                positions,
+                self._previous,
+                self._unwrapped,
+                cell,
+                inv_cell,
+                pbc,
+                self._step,
+                self._displacement,
             )
             x[0] = self._displacement.max() if n else math.nan
         if n >= 2:
@@ -131,7 +138,11 @@ def warmup() -> float:
     for shift in (0.0, 0.1):
         engine.update(
             Frame(
-                [[shift, 0, 0], [2, 0, 0]], [29, 29], velocities=np.zeros((2, 3)), cell=cell, energy=-1.0
+                np.array([[shift, 0.0, 0.0], [2.0, 0.0, 0.0]]),
+                [29, 29],
+                velocities=np.zeros((2, 3)),
+                cell=cell,
+                energy=-1.0,
             )
         )
     return time.perf_counter() - start

@@ -20,17 +20,19 @@ FloatArray = NDArray[np.float64]
 def minimum_image(d: FloatArray, cell: FloatArray | None, pbc: NDArray[np.bool_]) -> FloatArray:
     """Vectors ``d`` (M, 3) wrapped to the nearest periodic image (fractional rounding)."""
     if cell is None or not pbc.any():
-        return d.copy()
-    s = d @ np.linalg.inv(cell)
+        return np.array(d, dtype=np.float64)
+    s: FloatArray = d @ np.linalg.inv(cell)
     s[:, pbc] -= np.rint(s[:, pbc])
-    return s @ cell
+    wrapped: FloatArray = s @ cell
+    return wrapped
 
 
 def displacements(
     positions: FloatArray, previous: FloatArray, cell: FloatArray | None, pbc: NDArray[np.bool_]
 ) -> FloatArray:
     """|r_i(t) - r_i(t-1)| per atom, minimum image."""
-    return np.linalg.norm(minimum_image(positions - previous, cell, pbc), axis=1)
+    lengths: FloatArray = np.linalg.norm(minimum_image(positions - previous, cell, pbc), axis=1)
+    return lengths
 
 
 def closest_pair(

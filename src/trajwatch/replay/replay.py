@@ -3,7 +3,8 @@
 >>> import tempfile, os
 >>> from trajwatch.simulate import MDSpec, run_md, write_extxyz
 >>> from trajwatch.streaming import Publisher, Subscriber
->>> path = write_extxyz(run_md(MDSpec(steps=3, repeat=2)), os.path.join(tempfile.mkdtemp(), "a.extxyz"))
+>>> path = os.path.join(tempfile.mkdtemp(), "a.extxyz")
+>>> path = write_extxyz(run_md(MDSpec(steps=3, repeat=2)), path)
 >>> with Subscriber("tcp://127.0.0.1:0", bind=True, lossless=True) as sub, \\
 ...      Publisher(sub.endpoint, bind=False, lossless=True) as pub:
 ...     stats = replay([path], pub, rate=None)

@@ -65,7 +65,9 @@ def test_follows_the_protocol_and_documents_itself(name: str) -> None:
     assert isinstance(det, Detector)
     assert hasattr(det, "get_state") and hasattr(type(det), "from_state")
     module = importlib.import_module(type(det).__module__)
-    assert module.__doc__ and ">>>" in module.__doc__, "each detector module has a runnable example"
+    assert module.__doc__ and ">>>" in module.__doc__, (
+        "each detector module has a runnable example"
+    )
 
 
 def test_scores_are_finite_floats_before_and_after_learning(name: str) -> None:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from trajwatch.detectors import _kernels as K
+from trajwatch.detectors import _kernels as kern
 
 
 def _welford(xs: np.ndarray) -> np.ndarray:
     st = np.zeros((4, xs.shape[1]))
     for x in xs:
-        K._welford_learn(x, st)
+        kern._welford_learn(x, st)
     return st
 
 
@@ -40,7 +40,7 @@ def test_welford_z_and_standardise_match_reference() -> None:
     st = _welford(xs)
     x = np.array([0.5, np.nan, np.inf, 3.0])
     z = np.empty(4)
-    best = K._welford_z(x, st, 1e-4, 1e-12, 20.0, z)
+    best = kern._welford_z(x, st, 1e-4, 1e-12, 20.0, z)
     sd = xs.std(axis=0, ddof=1)
     mean = xs.mean(axis=0)
     assert z[0] == pytest.approx((0.5 - mean[0]) / sd[0], rel=1e-12)
@@ -48,10 +48,10 @@ def test_welford_z_and_standardise_match_reference() -> None:
     assert z[2] == math.inf
     assert best == math.inf
     st[3, 1] = 5.0  # a short streak: NaN is just "unavailable"
-    K._welford_z(x, st, 1e-4, 1e-12, 20.0, z)
+    kern._welford_z(x, st, 1e-4, 1e-12, 20.0, z)
     assert math.isnan(z[1])
     out = np.empty(4)
-    K._standardise(x, st, 1e-4, 1e-12, out)
+    kern._standardise(x, st, 1e-4, 1e-12, out)
     assert out[1] == 0.0 and out[2] == 0.0
     assert out[3] == pytest.approx((3.0 - mean[3]) / sd[3], rel=1e-12)
 
@@ -59,9 +59,9 @@ def test_welford_z_and_standardise_match_reference() -> None:
 def test_std_floor_keeps_constant_features_finite() -> None:
     st = _welford(np.full((10, 1), 2.0))
     z = np.empty(1)
-    assert K._welford_z(np.array([2.0]), st, 1e-4, 1e-12, 20.0, z) == 0.0
+    assert kern._welford_z(np.array([2.0]), st, 1e-4, 1e-12, 20.0, z) == 0.0
     assert z[0] == 0.0
-    assert K._welford_z(np.array([2.1]), st, 1e-4, 1e-12, 20.0, z) == pytest.approx(0.1 / 2e-4)
+    assert kern._welford_z(np.array([2.1]), st, 1e-4, 1e-12, 20.0, z) == pytest.approx(0.1 / 2e-4)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 40])
@@ -69,7 +69,7 @@ def test_mad_sorted_matches_numpy(n: int) -> None:
     rng = np.random.default_rng(n)
     a = np.sort(rng.normal(size=n))
     center = float(np.median(a))
-    mad, mean_abs = K._mad_sorted(a, n, center)
+    mad, mean_abs = kern._mad_sorted(a, n, center)
     assert mad == pytest.approx(np.median(np.abs(a - center)), abs=1e-12)
     assert mean_abs == pytest.approx(np.mean(np.abs(a - center)), abs=1e-12)
 
@@ -86,7 +86,7 @@ def test_robust_window_matches_numpy_median_and_mad() -> None:
     xs[5, 1] = np.nan
     history: list[list[float]] = [[] for _ in range(d)]
     for x in xs:
-        K._robust_learn(x, ring, srt, meta, center, spread, d)  # refresh all each call
+        kern._robust_learn(x, ring, srt, meta, center, spread, d)  # refresh all each call
         for k in range(d):
             if np.isfinite(x[k]):
                 history[k].append(x[k])
@@ -97,7 +97,7 @@ def test_robust_window_matches_numpy_median_and_mad() -> None:
         assert spread[k] == pytest.approx(1.4826 * np.median(np.abs(window - np.median(window))))
     z = np.empty(d)
     x = np.array([center[0] + 2 * spread[0], center[1], np.nan])
-    best = K._robust_z(x, meta, center, spread, 1e-4, 1e-12, 20.0, z)
+    best = kern._robust_z(x, meta, center, spread, 1e-4, 1e-12, 20.0, z)
     assert z[0] == pytest.approx(2.0) and z[1] == 0.0 and z[2] == math.inf
     assert best == math.inf
 
@@ -131,7 +131,7 @@ def test_hst_learn_counts_paths_and_swaps_windows() -> None:
             while node < internal:
                 node = 2 * node + 1 if x[feature[t, node]] < split[t, node] else 2 * node + 2
                 expected[t, node] += 1
-        K._hst_learn(x, feature, split, mass, state)
+        kern._hst_learn(x, feature, split, mass, state)
     # the window just closed: its masses are now the reference, the latest is empty
     assert state.tolist() == [1, 0, window, 1]
     np.testing.assert_array_equal(mass[0], expected)
@@ -141,7 +141,7 @@ def test_hst_learn_counts_paths_and_swaps_windows() -> None:
         nodes = range(2**level - 1, 2 ** (level + 1) - 1)
         np.testing.assert_array_equal(mass[0][:, list(nodes)].sum(axis=1), window)
     for x in rng.normal(size=(5, d)):
-        got = K._hst_score(x, feature, split, mass, state, 2.0)
+        got = kern._hst_score(x, feature, split, mass, state, 2.0)
         assert got == pytest.approx(_hst_reference_score(x, feature, split, mass, 0, 2.0))
 
 
@@ -158,10 +158,10 @@ def test_loda_projection_binning_and_score_match_reference() -> None:
     xs = rng.normal(size=(window, d))
     projs = np.array([[weight[j] @ x[index[j]] for j in range(p)] for x in xs])
     out = np.empty(p)
-    for x, expected in zip(xs, projs):
-        K._loda_project(x, index, weight, out)
+    for x, expected in zip(xs, projs, strict=True):
+        kern._loda_project(x, index, weight, out)
         np.testing.assert_allclose(out, expected)
-        K._loda_learn(out, counts, scale, pstats, state, half)
+        kern._loda_learn(out, counts, scale, pstats, state, half)
     assert state.tolist() == [1, 0, window, 1]
     edges = np.linspace(-half, half, bins + 1)
     for j in range(p):
@@ -180,7 +180,7 @@ def test_loda_projection_binning_and_score_match_reference() -> None:
         if 1 <= b <= bins:
             density /= width
         expected_score -= math.log(density)
-    got = K._loda_score(probe, counts, scale, state, half, 0.5)
+    got = kern._loda_score(probe, counts, scale, state, half, 0.5)
     assert got == pytest.approx(expected_score / p)
 
 
@@ -192,8 +192,8 @@ def test_calibrator_surprise_is_conformal_below_the_tail_and_exponential_above()
     tail = np.array([np.inf, 1.0, 0.05, 0.0])
     scores = rng.exponential(size=500)
     for s in scores:
-        K._calib_add(s, ring, state, tail)
-    K._calib_refit(ring, state, tail)
+        kern._calib_add(s, ring, state, tail)
+    kern._calib_refit(ring, state, tail)
     cal = scores[-size:]
     np.testing.assert_allclose(np.sort(ring), np.sort(cal))
     k = max(10, int(0.05 * size))
@@ -203,12 +203,12 @@ def test_calibrator_surprise_is_conformal_below_the_tail_and_exponential_above()
     assert tail[0] == u and tail[1] == pytest.approx(beta)
     for s in (0.1, 1.0, u):
         expected = -math.log10((1 + (cal >= s).sum()) / (size + 1))
-        assert K._calib_surprise(s, ring, state, tail) == pytest.approx(expected)
+        assert kern._calib_surprise(s, ring, state, tail) == pytest.approx(expected)
     s = u + 3.0
     expected = -math.log10((k + 1) / (size + 1)) + 3.0 / (beta * math.log(10))
-    assert K._calib_surprise(s, ring, state, tail) == pytest.approx(expected)
-    assert K._calib_surprise(math.inf, ring, state, tail) == math.inf
-    assert K._ring_quantile(ring, size, 0.9) == np.sort(cal)[int(math.ceil(0.9 * size)) - 1]
+    assert kern._calib_surprise(s, ring, state, tail) == pytest.approx(expected)
+    assert kern._calib_surprise(math.inf, ring, state, tail) == math.inf
+    assert kern._ring_quantile(ring, size, 0.9) == np.sort(cal)[math.ceil(0.9 * size) - 1]
 
 
 def _cauchy_reference(surprise: np.ndarray, weight: np.ndarray) -> float:
@@ -223,18 +223,20 @@ def _cauchy_reference(surprise: np.ndarray, weight: np.ndarray) -> float:
 def test_cauchy_combination_matches_scipy(surprise: list[float]) -> None:
     s = np.array(surprise)
     w = np.array([1.0, 2.0, 1.0])
-    assert K._cauchy_surprise(s, w) == pytest.approx(_cauchy_reference(s, w), rel=1e-6)
+    assert kern._cauchy_surprise(s, w) == pytest.approx(_cauchy_reference(s, w), rel=1e-6)
 
 
 def test_cauchy_combination_far_tail_is_the_weighted_harmonic_mean() -> None:
     s = np.array([400.0, 398.0, 0.0])
     w = np.ones(3)
     expected = math.log10((10**0 + 10**-2) / 3) + 400.0
-    assert K._cauchy_surprise(s, w) == pytest.approx(expected)
-    assert K._cauchy_surprise(np.array([np.inf, 0.0]), np.ones(2)) == math.inf
+    assert kern._cauchy_surprise(s, w) == pytest.approx(expected)
+    assert kern._cauchy_surprise(np.array([np.inf, 0.0]), np.ones(2)) == math.inf
 
 
-def _page_hinkley_reference(xs: np.ndarray, delta: float, threshold: float, min_n: int) -> list[int]:
+def _page_hinkley_reference(
+    xs: np.ndarray, delta: float, threshold: float, min_n: int
+) -> list[int]:
     fired = []
     n = mean = up = down = up_min = down_max = 0.0
     for t, v in enumerate(xs):
@@ -252,10 +254,16 @@ def _page_hinkley_reference(xs: np.ndarray, delta: float, threshold: float, min_
 
 def test_page_hinkley_matches_reference() -> None:
     rng = np.random.default_rng(6)
-    xs = np.concatenate([rng.normal(size=150), rng.normal(2.0, 1.0, size=100), rng.normal(size=100)])
+    xs = np.concatenate(
+        [rng.normal(size=150), rng.normal(2.0, 1.0, size=100), rng.normal(size=100)]
+    )
     state = np.zeros((1, 6))
     stat = np.zeros(1)
-    got = [t for t, v in enumerate(xs) if K._page_hinkley(np.array([v]), state, 0.5, 25.0, 8.0, stat)]
+    got = [
+        t
+        for t, v in enumerate(xs)
+        if kern._page_hinkley(np.array([v]), state, 0.5, 25.0, 8.0, stat)
+    ]
     assert got == _page_hinkley_reference(xs, 0.5, 25.0, 8)
     assert got and 150 <= got[0] < 170
 
@@ -287,8 +295,10 @@ def test_adwin_matches_brute_force_split_search() -> None:
     cuts = 0
     for v in xs:
         window = ([*window, v])[-w:]
-        cut = K._adwin(np.array([v]), ring, meta, delta, min_window, True, shift)
-        expected = _adwin_reference(window, delta, min_window) if len(window) >= 2 * min_window else 0
+        cut = kern._adwin(np.array([v]), ring, meta, delta, min_window, True, shift)
+        expected = (
+            _adwin_reference(window, delta, min_window) if len(window) >= 2 * min_window else 0
+        )
         assert bool(cut) == bool(expected)
         if cut:
             cuts += 1

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from trajwatch import __version__
@@ -191,7 +190,13 @@ def _add_reference_options(p: argparse.ArgumentParser) -> None:
         default="cauchy",
         help="how detector p-values are combined (default: %(default)s; vote = k-of-n)",
     )
-    g.add_argument("--vote-k", type=int, default=2, metavar="K", help="K for --fusion vote (default: %(default)s)")
+    g.add_argument(
+        "--vote-k",
+        type=int,
+        default=2,
+        metavar="K",
+        help="K for --fusion vote (default: %(default)s)",
+    )
 
 
 def _detection(args: argparse.Namespace) -> tuple[PipelineConfig, DetectorStack | None]:

@@ -126,9 +126,8 @@ class SourceWatch:
         detector = f"{self.stack.fusion.describe()}:{names[lead]}"
         severity = self.stack.severity(step.surprise)
         self._alarm_detector, self._alarm_severity, self._alarm_frame = detector, severity, index
-        per_detector = ", ".join(
-            f"{n} {_p(s)}" for n, s in zip(names, step.surprises)
-        )
+        pairs = zip(names, step.surprises, strict=True)
+        per_detector = ", ".join(f"{n} {_p(s)}" for n, s in pairs)
         return Event(
             "anomaly",
             frame=index,
@@ -187,7 +186,7 @@ class SourceWatch:
 
 
 def _p(surprise: float) -> str:
-    return "0" if not math.isfinite(surprise) else f"{10.0 ** -surprise:.1e}"
+    return "0" if not math.isfinite(surprise) else f"{10.0**-surprise:.1e}"
 
 
 def _describe(features: Sequence[FeatureDeviation]) -> str:

@@ -137,7 +137,9 @@ def run_md(spec: MDSpec) -> Iterator[Frame]:
                 timestep = spec.timestep_fs * spec.dt_factor
         ramp = min(1.0, (index - spec.fault_frame) / ramp_frames) if faulty else 0.0
         if faulty and spec.fault == "heat":
-            dyn.set_temperature(temperature_K=spec.temperature * (1 + (spec.heat_factor - 1) * ramp))
+            dyn.set_temperature(
+                temperature_K=spec.temperature * (1 + (spec.heat_factor - 1) * ramp)
+            )
         if faulty and spec.fault == "degrade":
             atoms.calc.weight = ramp
         if index > 0:
@@ -217,14 +219,19 @@ def _mixed(atoms: Any, good: Any, wrong: Any) -> Any:
     probe.calc = wrong
     offset -= probe.get_potential_energy()
 
-    class Mixed(Calculator):  # type: ignore[misc]
-        implemented_properties = ("energy", "forces")
+    class Mixed(Calculator):
+        implemented_properties = ["energy", "forces"]  # noqa: RUF012 (ASE's own type)
 
         def __init__(self) -> None:
             super().__init__()
             self.weight = 0.0
 
-        def calculate(self, atoms: Any = None, properties: Any = ("energy",), system_changes: Any = all_changes) -> None:
+        def calculate(
+            self,
+            atoms: Any = None,
+            properties: Any = ("energy",),
+            system_changes: Any = all_changes,
+        ) -> None:
             super().calculate(atoms, properties, system_changes)
             assert self.atoms is not None
             a = self.atoms.copy()

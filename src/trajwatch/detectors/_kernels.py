@@ -103,7 +103,7 @@ def _standardise(
 @njit(cache=True, nogil=True)
 def _sorted_remove(a: np.ndarray, n: int, value: float) -> None:
     """Remove one occurrence of ``value`` from the sorted prefix ``a[:n]``."""
-    i = np.searchsorted(a[:n], value)
+    i = int(np.searchsorted(a[:n], value))
     if i >= n:
         i = n - 1
     for j in range(i, n - 1):
@@ -124,7 +124,7 @@ def _median_sorted(a: np.ndarray, n: int) -> float:
     if n == 0:
         return math.nan
     h = n // 2
-    return a[h] if n % 2 else 0.5 * (a[h - 1] + a[h])
+    return float(a[h]) if n % 2 else 0.5 * float(a[h - 1] + a[h])
 
 
 @njit(cache=True, nogil=True)
@@ -275,7 +275,7 @@ def _hst_score(
             node = 2 * node + 1 if z[feature[t, node]] < split[t, node] else 2 * node + 2
             depth += 1
         total += mass[ref, t, node] * 2.0**depth
-    return total / trees
+    return float(total / trees)
 
 
 # ------------------------------------------------------------------------------- LODA
@@ -425,7 +425,7 @@ def _calib_surprise(score: float, ring: np.ndarray, state: np.ndarray, tail: np.
         return math.inf
     u = tail[0]
     if score > u:
-        return tail[3] + (score - u) / (tail[1] * _LN10)
+        return float(tail[3] + (score - u) / (tail[1] * _LN10))
     above = 0
     for i in range(n):
         if ring[i] >= score:
@@ -438,8 +438,8 @@ def _ring_quantile(ring: np.ndarray, n: int, q: float) -> float:
     """The q-quantile (nearest rank) of ``ring[:n]``."""
     if n == 0:
         return math.inf
-    rank = min(n - 1, max(0, int(math.ceil(q * n)) - 1))
-    return np.partition(ring[:n], rank)[rank]
+    rank = min(n - 1, max(0, math.ceil(q * n) - 1))
+    return float(np.partition(ring[:n], rank)[rank])
 
 
 # ------------------------------------------------------------------------------ fusion

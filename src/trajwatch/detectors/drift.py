@@ -21,7 +21,8 @@ each change once, then stays quiet for ``cooldown`` frames.
 >>> quiet = [watch.update(z) for z in rng.normal(size=(1000, 3))]
 >>> sum(len(c) for c in quiet)
 0
->>> ramp = [watch.update(z + [0.0, 0.01 * t, 0.0]) for t, z in enumerate(rng.normal(size=(500, 3)))]
+>>> noise = rng.normal(size=(500, 3))
+>>> ramp = [watch.update(z + [0.0, 0.01 * t, 0.0]) for t, z in enumerate(noise)]
 >>> [(c.feature, c.detector) for changes in ramp for c in changes][:1]
 [(1, 'page-hinkley')]
 """
@@ -67,7 +68,11 @@ class PageHinkley:
     def get_state(self) -> State:
         return {
             "type": type(self).__name__,
-            "params": {"delta": self.delta, "threshold": self.threshold, "min_samples": self.min_samples},
+            "params": {
+                "delta": self.delta,
+                "threshold": self.threshold,
+                "min_samples": self.min_samples,
+            },
             "state": self.state.copy(),
             "statistic": self.statistic.copy(),
         }
@@ -104,7 +109,9 @@ class ADWIN:
             self.shift = np.zeros(x.size)
         self.ticks += 1
         check = self.ticks % self.clock == 0
-        cut = _kernels._adwin(x, self.ring, self.meta, self.delta, self.min_window, check, self.shift)
+        cut = _kernels._adwin(
+            x, self.ring, self.meta, self.delta, self.min_window, check, self.shift
+        )
         return [int(k) for k in np.flatnonzero(self.shift)] if cut else []
 
     def get_state(self) -> State:
@@ -177,11 +184,15 @@ class DriftWatch:
         mean = np.divide(self._sum, self._n, out=np.full(z.size, np.nan), where=self._n > 0)
         self._sum[:] = 0.0
         self._n[:] = 0.0
-        changes = [Change(k, "page-hinkley", float(mean[k])) for k in self.page_hinkley.update(mean)]
+        changes = [
+            Change(k, "page-hinkley", float(mean[k])) for k in self.page_hinkley.update(mean)
+        ]
         if self.adwin is not None:
             seen = {c.feature for c in changes}
             changes += [
-                Change(k, "adwin", float(mean[k])) for k in self.adwin.update(mean) if k not in seen
+                Change(k, "adwin", float(mean[k]))
+                for k in self.adwin.update(mean)
+                if k not in seen
             ]
         if not changes or self.frames < self.quiet_until:
             return []

@@ -81,7 +81,7 @@ class RiverDetector:
         z = self._z
         if self.squash:
             z = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60) / 2.0))
-        return {k: float(v) for k, v, ok in zip(self._keys, z, finite) if ok}
+        return {k: float(v) for k, v, ok in zip(self._keys, z, finite, strict=True) if ok}
 
     def learn_one(self, x: NDArray[np.float64]) -> None:
         x = as_vector(x)

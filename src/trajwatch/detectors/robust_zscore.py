@@ -85,7 +85,7 @@ class RobustZScore:
     def deviations(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Signed robust z per feature; NaN where unknown."""
         self.score_one(x)
-        return self.z.copy()
+        return np.array(self.z)
 
     def get_state(self) -> State:
         return {

@@ -87,7 +87,9 @@ def make_detector(name: str, seed: int = 0) -> Detector:
     try:
         return DETECTORS[name](seed)
     except KeyError:
-        raise ValueError(f"unknown detector {name!r}; expected one of {sorted(DETECTORS)}") from None
+        raise ValueError(
+            f"unknown detector {name!r}; expected one of {sorted(DETECTORS)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,9 @@ class Step:
 class DetectorStack:
     """Detectors, calibrators, fusion, hysteresis, onset and drift for one stream."""
 
-    def __init__(self, config: StackConfig | None = None, *, n_features: int | None = None) -> None:
+    def __init__(
+        self, config: StackConfig | None = None, *, n_features: int | None = None
+    ) -> None:
         self.config = config = config or StackConfig()
         self.n_features = n_features
         self.names = config.detectors
@@ -162,7 +166,9 @@ class DetectorStack:
             make_detector(name, config.seed + i) for i, name in enumerate(config.detectors)
         ]
         self.calibrators = [Calibrator(config.calibration) for _ in self.detectors]
-        self.fusion = Fusion(config.fusion, n=len(self.detectors), k=min(config.vote_k, len(self.detectors)))
+        self.fusion = Fusion(
+            config.fusion, n=len(self.detectors), k=min(config.vote_k, len(self.detectors))
+        )
         self.frozen = False
         self.meta: dict[str, Any] = {}
         """Free-form JSON facts saved with the model (feature names, engine settings)."""

@@ -102,7 +102,13 @@ def _restore(node: Any, arrays: dict[str, np.ndarray]) -> Any:
 
 def _inline(node: Any) -> Any:
     if isinstance(node, np.ndarray):
-        return {"__array__": {"dtype": node.dtype.str, "shape": list(node.shape), "data": node.ravel().tolist()}}
+        return {
+            "__array__": {
+                "dtype": node.dtype.str,
+                "shape": list(node.shape),
+                "data": node.ravel().tolist(),
+            }
+        }
     if isinstance(node, dict):
         return {k: _inline(v) for k, v in node.items()}
     if isinstance(node, (list, tuple)):

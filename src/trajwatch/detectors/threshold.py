@@ -75,7 +75,11 @@ class Calibrator:
     def get_state(self) -> State:
         return {
             "type": type(self).__name__,
-            "params": {"size": self.size, "tail": self.tail_fraction, "refit_every": self.refit_every},
+            "params": {
+                "size": self.size,
+                "tail": self.tail_fraction,
+                "refit_every": self.refit_every,
+            },
             "ring": self.ring.copy(),
             "state": self.state.copy(),
             "tail": self.tail.copy(),

@@ -50,11 +50,11 @@ class ZScore:
 
     @property
     def count(self) -> NDArray[np.float64]:
-        return self.stats[0]
+        return np.asarray(self.stats[0])
 
     @property
     def mean(self) -> NDArray[np.float64]:
-        return self.stats[1]
+        return np.asarray(self.stats[1])
 
     @property
     def ready(self) -> bool:
@@ -69,7 +69,7 @@ class ZScore:
         c = self.stats[0]
         variance = np.divide(self.stats[2], c - 1, out=np.zeros_like(c), where=c > 1)
         floor = self.rel_floor * np.abs(self.stats[1]) + self.abs_floor
-        return np.maximum(np.sqrt(np.maximum(variance, 0.0)), floor)
+        return np.asarray(np.maximum(np.sqrt(np.maximum(variance, 0.0)), floor))
 
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)
@@ -83,7 +83,7 @@ class ZScore:
     def deviations(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Signed z per feature; NaN where the feature or its statistics are missing."""
         self.score_one(x)
-        return self.z.copy()
+        return np.array(self.z)
 
     def get_state(self) -> State:
         return {

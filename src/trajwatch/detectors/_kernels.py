@@ -101,19 +101,41 @@ def _standardise(
 
 
 @njit(cache=True, nogil=True)
-def _sorted_remove(a: np.ndarray, n: int, value: float) -> None:
-    """Remove one occurrence of ``value`` from the sorted prefix ``a[:n]``."""
-    i = int(np.searchsorted(a[:n], value))
+def _bisect_left(a: np.ndarray, n: int, value: float) -> int:
+    """First index i in the sorted ``a[:n]`` with a[i] >= value (n if none)."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _sorted_replace(a: np.ndarray, n: int, old: float, new: float) -> None:
+    """Replace one ``old`` by ``new`` in the sorted prefix ``a[:n]``, moving only the
+    values between the two positions."""
+    i = _bisect_left(a, n, old)
     if i >= n:
         i = n - 1
-    for j in range(i, n - 1):
-        a[j] = a[j + 1]
+    j = _bisect_left(a, n, new)
+    if j > i:
+        for m in range(i, j - 1):
+            a[m] = a[m + 1]
+        a[j - 1] = new
+    else:
+        for m in range(i, j, -1):
+            a[m] = a[m - 1]
+        a[j] = new
 
 
 @njit(cache=True, nogil=True)
 def _sorted_insert(a: np.ndarray, n: int, value: float) -> None:
     """Insert ``value`` into the sorted prefix ``a[:n]`` (``a`` has room for n + 1)."""
-    i = np.searchsorted(a[:n], value)
+    i = _bisect_left(a, n, value)
     for j in range(n, i, -1):
         a[j] = a[j - 1]
     a[i] = value
@@ -135,7 +157,7 @@ def _mad_sorted(a: np.ndarray, n: int, center: float) -> tuple[float, float]:
     """
     if n == 0:
         return math.nan, math.nan
-    right = np.searchsorted(a[:n], center)
+    right = _bisect_left(a, n, center)
     left = right - 1
     lo_rank = (n - 1) // 2
     hi_rank = n // 2
@@ -182,14 +204,16 @@ def _robust_learn(
         meta[k, 2] += 1.0
         n = int(meta[k, 0])
         head = int(meta[k, 1])
+        row = srt[k]
         if n == w:
-            _sorted_remove(srt[k], n, ring[k, head])
-            n -= 1
+            _sorted_replace(row, n, ring[k, head], v)
+        else:
+            _sorted_insert(row, n, v)
+            n += 1
         ring[k, head] = v
-        _sorted_insert(srt[k], n, v)
-        meta[k, 0] = n + 1
+        meta[k, 0] = n
         meta[k, 1] = (head + 1) % w
-        center[k] = _median_sorted(srt[k], n + 1)
+        center[k] = _median_sorted(row, n)
     cursor = int(meta[d, 0])
     for _ in range(min(refresh_per_call, d)):
         k = cursor
@@ -276,6 +300,37 @@ def _hst_score(
             depth += 1
         total += mass[ref, t, node] * 2.0**depth
     return float(total / trees)
+
+
+@njit(cache=True, nogil=True)
+def _hst_learn_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    feature: np.ndarray,
+    split: np.ndarray,
+    mass: np.ndarray,
+    state: np.ndarray,
+) -> None:
+    """Standardise ``x`` (before learning it), learn it into the standardiser and trees."""
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    _welford_learn(x, stats)
+    _hst_learn(z, feature, split, mass, state)
+
+
+@njit(cache=True, nogil=True)
+def _hst_score_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    feature: np.ndarray,
+    split: np.ndarray,
+    mass: np.ndarray,
+    state: np.ndarray,
+    size_limit: float,
+) -> float:
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    return _hst_score(z, feature, split, mass, state, size_limit)
 
 
 # ------------------------------------------------------------------------------- LODA
@@ -371,24 +426,71 @@ def _loda_score(
     return total / proj.size
 
 
+@njit(cache=True, nogil=True)
+def _loda_learn_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    index: np.ndarray,
+    weight: np.ndarray,
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    pstats: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+) -> None:
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    _welford_learn(x, stats)
+    _loda_project(z, index, weight, proj)
+    _loda_learn(proj, counts, scale, pstats, state, half_range)
+
+
+@njit(cache=True, nogil=True)
+def _loda_score_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    index: np.ndarray,
+    weight: np.ndarray,
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+    alpha: float,
+) -> float:
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    _loda_project(z, index, weight, proj)
+    return _loda_score(proj, counts, scale, state, half_range, alpha)
+
+
 # --------------------------------------------------------------- conformal calibration
 
 
 @njit(cache=True, nogil=True)
 def _calib_add(score: float, ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> None:
-    """Add a normal frame's score to the calibration ring; refit the tail now and then.
+    """Add a normal frame's score to the calibration set; refit the tail now and then.
 
+    ``ring`` is ``(2, size)``: the scores in arrival order and the same scores sorted
+    (kept sorted by moving only the values between the old and new positions).
     ``state`` is ``[n, head, since_refit, refit_every]``; ``tail`` is
-    ``[u, beta, k, base]``: the k-th largest score u, the mean excess beta of the k
-    largest over u, and base = -log10((k + 1) / (n + 1)), the surprise at u.
+    ``[u, beta, k or fraction, base]``: the k-th largest score u, the (inflated) mean
+    excess beta of the k largest over u, and base = -log10((k + 1) / (n + 1)).
     """
-    size = ring.size
-    ring[state[1]] = score
-    state[1] = (state[1] + 1) % size
-    if state[0] < size:
-        state[0] += 1
+    size = ring.shape[1]
+    n = state[0]
+    head = state[1]
+    if n == size:
+        _sorted_replace(ring[1], n, ring[0, head], score)
+    else:
+        _sorted_insert(ring[1], n, score)
+        n += 1
+        state[0] = n
+    ring[0, head] = score
+    state[1] = (head + 1) % size
     state[2] += 1
-    if state[2] >= state[3] or state[0] < 64:
+    if state[2] >= state[3] or n < 64:
         _calib_refit(ring, state, tail)
         state[2] = 0
 
@@ -400,11 +502,11 @@ def _calib_refit(ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> None:
         return
     k = max(10, int(tail[2] * n)) if tail[2] < 1.0 else int(tail[2])
     k = min(k, n)
-    part = np.partition(ring[:n], n - k)
-    u = part[n - k]
+    srt = ring[1]
+    u = srt[n - k]
     excess = 0.0
     for i in range(n - k, n):
-        excess += part[i] - u
+        excess += srt[i] - u
     # The mean excess of k points is uncertain by ~1/sqrt(k); erring on the heavy side
     # keeps a small calibration set from promising p-values it cannot back.
     beta = excess / k * (1.0 + 1.0 / math.sqrt(k))
@@ -416,8 +518,9 @@ def _calib_refit(ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> None:
 
 @njit(cache=True, nogil=True)
 def _calib_surprise(score: float, ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> float:
-    """-log10 of the conformal p-value of ``score``; beyond the k-th largest calibration
-    score the empirical tail is replaced by an exponential fit (peaks over threshold)."""
+    """-log10 of the conformal p-value of ``score``, (1 + #{calibration >= s}) / (n + 1);
+    beyond the k-th largest calibration score the empirical tail is replaced by an
+    exponential fit (peaks over threshold). O(log n)."""
     n = state[0]
     if n == 0:
         return 0.0
@@ -426,20 +529,45 @@ def _calib_surprise(score: float, ring: np.ndarray, state: np.ndarray, tail: np.
     u = tail[0]
     if score > u:
         return float(tail[3] + (score - u) / (tail[1] * _LN10))
-    above = 0
-    for i in range(n):
-        if ring[i] >= score:
-            above += 1
+    above = n - _bisect_left(ring[1], n, score)
     return -math.log10((above + 1.0) / (n + 1.0))
 
 
 @njit(cache=True, nogil=True)
-def _ring_quantile(ring: np.ndarray, n: int, q: float) -> float:
-    """The q-quantile (nearest rank) of ``ring[:n]``."""
+def _calib_surprise_all(
+    scores: np.ndarray,
+    rings: np.ndarray,
+    states: np.ndarray,
+    tails: np.ndarray,
+    min_n: int,
+    out: np.ndarray,
+) -> None:
+    """:func:`_calib_surprise` for every detector at once (0 below ``min_n`` scores)."""
+    for j in range(scores.size):
+        if states[j, 0] >= min_n:
+            out[j] = _calib_surprise(scores[j], rings[j], states[j], tails[j])
+        else:
+            out[j] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _calib_add_all(
+    scores: np.ndarray, ready: np.ndarray, rings: np.ndarray, states: np.ndarray, tails: np.ndarray
+) -> None:
+    """:func:`_calib_add` for every detector that is ready and scored a finite value."""
+    for j in range(scores.size):
+        if ready[j] and math.isfinite(scores[j]):
+            _calib_add(scores[j], rings[j], states[j], tails[j])
+
+
+@njit(cache=True, nogil=True)
+def _calib_quantile(ring: np.ndarray, state: np.ndarray, q: float) -> float:
+    """The q-quantile (nearest rank) of the calibration scores."""
+    n = state[0]
     if n == 0:
         return math.inf
     rank = min(n - 1, max(0, math.ceil(q * n) - 1))
-    return float(np.partition(ring[:n], rank)[rank])
+    return float(ring[1, rank])
 
 
 # ------------------------------------------------------------------------------ fusion
@@ -479,6 +607,16 @@ def _cauchy_surprise(surprise: np.ndarray, weight: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------- drift
+
+
+@njit(cache=True, nogil=True)
+def _block_add(z: np.ndarray, total: np.ndarray, count: np.ndarray, clip: float) -> None:
+    """Add z (clipped to +-clip, non-finite skipped) to a block's running sums."""
+    for k in range(z.size):
+        v = z[k]
+        if math.isfinite(v):
+            total[k] += min(max(v, -clip), clip)
+            count[k] += 1.0
 
 
 @njit(cache=True, nogil=True)

@@ -175,9 +175,7 @@ class DriftWatch:
         if self._sum.size != z.size:
             self._sum = np.zeros(z.size)
             self._n = np.zeros(z.size)
-        ok = np.isfinite(z)
-        self._sum += np.where(ok, np.clip(z, -self.clip, self.clip), 0.0)
-        self._n += ok
+        _kernels._block_add(z, self._sum, self._n, self.clip)
         self.frames += 1
         if self.frames % self.block:
             return []

@@ -97,20 +97,26 @@ class HalfSpaceTrees:
         x = as_vector(x)
         if self.stats.shape[1] != x.size:
             self._build(x.size)
-        _kernels._standardise(x, self.stats, 1e-4, 1e-12, self._z)
-        _kernels._welford_learn(x, self.stats)
-        _kernels._hst_learn(self._z, self.feature, self.split, self.mass, self.state)
+        self._learn(x)
+
+    def _learn(self, x: NDArray[np.float64]) -> None:
+        _kernels._hst_learn_x(
+            x, self.stats, self._z, self.feature, self.split, self.mass, self.state
+        )
 
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)
         if self.stats.shape[1] != x.size:
             self._build(x.size)
+        return self._score(x)
+
+    def _score(self, x: NDArray[np.float64]) -> float:
         if not self.state[3]:
             return 0.0
-        _kernels._standardise(x, self.stats, 1e-4, 1e-12, self._z)
-        mass = _kernels._hst_score(
-            self._z, self.feature, self.split, self.mass, self.state, self.size_limit
-        )
+        mass = _kernels._hst_score_x(
+            x, self.stats, self._z, self.feature, self.split, self.mass, self.state,
+            self.size_limit,
+        )  # fmt: skip
         return math.log1p(self.window * 2.0**self.height) - math.log1p(mass)
 
     def get_state(self) -> State:

@@ -88,26 +88,29 @@ class LODA:
         x = as_vector(x)
         if self.stats.shape[1] != x.size:
             self._build(x.size)
-        _kernels._standardise(x, self.stats, 1e-4, 1e-12, self._z)
-        _kernels._welford_learn(x, self.stats)
-        _kernels._loda_project(self._z, self.index, self.weight, self._proj)
-        _kernels._loda_learn(
-            self._proj, self.counts, self.scale, self.pstats, self.state, self.half_range
-        )
+        self._learn(x)
+
+    def _learn(self, x: NDArray[np.float64]) -> None:
+        _kernels._loda_learn_x(
+            x, self.stats, self._z, self.index, self.weight, self._proj, self.counts,
+            self.scale, self.pstats, self.state, self.half_range,
+        )  # fmt: skip
 
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)
         if self.stats.shape[1] != x.size:
             self._build(x.size)
+        return self._score(x)
+
+    def _score(self, x: NDArray[np.float64]) -> float:
         if not self.state[3]:
             return 0.0
-        _kernels._standardise(x, self.stats, 1e-4, 1e-12, self._z)
-        _kernels._loda_project(self._z, self.index, self.weight, self._proj)
         return float(
-            _kernels._loda_score(
-                self._proj, self.counts, self.scale, self.state, self.half_range, self.alpha
+            _kernels._loda_score_x(
+                x, self.stats, self._z, self.index, self.weight, self._proj, self.counts,
+                self.scale, self.state, self.half_range, self.alpha,
             )
-        )
+        )  # fmt: skip
 
     def get_state(self) -> State:
         return {

@@ -36,8 +36,8 @@ class RobustZScore:
 
     def __init__(
         self,
-        window: int = 256,
-        refresh_per_frame: int = 4,
+        window: int = 128,
+        refresh_per_frame: int = 2,
         rel_floor: float = 1e-4,
         abs_floor: float = 1e-12,
         min_streak: int = 20,
@@ -58,15 +58,21 @@ class RobustZScore:
         self.center: NDArray[np.float64] = np.full(size, math.nan)
         self.spread: NDArray[np.float64] = np.zeros(size)
         self.z: NDArray[np.float64] = np.zeros(size)
+        self._ready = False
 
     @property
     def ready(self) -> bool:
-        return self.center.size > 0 and float(self.meta[:-1, 0].max()) >= 3
+        if not self._ready:
+            self._ready = self.center.size > 0 and float(self.meta[:-1, 0].max()) >= 3
+        return self._ready
 
     def learn_one(self, x: NDArray[np.float64]) -> None:
         x = as_vector(x)
         if self.center.size != x.size:
             self._allocate(x.size)
+        self._learn(x)
+
+    def _learn(self, x: NDArray[np.float64]) -> None:
         _kernels._robust_learn(
             x, self.ring, self.sorted, self.meta, self.center, self.spread, self.refresh_per_frame
         )
@@ -75,6 +81,9 @@ class RobustZScore:
         x = as_vector(x)
         if self.center.size != x.size:
             self._allocate(x.size)
+        return self._score(x)
+
+    def _score(self, x: NDArray[np.float64]) -> float:
         return float(
             _kernels._robust_z(
                 x, self.meta, self.center, self.spread, self.rel_floor, self.abs_floor,

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from trajwatch.detectors import _kernels
 from trajwatch.detectors.base import Detector, State, as_vector, register
 from trajwatch.detectors.drift import ADWIN, Change, DriftWatch, PageHinkley
 from trajwatch.detectors.evidence import Cusum
@@ -138,7 +139,7 @@ class StackConfig:
             raise ValueError("need release < threshold <= high <= critical")
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """What the stack made of one frame."""
 
@@ -166,6 +167,7 @@ class DetectorStack:
             make_detector(name, config.seed + i) for i, name in enumerate(config.detectors)
         ]
         self.calibrators = [Calibrator(config.calibration) for _ in self.detectors]
+        self._bind()
         self.fusion = Fusion(
             config.fusion, n=len(self.detectors), k=min(config.vote_k, len(self.detectors))
         )
@@ -199,39 +201,80 @@ class DetectorStack:
 
     # ------------------------------------------------------------------ per frame
 
+    def _bind(self) -> None:
+        """Gather the calibrators' arrays into stacked arrays (each calibrator keeps
+        views), so one kernel call serves all detectors; pick unchecked fast paths."""
+        cals = self.calibrators
+        self._rings = np.stack([c.ring for c in cals])
+        self._states = np.stack([c.state for c in cals])
+        self._tails = np.stack([c.tail for c in cals])
+        for j, c in enumerate(cals):
+            c.ring, c.state, c.tail = self._rings[j], self._states[j], self._tails[j]
+        self._ready = np.zeros(len(self.detectors), dtype=np.bool_)
+        self._all_ready = False
+        self._fast = False
+
+    def _go_fast(self, size: int) -> None:
+        # Detectors have allocated for ``size`` features: from now on the stack checks
+        # the vector once and calls their unchecked methods.
+        self.n_features = size
+        self._score_fns = [getattr(d, "_score", d.score_one) for d in self.detectors]
+        self._learn_fns = [getattr(d, "_learn", d.learn_one) for d in self.detectors]
+        self._cauchy = self.fusion.method == "cauchy"
+        self._fast = True
+
     def update(self, x: NDArray[np.float64]) -> Step:
-        """Score, judge and (if normal and not frozen) learn one feature vector."""
+        """Score, judge and (if normal and not frozen) learn one feature vector.
+
+        ``Step.surprises`` is a buffer the next call overwrites.
+        """
         x = as_vector(x)
+        if self._fast:
+            if x.size != self.n_features:
+                raise ValueError(f"expected {self.n_features} features, got {x.size}")
         index = self.frames
         self.frames += 1
-        detectors = self.detectors
-        if index < self.config.warmup_frames:
+        config = self.config
+        surprises = self._surprises
+        if index < config.warmup_frames:
             if not self.frozen:
-                for det in detectors:
+                for det in self.detectors:
                     det.learn_one(x)
             self.cusum.update(index, 0.0)
-            return Step(index, 0.0, np.zeros(len(detectors)))
+            return Step(index, 0.0, surprises)
+        if not self._fast:
+            for det in self.detectors:
+                det.score_one(x)  # allocates for this size, learns nothing
+            self._go_fast(x.size)
         scores = self._scores
-        surprises = self._surprises
-        min_cal = self.config.min_calibration
-        for j, det in enumerate(detectors):
-            s = det.score_one(x)
-            scores[j] = s
-            cal = self.calibrators[j]
-            surprises[j] = cal.surprise(s) if cal.state[0] >= min_cal else 0.0
-        fused = self.fusion(surprises)
+        for j, score in enumerate(self._score_fns):
+            scores[j] = score(x)
+        _kernels._calib_surprise_all(
+            scores, self._rings, self._states, self._tails, config.min_calibration, surprises
+        )
+        fused = (
+            _kernels._cauchy_surprise(surprises, self.fusion.weights)
+            if self._cauchy
+            else self.fusion(surprises)
+        )
         self.last_surprise = fused
         self.cusum.update(index, fused)
-        change = self.alarm.update(fused)
-        step = Step(index, fused, surprises.copy(), change)
+        alarm = self.alarm
+        change = alarm.update(fused)
+        step = Step(index, fused, surprises, change)
         if change == "start":
             step.onset = self.cusum.onset(index)
-        if not self.alarm.active:
-            if not self.frozen and fused < self.config.learn_below:
-                for j, det in enumerate(detectors):
-                    det.learn_one(x)
-                    if det.ready:
-                        self.calibrators[j].add(scores[j])
+        if not alarm.active:
+            if not self.frozen and fused < config.learn_below:
+                for learn in self._learn_fns:
+                    learn(x)
+                if not self._all_ready:  # readiness never goes back
+                    for j, det in enumerate(self.detectors):
+                        self._ready[j] = det.ready
+                    self._all_ready = bool(self._ready.all())
+                _kernels._calib_add_all(
+                    scores, self._ready, self._rings, self._states, self._tails
+                )
             if self.drift is not None and self._explainer is not None:
                 step.drift = self.drift.update(self._explainer.z)
         return step
@@ -288,6 +331,7 @@ class DetectorStack:
         stack = cls(StackConfig(**raw), n_features=state.get("n_features"))
         stack.detectors = [from_tree(d) for d in state["detectors"]]
         stack.calibrators = [Calibrator.from_state(c) for c in state["calibrators"]]
+        stack._bind()
         stack._explainer = next(
             (d for d in stack.detectors if isinstance(d, (ZScore, RobustZScore))), None
         )

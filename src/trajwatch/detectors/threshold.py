@@ -3,7 +3,8 @@
 A threshold turns a detector's raw score into a decision that means the same thing for
 every detector and every run:
 
-* :class:`Calibrator` keeps the scores of the last ``size`` frames judged normal and
+* :class:`Calibrator` keeps the scores of the last ``size`` frames judged normal (in
+  arrival order and sorted, so a p-value is a binary search) and
   turns a new score into a conformal p-value, p = (1 + #{calibration >= s}) / (n + 1),
   reported as a *surprise* -log10 p. Past the k-th largest calibration score (k = 5 %
   of n) the empirical tail is continued by an exponential fitted to the k largest
@@ -52,7 +53,7 @@ class Calibrator:
         self.size = size
         self.tail_fraction = tail
         self.refit_every = refit_every
-        self.ring: NDArray[np.float64] = np.zeros(size)
+        self.ring: NDArray[np.float64] = np.zeros((2, size))
         self.state: NDArray[np.int64] = np.array([0, 0, 0, refit_every], dtype=np.int64)
         self.tail: NDArray[np.float64] = np.array([math.inf, 1.0, tail, 0.0])
 
@@ -70,7 +71,7 @@ class Calibrator:
         return float(_kernels._calib_surprise(score, self.ring, self.state, self.tail))
 
     def quantile(self, q: float) -> float:
-        return float(_kernels._ring_quantile(self.ring, self.n, q))
+        return float(_kernels._calib_quantile(self.ring, self.state, q))
 
     def get_state(self) -> State:
         return {
@@ -88,7 +89,7 @@ class Calibrator:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Calibrator:
         cal = cls(**state["params"])
-        cal.ring = np.array(state["ring"], dtype=np.float64)
+        cal.ring = np.array(state["ring"], dtype=np.float64).reshape(2, -1)
         cal.state = np.array(state["state"], dtype=np.int64)
         cal.tail = np.array(state["tail"], dtype=np.float64)
         return cal

@@ -40,11 +40,13 @@ class ZScore:
         self.abs_floor = abs_floor
         self.min_streak = min_streak
         self.stats: NDArray[np.float64] = np.zeros((4, 0))
+        self._ready = False
         self.z: NDArray[np.float64] = np.zeros(0)
         """Signed z of the last vector scored (scratch, overwritten by each call)."""
 
     def _ensure(self, size: int) -> None:
         if self.stats.shape[1] != size:
+            self._ready = False
             self.stats = np.zeros((4, size))
             self.z = np.zeros(size)
 
@@ -58,11 +60,18 @@ class ZScore:
 
     @property
     def ready(self) -> bool:
-        return bool(self.stats.shape[1]) and float(self.stats[0].max()) >= 2
+        # Welford counts only grow: once ready, always ready (checked once per frame).
+        if not self._ready:
+            self._ready = bool(self.stats.shape[1]) and float(self.stats[0].max()) >= 2
+        return self._ready
 
     def learn_one(self, x: NDArray[np.float64]) -> None:
         x = as_vector(x)
         self._ensure(x.size)
+        self._learn(x)
+
+    def _learn(self, x: NDArray[np.float64]) -> None:
+        """learn_one for a vector already checked to be float64, 1-D, the right size."""
         _kernels._welford_learn(x, self.stats)
 
     def std(self) -> NDArray[np.float64]:
@@ -74,6 +83,9 @@ class ZScore:
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)
         self._ensure(x.size)
+        return self._score(x)
+
+    def _score(self, x: NDArray[np.float64]) -> float:
         return float(
             _kernels._welford_z(
                 x, self.stats, self.rel_floor, self.abs_floor, float(self.min_streak), self.z

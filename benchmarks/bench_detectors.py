@@ -1,0 +1,203 @@
+"""Per-frame cost of each detector and of the whole default stack, against the feature engine.
+
+Every figure is measured in the same run: each Numba detector (score + learn of one frame)
+on 30 standardised features, the default :class:`~trajwatch.detectors.stack.DetectorStack`
+(detectors, calibration, fusion, hysteresis, onset, drift) on 30 features and on the
+feature engine's own vector, and the feature engine itself on a 108-atom Cu frame. Also
+the worst single ``learn_one`` of the windowed detectors (their window swaps) next to
+River's ``HalfSpaceTrees`` at its default size, to show there is no stall.
+
+Run ``python benchmarks/bench_detectors.py [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trajwatch.detectors.hst import HalfSpaceTrees
+from trajwatch.detectors.loda import LODA
+from trajwatch.detectors.robust_zscore import RobustZScore
+from trajwatch.detectors.stack import DetectorStack, StackConfig
+from trajwatch.detectors.stack import warmup as warmup_detectors
+from trajwatch.detectors.zscore import ZScore
+
+D = 30
+TARGET_DETECTOR_US = 5.0
+TARGET_STACK_US = 20.0
+
+NUMBA_DETECTORS: dict[str, Callable[[], Any]] = {
+    "zscore": ZScore,
+    "robust": RobustZScore,
+    "hst": HalfSpaceTrees,
+    "loda": LODA,
+}
+
+
+def _per_frame(fn: Callable[[np.ndarray], object], xs: np.ndarray, repeats: int) -> float:
+    """Best of ``repeats`` passes over ``xs``: microseconds per call."""
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for x in xs:
+            fn(x)
+        best = min(best, (time.perf_counter() - start) / len(xs))
+    return best * 1e6
+
+
+def _trained(factory: Callable[[], Any], xs: np.ndarray) -> Any:
+    det = factory()
+    for x in xs:
+        det.learn_one(x)
+    return det
+
+
+def bench_detectors(n: int, repeats: int) -> dict[str, dict[str, float]]:
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(600, D))
+    xs = rng.normal(size=(n, D))
+    out = {}
+    for name, factory in NUMBA_DETECTORS.items():
+        det = _trained(factory, train)
+        score = _per_frame(det.score_one, xs, repeats)
+        learn = _per_frame(det.learn_one, xs, repeats)
+        out[name] = {"score_us": score, "learn_us": learn, "total_us": score + learn}
+    return out
+
+
+def bench_stall(n: int) -> dict[str, dict[str, float]]:
+    """Median and worst single learn_one over several window swaps."""
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(n, D))
+    out = {}
+    for name in ("hst", "loda", "robust"):
+        det = _trained(NUMBA_DETECTORS[name], xs[:50])
+        times = []
+        for x in xs:
+            start = time.perf_counter()
+            det.learn_one(x)
+            times.append(time.perf_counter() - start)
+        t = np.array(times) * 1e6
+        out[name] = {"median_us": float(np.median(t)), "max_us": float(t.max())}
+    from river import anomaly
+
+    model = anomaly.HalfSpaceTrees(seed=0)  # River's defaults
+    keys = [f"x{k}" for k in range(D)]
+    times = []
+    for x in rng.uniform(size=(min(n, 600), D)):
+        d = dict(zip(keys, x, strict=True))
+        start = time.perf_counter()
+        model.learn_one(d)
+        times.append(time.perf_counter() - start)
+    t = np.array(times) * 1e6
+    out["river-hst"] = {"median_us": float(np.median(t)), "max_us": float(t.max())}
+    return out
+
+
+def bench_stack(d: int, n: int, repeats: int, config: StackConfig | None = None) -> float:
+    rng = np.random.default_rng(2)
+    best = np.inf
+    for _ in range(repeats):
+        stack = DetectorStack(config or StackConfig(), n_features=d)
+        for x in rng.normal(size=(600, d)):  # past warm-up, calibration and first windows
+            stack.update(x)
+        xs = rng.normal(size=(n, d))
+        start = time.perf_counter()
+        for x in xs:
+            stack.update(x)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best * 1e6
+
+
+def bench_engine(n: int, repeats: int) -> tuple[float, int]:
+    from trajwatch.features.engine import FeatureEngine
+    from trajwatch.features.engine import warmup as warmup_features
+    from trajwatch.simulate import MDSpec, run_md
+
+    warmup_features()
+    frames = list(run_md(MDSpec(steps=n + 60, repeat=3, equilibrate_steps=20)))
+    best = np.inf
+    names = 0
+    for _ in range(repeats):
+        engine = FeatureEngine()
+        names = len(engine.names)
+        for f in frames[:60]:
+            engine.update(f)
+        start = time.perf_counter()
+        for f in frames[60:]:
+            engine.update(f)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best * 1e6, names
+
+
+def run(quick: bool) -> dict[str, Any]:
+    warmup_detectors()
+    n = 2000 if quick else 20000
+    repeats = 3 if quick else 5
+    detectors = bench_detectors(n, repeats)
+    stall = bench_stall(1200 if quick else 5000)
+    engine_us, n_features = bench_engine(100 if quick else 300, 2 if quick else 3)
+    stack_30 = bench_stack(D, n, repeats)
+    stack_engine = bench_stack(n_features, n, repeats)
+    return {
+        "benchmark": "detectors",
+        "quick": quick,
+        "features": D,
+        "detectors": detectors,
+        "stall": stall,
+        "stack_us": {str(D): stack_30, str(n_features): stack_engine},
+        "engine_us": engine_us,
+        "engine_features": n_features,
+        "engine_atoms": 108,
+        "targets": {"detector_us": TARGET_DETECTOR_US, "stack_us": TARGET_STACK_US},
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    engine = r["engine_us"]
+    lines = [
+        f"per frame, {r['features']} features"
+        f"{'':>14}{'score':>8}{'learn':>8}{'total':>8}  target  vs engine",
+    ]
+    for name, d in r["detectors"].items():
+        ok = "ok" if d["total_us"] <= r["targets"]["detector_us"] else "SLOW"
+        lines.append(
+            f"  {name:<36}{d['score_us']:>8.2f}{d['learn_us']:>8.2f}{d['total_us']:>8.2f}"
+            f"  {ok:<6}  {d['total_us'] / engine:>7.3f}x"
+        )
+    for d, us in r["stack_us"].items():
+        ok = "ok" if us <= r["targets"]["stack_us"] else "SLOW"
+        label = f"default stack, {d} features"
+        lines.append(f"  {label:<36}{'':>16}{us:>8.2f}  {ok:<6}  {us / engine:>7.3f}x")
+    n_features, atoms = r["engine_features"], r["engine_atoms"]
+    label = f"feature engine ({n_features} features, {atoms} atoms)"
+    lines.append(f"  {label:<36}{'':>16}{engine:>8.2f}          1.000x")
+    lines.append("")
+    lines.append(f"{'single learn_one':<30}{'median µs':>10}{'worst µs':>10}  (window swaps)")
+    for name, s in r["stall"].items():
+        lines.append(f"  {name:<28}{s['median_us']:>10.2f}{s['max_us']:>10.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer frames and repeats")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    args = parser.parse_args(argv)
+    result = run(args.quick)
+    print(table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

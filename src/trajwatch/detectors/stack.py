@@ -229,9 +229,8 @@ class DetectorStack:
         ``Step.surprises`` is a buffer the next call overwrites.
         """
         x = as_vector(x)
-        if self._fast:
-            if x.size != self.n_features:
-                raise ValueError(f"expected {self.n_features} features, got {x.size}")
+        if self._fast and x.size != self.n_features:
+            raise ValueError(f"expected {self.n_features} features, got {x.size}")
         index = self.frames
         self.frames += 1
         config = self.config

@@ -55,6 +55,11 @@ class PipelineConfig(StackConfig):
     """Frames in the feature engine's window statistics."""
     top_features: int = 3
     top_atoms: int = 5
+    unscored: tuple[str, ...] = ("disp_max", "min_interatomic_dist")
+    """Features the detectors leave out. Window extremes are step functions (flat while
+    the extreme frame stays in the window, then a jump) that a running detector mistakes
+    for faults; ``step_disp_max`` and ``step_min_dist`` carry the same signal at once.
+    Ignored when the engine has no per-frame counterpart (it then scores everything)."""
 
     def stack_config(self) -> StackConfig:
         names = {f.name for f in fields(StackConfig)}
@@ -70,22 +75,31 @@ class SourceWatch:
         self.source = source
         self.config = config
         self.engine = FeatureEngine(window=config.window, top_atoms=config.top_atoms)
+        self.reference = reference
+        self.scored = _scored(self.engine.names, config.unscored)
+        """Indices of the features the detectors see."""
+        self.names = tuple(self.engine.names[i] for i in self.scored)
+        per_frame = _per_frame_features(self.names)
+        self._per_frame = np.array([n in per_frame for n in self.names], dtype=bool)
         if reference is not None:
             expected = reference.meta.get("feature_names")
-            if expected is not None and list(expected) != list(self.engine.names):
+            if expected is not None and list(expected) != list(self.names):
                 raise ValueError(
                     "the reference model was fitted on other features "
-                    f"({len(expected)} vs {len(self.engine.names)}); refit it with this version"
+                    f"({len(expected)} vs {len(self.names)}); refit it with this version"
                 )
-            self.stack = reference.spawn()
-        else:
-            self.stack = DetectorStack(config.stack_config(), n_features=len(self.engine.names))
+        self.stack = self._new_stack()
         self.frames = 0
         self.last_features: NDArray[np.float64] = np.full(len(self.engine.names), math.nan)
         self.last_score = 0.0
         self._alarm_detector = ""
         self._alarm_severity = "warning"
         self._alarm_frame = 0
+
+    def _new_stack(self) -> DetectorStack:
+        if self.reference is not None:
+            return self.reference.spawn()
+        return DetectorStack(self.config.stack_config(), n_features=len(self.names))
 
     @property
     def detector_name(self) -> str:
@@ -94,8 +108,12 @@ class SourceWatch:
     def process(self, frame: Frame) -> list[Event]:
         index = self.frames
         self.frames += 1
-        x = self.engine.update(frame)
-        self.last_features = x
+        features = self.engine.update(frame)
+        self.last_features = features
+        change = getattr(self.engine, "structure_change", None)
+        if change is not None:
+            return [self._structure_changed(frame, index, change)]
+        x = features[self.scored]
         step = self.stack.update(x)
         self.last_score = step.surprise
         if step.change is None and not step.drift:
@@ -111,15 +129,33 @@ class SourceWatch:
                     message=f"alarm raised at frame {self._alarm_frame} is over",
                 )
             )  # fmt: skip
-        for change in step.drift[:1]:
+        if step.drift:
             events.append(self._drift(frame, index, x, step))
-            _ = change
         return events
+
+    def _structure_changed(self, frame: Frame, index: int, what: str) -> Event:
+        """Atoms appeared, vanished or changed element: the run broke; start afresh."""
+        self.stack = self._new_stack()
+        return Event(
+            "anomaly",
+            frame=index,
+            step=frame.step,
+            time=frame.time,
+            source=self.source,
+            detector="structure",
+            score=math.inf,
+            threshold=0.0,
+            severity="critical",
+            onset_frame=index,
+            message=what,
+        )
 
     def _anomaly(self, frame: Frame, index: int, x: NDArray[np.float64], step: Step) -> Event:
         config = self.config
         z = self.stack.deviations(x)
-        features = evidence.top_features(self.engine.names, x, z, config.top_features)
+        features = evidence.top_features(
+            self.names, x, z, config.top_features, urgent=self._per_frame
+        )
         atoms = evidence.atoms(self.engine.attribution(), features, config.top_atoms)
         names = self.stack.names
         lead = int(np.argmax(step.surprises))
@@ -145,7 +181,7 @@ class SourceWatch:
         )
 
     def _drift(self, frame: Frame, index: int, x: NDArray[np.float64], step: Step) -> Event:
-        names = self.engine.names
+        names = self.names
         changes = step.drift[: self.config.top_features]
         features = [FeatureDeviation(names[c.feature], float(x[c.feature]), c.z) for c in changes]
         lead = changes[0]
@@ -183,6 +219,23 @@ class SourceWatch:
             features=features or [],
             message=message,
         )
+
+
+def _scored(names: Sequence[str], unscored: Sequence[str]) -> NDArray[np.intp]:
+    """Indices of the features to score: all but ``unscored`` whose per-frame
+    counterpart (``step_`` prefix or the catalogue's kind) the engine has."""
+    per_frame = _per_frame_features(names)
+    drop = {n for n in unscored if n in names and per_frame - {n}}
+    return np.array([i for i, n in enumerate(names) if n not in drop], dtype=np.intp)
+
+
+def _per_frame_features(names: Sequence[str]) -> set[str]:
+    """Names of the features computed from the latest frame alone (not a window)."""
+    try:
+        from trajwatch.features.catalogue import FEATURES
+    except ImportError:
+        return {n for n in names if n.startswith("step_")}
+    return {n for n in names if n in FEATURES and FEATURES[n].kind == "frame"}
 
 
 def _p(surprise: float) -> str:
@@ -233,10 +286,14 @@ def fit_reference(frames: Iterable[Frame], config: PipelineConfig | None = None)
     """
     config = config or PipelineConfig()
     engine = FeatureEngine(window=config.window, top_atoms=config.top_atoms)
-    stack = DetectorStack(config.stack_config(), n_features=len(engine.names))
+    scored = _scored(engine.names, config.unscored)
+    stack = DetectorStack(config.stack_config(), n_features=scored.size)
     n = 0
     for frame in frames:
-        stack.update(engine.update(frame))
+        features = engine.update(frame)
+        if getattr(engine, "structure_change", None) is not None and n:
+            raise ValueError(f"the reference run changed structure at frame {n}")
+        stack.update(features[scored])
         n += 1
     if n <= config.warmup_frames + config.min_calibration:
         raise ValueError(
@@ -244,7 +301,7 @@ def fit_reference(frames: Iterable[Frame], config: PipelineConfig | None = None)
             f"frames (warm-up + calibration), got {n}"
         )
     stack.meta = {
-        "feature_names": list(engine.names),
+        "feature_names": [engine.names[i] for i in scored],
         "window": config.window,
         "top_atoms": config.top_atoms,
         "frames": n,

@@ -64,12 +64,27 @@ class Cusum:
 
 
 def top_features(
-    names: Sequence[str], x: NDArray[np.float64], z: NDArray[np.float64], k: int
+    names: Sequence[str],
+    x: NDArray[np.float64],
+    z: NDArray[np.float64],
+    k: int,
+    *,
+    urgent: NDArray[np.bool_] | None = None,
+    level: float = 5.0,
 ) -> list[FeatureDeviation]:
-    """The ``k`` features furthest from normal: non-finite values first, then by |z|."""
+    """The ``k`` features furthest from normal: non-finite values first, then by |z|.
+
+    Features flagged ``urgent`` (per-frame ones) that are beyond ``level`` sd come before
+    the rest: they say what happened in this frame, while window statistics summarise it
+    and can have a larger z only because they barely vary when all is well.
+    """
     key = np.where(np.isfinite(x), np.abs(z), np.inf)
     key = np.where(np.isnan(key), -1.0, key)
-    order = np.argsort(-key, kind="stable")[:k]
+    if urgent is not None:
+        first = urgent & (key > level)
+        order = np.lexsort((-key, ~first))[:k]
+    else:
+        order = np.argsort(-key, kind="stable")[:k]
     return [
         FeatureDeviation(names[i], float(x[i]), float(z[i]) if np.isfinite(x[i]) else math.inf)
         for i in order

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -201,7 +202,7 @@ def test_reference_mode_judges_without_learning(tmp_path: Path) -> None:
     judge = model.spawn()
     assert judge.frozen and judge.frames == 0
     before = state.save(judge, tmp_path / "before.json").read_text()
-    shifted = _stream(200, seed=9) + 0.5  # 5 sd off the trusted run, all along
+    shifted = _stream(200, seed=9) + 1.0  # 10 sd off the trusted run, all along
     steps = [judge.update(x) for x in shifted]
     assert [s.change for s in steps if s.change] == ["start"]
     assert steps[SMALL.warmup_frames].change == "start"
@@ -218,7 +219,8 @@ def test_stack_state_round_trip_continues_identically(tmp_path: Path) -> None:
     for x in xs[:400]:
         a.update(x)
     b = state.load(state.save(a, tmp_path / "stack.npz"))
-    b.alarm, b.cusum = a.alarm, a.cusum  # runtime is not part of the model
+    # the per-stream runtime is not part of the model: hand b a copy of a's
+    b.alarm, b.cusum, b.drift = copy.deepcopy((a.alarm, a.cusum, a.drift))
     for x in xs[400:]:
         sa, sb = a.update(x), b.update(x)
         assert sa.surprise == pytest.approx(sb.surprise)
@@ -229,3 +231,15 @@ def test_config_is_validated() -> None:
         StackConfig(detectors=("zscore", "nope"))
     with pytest.raises(ValueError, match="release"):
         StackConfig(threshold=1.0, release=2.0)
+
+
+def test_a_worse_fault_during_a_mild_alarm_escalates_once() -> None:
+    stack = DetectorStack(SMALL)
+    xs = _stream(900)
+    xs[700:760, 1] += 0.9  # a mild, lasting deviation (9 sd)
+    xs[730:735] += 50.0  # then something breaks
+    changes = [(s.index, s.change) for s in map(stack.update, xs) if s.change]
+    assert changes[0] == (700, "start")
+    assert (730, "escalate") in changes
+    assert [c for _, c in changes].count("escalate") == 1
+    assert changes[-1][1] == "end"

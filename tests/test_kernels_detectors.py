@@ -40,7 +40,7 @@ def test_welford_z_and_standardise_match_reference() -> None:
     st = _welford(xs)
     x = np.array([0.5, np.nan, np.inf, 3.0])
     z = np.empty(4)
-    best = kern._welford_z(x, st, 1e-4, 1e-12, 20.0, z)
+    best = kern._welford_z(x, st, 1e-4, 1e-12, 20.0, np.zeros((x.size, 3)), z)
     sd = xs.std(axis=0, ddof=1)
     mean = xs.mean(axis=0)
     assert z[0] == pytest.approx((0.5 - mean[0]) / sd[0], rel=1e-12)
@@ -48,7 +48,7 @@ def test_welford_z_and_standardise_match_reference() -> None:
     assert z[2] == math.inf
     assert best == math.inf
     st[3, 1] = 5.0  # a short streak: NaN is just "unavailable"
-    kern._welford_z(x, st, 1e-4, 1e-12, 20.0, z)
+    kern._welford_z(x, st, 1e-4, 1e-12, 20.0, np.zeros((x.size, 3)), z)
     assert math.isnan(z[1])
     out = np.empty(4)
     kern._standardise(x, st, 1e-4, 1e-12, out)
@@ -59,9 +59,11 @@ def test_welford_z_and_standardise_match_reference() -> None:
 def test_std_floor_keeps_constant_features_finite() -> None:
     st = _welford(np.full((10, 1), 2.0))
     z = np.empty(1)
-    assert kern._welford_z(np.array([2.0]), st, 1e-4, 1e-12, 20.0, z) == 0.0
+    assert kern._welford_z(np.array([2.0]), st, 1e-4, 1e-12, 20.0, np.zeros((1, 3)), z) == 0.0
     assert z[0] == 0.0
-    assert kern._welford_z(np.array([2.1]), st, 1e-4, 1e-12, 20.0, z) == pytest.approx(0.1 / 2e-4)
+    assert kern._welford_z(
+        np.array([2.1]), st, 1e-4, 1e-12, 20.0, np.zeros((1, 3)), z
+    ) == pytest.approx(0.1 / 2e-4)
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 40])
@@ -97,9 +99,17 @@ def test_robust_window_matches_numpy_median_and_mad() -> None:
         assert spread[k] == pytest.approx(1.4826 * np.median(np.abs(window - np.median(window))))
     z = np.empty(d)
     x = np.array([center[0] + 2 * spread[0], center[1], np.nan])
-    best = kern._robust_z(x, meta, center, spread, 1e-4, 1e-12, 20.0, z)
+    quantum = np.zeros((d, 3))  # no resolution floor
+    best = kern._robust_z(x, meta, center, spread, quantum, 1e-4, 1e-12, 20.0, z)
     assert z[0] == pytest.approx(2.0) and z[1] == 0.0 and z[2] == math.inf
     assert best == math.inf
+
+
+def test_quantum_is_the_smallest_non_zero_change() -> None:
+    quantum = np.zeros((2, 3))
+    for x in ([1.0, 5.0], [1.0, 5.0], [1.5, np.nan], [1.25, 5.0], [1.25, 5.0]):
+        kern._quantum_learn(np.array(x), quantum)
+    assert quantum[0, 1] == 0.25 and quantum[1, 1] == 0.0
 
 
 def _hst_reference_score(z, feature, split, mass, ref, size_limit):  # type: ignore[no-untyped-def]
@@ -200,7 +210,7 @@ def test_calibrator_surprise_is_conformal_below_the_tail_and_exponential_above()
     k = max(10, int(0.05 * size))
     top = np.sort(cal)[-k:]
     u = top[0]
-    beta = (top - u).mean() * (1 + 1 / math.sqrt(k))
+    beta = (top - u).mean() * (1 + 2 / math.sqrt(k))
     assert tail[0] == u and tail[1] == pytest.approx(beta)
     for s in (0.1, 1.0, u):
         expected = -math.log10((1 + (cal >= s).sum()) / (size + 1))

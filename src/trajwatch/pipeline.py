@@ -119,7 +119,7 @@ class SourceWatch:
         if step.change is None and not step.drift:
             return []
         events: list[Event] = []
-        if step.change == "start":
+        if step.change in ("start", "escalate"):
             events.append(self._anomaly(frame, index, x, step))
         elif step.change == "end":
             events.append(
@@ -161,7 +161,12 @@ class SourceWatch:
         lead = int(np.argmax(step.surprises))
         detector = f"{self.stack.fusion.describe()}:{names[lead]}"
         severity = self.stack.severity(step.surprise)
-        self._alarm_detector, self._alarm_severity, self._alarm_frame = detector, severity, index
+        prefix = ""
+        if step.change == "escalate":
+            prefix = f"escalates the alarm raised at frame {self._alarm_frame}: "
+        else:
+            self._alarm_frame = index
+        self._alarm_detector, self._alarm_severity = detector, severity
         pairs = zip(names, step.surprises, strict=True)
         per_detector = ", ".join(f"{n} {_p(s)}" for n, s in pairs)
         return Event(
@@ -177,7 +182,7 @@ class SourceWatch:
             onset_frame=step.onset if step.onset is not None else index,
             features=features,
             atoms=atoms,
-            message=f"{_describe(features)}; p: {per_detector}",
+            message=f"{prefix}{_describe(features)}; p: {per_detector}",
         )
 
     def _drift(self, frame: Frame, index: int, x: NDArray[np.float64], step: Step) -> Event:

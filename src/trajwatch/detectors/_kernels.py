@@ -64,15 +64,22 @@ def _welford_z(
     rel_floor: float,
     abs_floor: float,
     min_streak: float,
+    quantum: np.ndarray,
     z: np.ndarray,
 ) -> float:
-    """Write signed z per feature into ``z``; return max |z| over known features."""
+    """Write signed z per feature into ``z``; return max |z| over known features.
+
+    The std is floored by the feature's resolution ``quantum[k, 1]`` (its smallest
+    non-zero change, :func:`_quantum_learn`; 0 = none), so a discrete feature that sat
+    still for a while does not turn its next step into an alarm.
+    """
     best = 0.0
     for k in range(x.size):
         c = stats[0, k]
         mean = stats[1, k]
         var = stats[2, k] / (c - 1.0) if c > 1.0 else 0.0
         spread = max(math.sqrt(max(var, 0.0)), _spread_floor(mean, rel_floor, abs_floor))
+        spread = max(spread, quantum[k, 1])
         zk = _deviation(x[k], mean, spread, c, stats[3, k], min_streak)
         z[k] = zk
         if not math.isnan(zk) and abs(zk) > best:
@@ -95,6 +102,58 @@ def _standardise(
         var = stats[2, k] / (c - 1.0)
         spread = max(math.sqrt(max(var, 0.0)), _spread_floor(mean, rel_floor, abs_floor))
         z[k] = (v - mean) / spread
+
+
+# ------------------------------------------------------------- per-feature tail scale
+
+
+@njit(cache=True, nogil=True)
+def _tail_learn(z: np.ndarray, ring: np.ndarray, srt: np.ndarray, meta: np.ndarray) -> None:
+    """Slide |z_k| into feature k's window of recent |z| (``(d, W)``, arrival order and
+    sorted; ``meta`` ``(d, 2)`` fill and head). Non-finite z are skipped."""
+    d, w = ring.shape
+    for k in range(d):
+        v = z[k]
+        if not math.isfinite(v):
+            continue
+        a = abs(v)
+        n = int(meta[k, 0])
+        head = int(meta[k, 1])
+        if n == w:
+            _sorted_replace(srt[k], n, ring[k, head], a)
+        else:
+            _sorted_insert(srt[k], n, a)
+            meta[k, 0] = n + 1
+        ring[k, head] = a
+        meta[k, 1] = (head + 1) % w
+
+
+@njit(cache=True, nogil=True)
+def _tail_scaled_max(
+    z: np.ndarray, srt: np.ndarray, meta: np.ndarray, q: float, reference: float, min_n: int
+) -> float:
+    """max_k |z_k| * reference / max(reference, q-quantile of feature k's recent |z|).
+
+    For a feature with normal tails the quantile is about ``reference`` (2.576 for
+    q = 0.99) and |z| passes unchanged; a heavy-tailed one (a kurtosis, an integer lag)
+    is measured in units of its own tail. Features with fewer than ``min_n`` recent
+    values, and non-finite z (+inf for a feature gone non-finite), pass unchanged.
+    """
+    best = 0.0
+    for k in range(z.size):
+        v = z[k]
+        if math.isnan(v):
+            continue
+        a = abs(v)
+        n = int(meta[k, 0])
+        if n >= min_n and math.isfinite(a):
+            rank = min(n - 1, max(0, math.ceil(q * n) - 1))
+            tau = srt[k, rank]
+            if tau > reference:
+                a = a * reference / tau
+        if a > best:
+            best = a
+    return best
 
 
 # ------------------------------------------------------------------- robust (median/MAD)
@@ -228,20 +287,44 @@ def _robust_learn(
 
 
 @njit(cache=True, nogil=True)
+def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
+    """Track each feature's smallest non-zero change between learned values.
+
+    ``quantum`` is ``(d, 3)``: last value, smallest non-zero |change| (0 until one is
+    seen), and whether a last value exists.
+    """
+    for k in range(x.size):
+        v = x[k]
+        if not math.isfinite(v):
+            continue
+        if quantum[k, 2] > 0.0:
+            step = abs(v - quantum[k, 0])
+            if step > 0.0 and (quantum[k, 1] == 0.0 or step < quantum[k, 1]):
+                quantum[k, 1] = step
+        quantum[k, 0] = v
+        quantum[k, 2] = 1.0
+
+
+@njit(cache=True, nogil=True)
 def _robust_z(
     x: np.ndarray,
     meta: np.ndarray,
     center: np.ndarray,
     spread: np.ndarray,
+    quantum: np.ndarray,
     rel_floor: float,
     abs_floor: float,
     min_streak: float,
     z: np.ndarray,
 ) -> float:
-    """Like :func:`_welford_z` with median and scaled MAD."""
+    """Like :func:`_welford_z` with median and scaled MAD, floored by the feature's
+    resolution ``quantum[k, 1]`` (see :func:`_quantum_learn`)."""
     best = 0.0
     for k in range(x.size):
         s = max(spread[k], _spread_floor(center[k], rel_floor, abs_floor))
+        # A discrete feature (a binned peak position, an integer lag) that sat on one
+        # value for a whole window has MAD 0: one step of its resolution is one spread.
+        s = max(s, quantum[k, 1])
         zk = _deviation(x[k], center[k], s, meta[k, 0], meta[k, 2], min_streak)
         z[k] = zk
         if not math.isnan(zk) and abs(zk) > best:
@@ -509,7 +592,7 @@ def _calib_refit(ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> None:
         excess += srt[i] - u
     # The mean excess of k points is uncertain by ~1/sqrt(k); erring on the heavy side
     # keeps a small calibration set from promising p-values it cannot back.
-    beta = excess / k * (1.0 + 1.0 / math.sqrt(k))
+    beta = excess / k * (1.0 + 2.0 / math.sqrt(k))
     floor = 1e-9 + 1e-6 * abs(u)
     tail[0] = u
     tail[1] = beta if beta > floor else floor

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from trajwatch.detectors import _kernels
 from trajwatch.detectors.base import State, as_vector, register
+from trajwatch.detectors.tailscale import TailScale
 
 __all__ = ["RobustZScore"]
 
@@ -41,6 +42,7 @@ class RobustZScore:
         rel_floor: float = 1e-4,
         abs_floor: float = 1e-12,
         min_streak: int = 20,
+        tail: int = 0,
     ) -> None:
         if window < 3:
             raise ValueError("window must be at least 3")
@@ -49,6 +51,7 @@ class RobustZScore:
         self.rel_floor = rel_floor
         self.abs_floor = abs_floor
         self.min_streak = min_streak
+        self.tail = TailScale(tail) if tail else None
         self._allocate(0)
 
     def _allocate(self, size: int) -> None:
@@ -58,6 +61,8 @@ class RobustZScore:
         self.center: NDArray[np.float64] = np.full(size, math.nan)
         self.spread: NDArray[np.float64] = np.zeros(size)
         self.z: NDArray[np.float64] = np.zeros(size)
+        self.quantum: NDArray[np.float64] = np.zeros((size, 3))
+        self._zl: NDArray[np.float64] = np.zeros(size)
         self._ready = False
 
     @property
@@ -73,6 +78,10 @@ class RobustZScore:
         self._learn(x)
 
     def _learn(self, x: NDArray[np.float64]) -> None:
+        if self.tail is not None:
+            self._z_into(x, self._zl)
+            self.tail.learn(self._zl)
+        _kernels._quantum_learn(x, self.quantum)
         _kernels._robust_learn(
             x, self.ring, self.sorted, self.meta, self.center, self.spread, self.refresh_per_frame
         )
@@ -84,10 +93,14 @@ class RobustZScore:
         return self._score(x)
 
     def _score(self, x: NDArray[np.float64]) -> float:
+        best = self._z_into(x, self.z)
+        return best if self.tail is None else self.tail.scaled_max(self.z)
+
+    def _z_into(self, x: NDArray[np.float64], z: NDArray[np.float64]) -> float:
         return float(
             _kernels._robust_z(
-                x, self.meta, self.center, self.spread, self.rel_floor, self.abs_floor,
-                float(self.min_streak), self.z,
+                x, self.meta, self.center, self.spread, self.quantum, self.rel_floor,
+                self.abs_floor, float(self.min_streak), z,
             )
         )  # fmt: skip
 
@@ -106,6 +119,8 @@ class RobustZScore:
                 "abs_floor": self.abs_floor,
                 "min_streak": self.min_streak,
             },
+            "tail": None if self.tail is None else self.tail.get_state(),
+            "quantum": self.quantum.copy(),
             "ring": self.ring.copy(),
             "sorted": self.sorted.copy(),
             "meta": self.meta.copy(),
@@ -116,7 +131,11 @@ class RobustZScore:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RobustZScore:
         det = cls(**state["params"])
-        for name in ("ring", "sorted", "meta", "center", "spread"):
+        for name in ("ring", "sorted", "meta", "center", "spread", "quantum"):
             setattr(det, name, np.array(state[name], dtype=np.float64))
+        det.quantum = det.quantum.reshape(-1, 3)
         det.z = np.zeros(det.center.size)
+        det._zl = np.zeros(det.center.size)
+        if state.get("tail") is not None:
+            det.tail = TailScale.from_state(state["tail"])
         return det

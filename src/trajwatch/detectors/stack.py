@@ -74,8 +74,8 @@ def _river_svm(seed: int) -> Detector:
 
 
 DETECTORS: dict[str, Callable[[int], Detector]] = {
-    "zscore": lambda seed: ZScore(),
-    "robust": lambda seed: RobustZScore(),
+    "zscore": lambda seed: ZScore(tail=256),
+    "robust": lambda seed: RobustZScore(tail=256),
     "hst": lambda seed: HalfSpaceTrees(seed=seed),
     "loda": lambda seed: LODA(seed=seed),
     "river-hst": _river_hst,
@@ -123,7 +123,7 @@ class StackConfig:
     cusum_reference: float = 1.0
     drift: bool = True
     drift_block: int = 25
-    drift_threshold: float = 12.0
+    drift_threshold: float = 16.0
     drift_delta: float = 0.25
     adwin_delta: float = 1e-3
     drift_cooldown: int = 1000
@@ -148,7 +148,9 @@ class Step:
     """Fused -log10 p (0 during warm-up)."""
     surprises: NDArray[np.float64]
     """Per-detector -log10 p, in the order of ``StackConfig.detectors``."""
-    change: Literal["start", "end"] | None = None
+    change: Literal["start", "end", "escalate"] | None = None
+    """``start``/``end`` of an alarm, or ``escalate``: an alarm raised below ``critical``
+    turned critical (a second, worse fault during the first)."""
     onset: int | None = None
     drift: list[Change] = field(default_factory=list)
 
@@ -187,6 +189,7 @@ class DetectorStack:
         self.frames = 0
         self.alarm = Hysteresis(c.threshold, c.release, c.release_frames)
         self.cusum = Cusum(c.cusum_reference)
+        self._alarm_critical = False
         self.drift: DriftWatch | None = (
             DriftWatch(
                 block=c.drift_block,
@@ -210,8 +213,8 @@ class DetectorStack:
         self._tails = np.stack([c.tail for c in cals])
         for j, c in enumerate(cals):
             c.ring, c.state, c.tail = self._rings[j], self._states[j], self._tails[j]
-        self._ready = np.zeros(len(self.detectors), dtype=np.bool_)
-        self._all_ready = False
+        self._ready = np.array([bool(d.ready) for d in self.detectors], dtype=np.bool_)
+        self._all_ready = bool(self._ready.all())
         self._fast = False
 
     def _go_fast(self, size: int) -> None:
@@ -259,21 +262,30 @@ class DetectorStack:
         self.last_surprise = fused
         self.cusum.update(index, fused)
         alarm = self.alarm
-        change = alarm.update(fused)
-        step = Step(index, fused, surprises, change)
+        change: Literal["start", "end", "escalate"] | None = alarm.update(fused)
         if change == "start":
-            step.onset = self.cusum.onset(index)
+            self._alarm_critical = fused >= config.critical
+        elif alarm.active and not self._alarm_critical and fused >= config.critical:
+            self._alarm_critical = True
+            change = "escalate"
+        step = Step(index, fused, surprises, change)
+        if change in ("start", "escalate"):
+            step.onset = self.cusum.onset(index) if change == "start" else index
         if not alarm.active:
-            if not self.frozen and fused < config.learn_below:
-                for learn in self._learn_fns:
-                    learn(x)
-                if not self._all_ready:  # readiness never goes back
-                    for j, det in enumerate(self.detectors):
-                        self._ready[j] = det.ready
-                    self._all_ready = bool(self._ready.all())
+            if not self.frozen:
+                # Calibration takes every frame judged normal, its tail included (leaving
+                # out the high ones would make p-values ever smaller); the detectors only
+                # learn clearly normal frames, so they do not follow a slow fault.
                 _kernels._calib_add_all(
                     scores, self._ready, self._rings, self._states, self._tails
                 )
+                if fused < config.learn_below:
+                    for learn in self._learn_fns:
+                        learn(x)
+                    if not self._all_ready:  # readiness never goes back
+                        for j, det in enumerate(self.detectors):
+                            self._ready[j] = det.ready
+                        self._all_ready = bool(self._ready.all())
             if self.drift is not None and self._explainer is not None:
                 step.drift = self.drift.update(self._explainer.z)
         return step

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from trajwatch.detectors import _kernels
 from trajwatch.detectors.base import State, as_vector, register
+from trajwatch.detectors.tailscale import TailScale
 
 __all__ = ["ZScore"]
 
@@ -34,11 +35,20 @@ class ZScore:
     """Welford z-score over a feature vector; NaN features are skipped."""
 
     def __init__(
-        self, rel_floor: float = 1e-4, abs_floor: float = 1e-12, min_streak: int = 20
+        self,
+        rel_floor: float = 1e-4,
+        abs_floor: float = 1e-12,
+        min_streak: int = 20,
+        tail: int = 0,
     ) -> None:
         self.rel_floor = rel_floor
         self.abs_floor = abs_floor
         self.min_streak = min_streak
+        self.tail = TailScale(tail) if tail else None
+        """Optional :class:`TailScale`: score each feature in units of its own tail."""
+        self._zl: NDArray[np.float64] = np.zeros(0)
+        self.quantum: NDArray[np.float64] = np.zeros((0, 3))
+        """Per feature: last value, smallest non-zero change (a floor on std)."""
         self.stats: NDArray[np.float64] = np.zeros((4, 0))
         self._ready = False
         self.z: NDArray[np.float64] = np.zeros(0)
@@ -49,6 +59,8 @@ class ZScore:
             self._ready = False
             self.stats = np.zeros((4, size))
             self.z = np.zeros(size)
+            self._zl = np.zeros(size)
+            self.quantum = np.zeros((size, 3))
 
     @property
     def count(self) -> NDArray[np.float64]:
@@ -72,12 +84,25 @@ class ZScore:
 
     def _learn(self, x: NDArray[np.float64]) -> None:
         """learn_one for a vector already checked to be float64, 1-D, the right size."""
+        if self.tail is not None:
+            _kernels._welford_z(
+                x,
+                self.stats,
+                self.rel_floor,
+                self.abs_floor,
+                float(self.min_streak),
+                self.quantum,
+                self._zl,
+            )
+            self.tail.learn(self._zl)
         _kernels._welford_learn(x, self.stats)
+        _kernels._quantum_learn(x, self.quantum)
 
     def std(self) -> NDArray[np.float64]:
         c = self.stats[0]
         variance = np.divide(self.stats[2], c - 1, out=np.zeros_like(c), where=c > 1)
         floor = self.rel_floor * np.abs(self.stats[1]) + self.abs_floor
+        floor = np.maximum(floor, self.quantum[:, 1])
         return np.asarray(np.maximum(np.sqrt(np.maximum(variance, 0.0)), floor))
 
     def score_one(self, x: NDArray[np.float64]) -> float:
@@ -86,11 +111,16 @@ class ZScore:
         return self._score(x)
 
     def _score(self, x: NDArray[np.float64]) -> float:
-        return float(
-            _kernels._welford_z(
-                x, self.stats, self.rel_floor, self.abs_floor, float(self.min_streak), self.z
-            )
+        best = _kernels._welford_z(
+            x,
+            self.stats,
+            self.rel_floor,
+            self.abs_floor,
+            float(self.min_streak),
+            self.quantum,
+            self.z,
         )
+        return float(best) if self.tail is None else self.tail.scaled_max(self.z)
 
     def deviations(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Signed z per feature; NaN where the feature or its statistics are missing."""
@@ -106,6 +136,8 @@ class ZScore:
                 "min_streak": self.min_streak,
             },
             "stats": self.stats.copy(),
+            "quantum": self.quantum.copy(),
+            "tail": None if self.tail is None else self.tail.get_state(),
         }
 
     @classmethod
@@ -113,4 +145,8 @@ class ZScore:
         det = cls(**state["params"])
         det.stats = np.array(state["stats"], dtype=np.float64).reshape(4, -1)
         det.z = np.zeros(det.stats.shape[1])
+        det._zl = np.zeros(det.stats.shape[1])
+        det.quantum = np.array(state["quantum"], dtype=np.float64).reshape(-1, 3)
+        if state.get("tail") is not None:
+            det.tail = TailScale.from_state(state["tail"])
         return det

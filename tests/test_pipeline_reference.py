@@ -86,3 +86,23 @@ def test_vote_fusion_also_catches_the_clash(clash_frames: list[Frame]) -> None:
     anomalies = [e for e in events if e.event == "anomaly"]
     assert len(anomalies) == 1 and 150 <= anomalies[0].frame <= 153
     assert anomalies[0].detector.startswith("vote(2-of-4)")
+
+
+def test_cli_reference_options_load_a_saved_model(
+    clean_frames: list[Frame], tmp_path: Path
+) -> None:
+    from trajwatch import cli
+
+    path = save_reference(fit_reference(clean_frames), tmp_path / "model.npz")
+    parser = cli.build_parser()
+    for command in (["scan", "run.extxyz"], ["monitor", "--no-tui"]):
+        args = parser.parse_args([*command, "--reference", str(path), "--fusion", "vote"])
+        config, model = cli._detection(args)
+        assert config.fusion == "vote"
+        assert model is not None and model.frozen
+    args = parser.parse_args(["scan", "run.extxyz", "--save-reference", "x.npz"])
+    with pytest.raises(ValueError, match="needs --reference"):
+        cli._detection(args)
+    args = parser.parse_args(["scan", "run.extxyz", "--reference", str(tmp_path / "no.npz")])
+    with pytest.raises(FileNotFoundError):
+        cli._detection(args)

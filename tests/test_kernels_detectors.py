@@ -88,7 +88,7 @@ def test_robust_window_matches_numpy_median_and_mad() -> None:
     xs[5, 1] = np.nan
     history: list[list[float]] = [[] for _ in range(d)]
     for x in xs:
-        kern._robust_learn(x, ring, srt, meta, center, spread, d)  # refresh all each call
+        kern._robust_learn(x, ring, srt, meta, center, spread, d, np.zeros((d, 3)))
         for k in range(d):
             if np.isfinite(x[k]):
                 history[k].append(x[k])

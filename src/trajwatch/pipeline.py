@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +60,22 @@ class PipelineConfig(StackConfig):
     the extreme frame stays in the window, then a jump) that a running detector mistakes
     for faults; ``step_disp_max`` and ``step_min_dist`` carry the same signal at once.
     Ignored when the engine has no per-frame counterpart (it then scores everything)."""
+    drift_on: str = "frame"
+    """Features drift detection watches: ``frame`` (per-frame observables such as the
+    kinetic temperature, energy, forces; all features if the engine has none) or
+    ``all``."""
 
-    def stack_config(self) -> StackConfig:
-        names = {f.name for f in fields(StackConfig)}
-        return StackConfig(**{k: getattr(self, k) for k in names})
+    def stack_config(self, names: Sequence[str] | None = None) -> StackConfig:
+        """The stack's part of the config; with the scored feature ``names``, drift
+        detection is pointed at the features ``drift_on`` asks for."""
+        known = {f.name for f in fields(StackConfig)}
+        config = StackConfig(**{k: getattr(self, k) for k in known})
+        if names is not None and self.drift_on == "frame" and self.drift_features is None:
+            per_frame = _per_frame_features(names)
+            watched = tuple(i for i, n in enumerate(names) if n in per_frame)
+            if watched:
+                config = replace(config, drift_features=watched)
+        return config
 
 
 class SourceWatch:
@@ -99,7 +111,7 @@ class SourceWatch:
     def _new_stack(self) -> DetectorStack:
         if self.reference is not None:
             return self.reference.spawn()
-        return DetectorStack(self.config.stack_config(), n_features=len(self.names))
+        return DetectorStack(self.config.stack_config(self.names), n_features=len(self.names))
 
     @property
     def detector_name(self) -> str:
@@ -292,7 +304,8 @@ def fit_reference(frames: Iterable[Frame], config: PipelineConfig | None = None)
     config = config or PipelineConfig()
     engine = FeatureEngine(window=config.window, top_atoms=config.top_atoms)
     scored = _scored(engine.names, config.unscored)
-    stack = DetectorStack(config.stack_config(), n_features=scored.size)
+    names = [engine.names[i] for i in scored]
+    stack = DetectorStack(config.stack_config(names), n_features=scored.size)
     n = 0
     for frame in frames:
         features = engine.update(frame)

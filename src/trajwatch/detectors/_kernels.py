@@ -104,6 +104,25 @@ def _standardise(
         z[k] = (v - mean) / spread
 
 
+@njit(cache=True, nogil=True)
+def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
+    """Track each feature's smallest non-zero change between learned values.
+
+    ``quantum`` is ``(d, 3)``: last value, smallest non-zero |change| (0 until one is
+    seen), and whether a last value exists.
+    """
+    for k in range(x.size):
+        v = x[k]
+        if not math.isfinite(v):
+            continue
+        if quantum[k, 2] > 0.0:
+            step = abs(v - quantum[k, 0])
+            if step > 0.0 and (quantum[k, 1] == 0.0 or step < quantum[k, 1]):
+                quantum[k, 1] = step
+        quantum[k, 0] = v
+        quantum[k, 2] = 1.0
+
+
 # ------------------------------------------------------------- per-feature tail scale
 
 
@@ -246,14 +265,16 @@ def _robust_learn(
     center: np.ndarray,
     spread: np.ndarray,
     refresh_per_call: int,
+    quantum: np.ndarray,
 ) -> None:
     """Slide ``x`` into each feature's window; update medians, refresh some spreads.
 
     ``ring``/``srt`` are ``(d, W)``: the window in arrival order and sorted. ``meta`` is
     ``(d + 1, 3)``: per feature fill, head and finite streak; the last row holds the
     round-robin cursor of the spread refresh, so no call ever costs more than
-    ``refresh_per_call`` O(W) passes.
+    ``refresh_per_call`` O(W) passes. Also updates the resolution ``quantum``.
     """
+    _quantum_learn(x, quantum)
     d, w = ring.shape
     for k in range(d):
         v = x[k]
@@ -287,25 +308,6 @@ def _robust_learn(
 
 
 @njit(cache=True, nogil=True)
-def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
-    """Track each feature's smallest non-zero change between learned values.
-
-    ``quantum`` is ``(d, 3)``: last value, smallest non-zero |change| (0 until one is
-    seen), and whether a last value exists.
-    """
-    for k in range(x.size):
-        v = x[k]
-        if not math.isfinite(v):
-            continue
-        if quantum[k, 2] > 0.0:
-            step = abs(v - quantum[k, 0])
-            if step > 0.0 and (quantum[k, 1] == 0.0 or step < quantum[k, 1]):
-                quantum[k, 1] = step
-        quantum[k, 0] = v
-        quantum[k, 2] = 1.0
-
-
-@njit(cache=True, nogil=True)
 def _robust_z(
     x: np.ndarray,
     meta: np.ndarray,
@@ -330,6 +332,48 @@ def _robust_z(
         if not math.isnan(zk) and abs(zk) > best:
             best = abs(zk)
     return best
+
+
+# ------------------------------------------------------- fused z-detector steps (speed)
+
+
+@njit(cache=True, nogil=True)
+def _zscore_score(
+    x: np.ndarray,
+    stats: np.ndarray,
+    rel_floor: float,
+    abs_floor: float,
+    min_streak: float,
+    quantum: np.ndarray,
+    z: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+    q: float,
+    reference: float,
+    min_n: int,
+) -> float:
+    """:func:`_welford_z`, then :func:`_tail_scaled_max` if a tail window exists."""
+    best = _welford_z(x, stats, rel_floor, abs_floor, min_streak, quantum, z)
+    if tail_srt.shape[0] == 0:
+        return best
+    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+
+
+@njit(cache=True, nogil=True)
+def _zscore_learn(
+    x: np.ndarray,
+    z: np.ndarray,
+    stats: np.ndarray,
+    quantum: np.ndarray,
+    tail_ring: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+) -> None:
+    """Learn ``x`` whose z under the current statistics is ``z``."""
+    if tail_srt.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    _welford_learn(x, stats)
+    _quantum_learn(x, quantum)
 
 
 # ------------------------------------------------------------------- half-space trees

@@ -29,6 +29,7 @@ each change once, then stays quiet for ``cooldown`` frames.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +160,11 @@ class DriftWatch:
         page_hinkley: PageHinkley | None = None,
         adwin: ADWIN | None = None,
         use_adwin: bool = True,
+        features: Sequence[int] | None = None,
     ) -> None:
         self.block = block
+        self.features = None if features is None else np.asarray(features, dtype=np.intp)
+        """Indices of the features watched (None: all)."""
         self.clip = clip
         self.cooldown = cooldown
         self.page_hinkley = page_hinkley or PageHinkley()
@@ -182,15 +186,18 @@ class DriftWatch:
         mean = np.divide(self._sum, self._n, out=np.full(z.size, np.nan), where=self._n > 0)
         self._sum[:] = 0.0
         self._n[:] = 0.0
+        index = np.arange(z.size) if self.features is None else self.features
+        mean = mean[index]
         changes = [
-            Change(k, "page-hinkley", float(mean[k])) for k in self.page_hinkley.update(mean)
+            Change(int(index[k]), "page-hinkley", float(mean[k]))
+            for k in self.page_hinkley.update(mean)
         ]
         if self.adwin is not None:
             seen = {c.feature for c in changes}
             changes += [
-                Change(k, "adwin", float(mean[k]))
+                Change(int(index[k]), "adwin", float(mean[k]))
                 for k in self.adwin.update(mean)
-                if k not in seen
+                if int(index[k]) not in seen
             ]
         if not changes or self.frames < self.quiet_until:
             return []
@@ -200,7 +207,12 @@ class DriftWatch:
     def get_state(self) -> State:
         return {
             "type": type(self).__name__,
-            "params": {"block": self.block, "clip": self.clip, "cooldown": self.cooldown},
+            "params": {
+                "block": self.block,
+                "clip": self.clip,
+                "cooldown": self.cooldown,
+                "features": None if self.features is None else self.features.tolist(),
+            },
             "page_hinkley": self.page_hinkley.get_state(),
             "adwin": None if self.adwin is None else self.adwin.get_state(),
             "frames": self.frames,

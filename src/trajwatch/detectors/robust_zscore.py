@@ -78,13 +78,17 @@ class RobustZScore:
         self._learn(x)
 
     def _learn(self, x: NDArray[np.float64]) -> None:
+        self._z_into(x, self._zl)
+        self._learn_scored(x, self._zl)
+
+    def _learn_scored(self, x: NDArray[np.float64], z: NDArray[np.float64] | None = None) -> None:
+        """Learn ``x`` right after scoring it: its z (``self.z``) is already known."""
         if self.tail is not None:
-            self._z_into(x, self._zl)
-            self.tail.learn(self._zl)
-        _kernels._quantum_learn(x, self.quantum)
+            self.tail.learn(self.z if z is None else z)
         _kernels._robust_learn(
-            x, self.ring, self.sorted, self.meta, self.center, self.spread, self.refresh_per_frame
-        )
+            x, self.ring, self.sorted, self.meta, self.center, self.spread,
+            self.refresh_per_frame, self.quantum,
+        )  # fmt: skip
 
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)

@@ -103,7 +103,7 @@ class StackConfig:
     vote_k: int = 2
     warmup_frames: int = 50
     """Frames learned from the start of each source before any alarm can be raised."""
-    threshold: float = 7.0
+    threshold: float = 8.0
     """Fused surprise -log10 p above which an alarm starts."""
     release: float = 2.0
     """Fused surprise at or below which a frame counts as normal again."""
@@ -120,13 +120,18 @@ class StackConfig:
     """Scores of normal frames kept per detector for its p-values."""
     min_calibration: int = 100
     """A detector joins the fusion once its calibrator holds this many scores."""
+    settle_calibration: int = 300
+    """Until the first detector's calibrator holds this many scores, an alarm needs the
+    ``high`` level: a young calibration set makes rougher p-values."""
     cusum_reference: float = 1.0
     drift: bool = True
     drift_block: int = 25
-    drift_threshold: float = 16.0
+    drift_threshold: float = 10.0
     drift_delta: float = 0.25
     adwin_delta: float = 1e-3
     drift_cooldown: int = 1000
+    drift_features: tuple[int, ...] | None = None
+    """Indices of the features drift detection watches (None: all)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -196,6 +201,7 @@ class DetectorStack:
                 cooldown=c.drift_cooldown,
                 page_hinkley=PageHinkley(delta=c.drift_delta, threshold=c.drift_threshold),
                 adwin=ADWIN(delta=c.adwin_delta),
+                features=c.drift_features,
             )
             if c.drift
             else None
@@ -222,7 +228,11 @@ class DetectorStack:
         # the vector once and calls their unchecked methods.
         self.n_features = size
         self._score_fns = [getattr(d, "_score", d.score_one) for d in self.detectors]
-        self._learn_fns = [getattr(d, "_learn", d.learn_one) for d in self.detectors]
+        # Detectors that keep the z of the vector they just scored learn it without
+        # computing it again.
+        self._learn_fns = [
+            getattr(d, "_learn_scored", getattr(d, "_learn", d.learn_one)) for d in self.detectors
+        ]
         self._cauchy = self.fusion.method == "cauchy"
         self._fast = True
 
@@ -262,7 +272,15 @@ class DetectorStack:
         self.last_surprise = fused
         self.cusum.update(index, fused)
         alarm = self.alarm
-        change: Literal["start", "end", "escalate"] | None = alarm.update(fused)
+        level = fused
+        if (
+            not alarm.active
+            and level > config.threshold
+            and level < config.high
+            and self._states[0, 0] < config.settle_calibration
+        ):
+            level = config.threshold  # not enough calibration yet for a mild alarm
+        change: Literal["start", "end", "escalate"] | None = alarm.update(level)
         if change == "start":
             self._alarm_critical = fused >= config.critical
         elif alarm.active and not self._alarm_critical and fused >= config.critical:
@@ -325,7 +343,13 @@ class DetectorStack:
     def get_state(self) -> State:
         return {
             "type": type(self).__name__,
-            "config": {**asdict(self.config), "detectors": list(self.config.detectors)},
+            "config": {
+                **asdict(self.config),
+                "detectors": list(self.config.detectors),
+                "drift_features": None
+                if self.config.drift_features is None
+                else list(self.config.drift_features),
+            },
             "n_features": self.n_features,
             "frozen": self.frozen,
             "frames": self.frames,
@@ -339,6 +363,8 @@ class DetectorStack:
         known = {f.name for f in fields(StackConfig)}
         raw = {k: v for k, v in state["config"].items() if k in known}
         raw["detectors"] = tuple(raw["detectors"])
+        if raw.get("drift_features") is not None:
+            raw["drift_features"] = tuple(raw["drift_features"])
         stack = cls(StackConfig(**raw), n_features=state.get("n_features"))
         stack.detectors = [from_tree(d) for d in state["detectors"]]
         stack.calibrators = [Calibrator.from_state(c) for c in state["calibrators"]]

@@ -29,6 +29,8 @@ from trajwatch.detectors.tailscale import TailScale
 
 __all__ = ["ZScore"]
 
+_NO_TAIL = (np.zeros((0, 1)), np.zeros((0, 1)), np.zeros((0, 2)))
+
 
 @register
 class ZScore:
@@ -84,19 +86,25 @@ class ZScore:
 
     def _learn(self, x: NDArray[np.float64]) -> None:
         """learn_one for a vector already checked to be float64, 1-D, the right size."""
-        if self.tail is not None:
-            _kernels._welford_z(
-                x,
-                self.stats,
-                self.rel_floor,
-                self.abs_floor,
-                float(self.min_streak),
-                self.quantum,
-                self._zl,
-            )
-            self.tail.learn(self._zl)
-        _kernels._welford_learn(x, self.stats)
-        _kernels._quantum_learn(x, self.quantum)
+        _kernels._welford_z(
+            x, self.stats, self.rel_floor, self.abs_floor, float(self.min_streak),
+            self.quantum, self._zl,
+        )  # fmt: skip
+        self._learn_scored(x, self._zl)
+
+    def _learn_scored(self, x: NDArray[np.float64], z: NDArray[np.float64] | None = None) -> None:
+        """Learn ``x`` right after scoring it: its z (``self.z``) is already known."""
+        t = self._tail_arrays
+        _kernels._zscore_learn(
+            x, self.z if z is None else z, self.stats, self.quantum, t[0], t[1], t[2]
+        )
+
+    @property
+    def _tail_arrays(self) -> tuple[NDArray[np.float64], ...]:
+        if self.tail is None:
+            return _NO_TAIL
+        self.tail._ensure(self.stats.shape[1])
+        return self.tail.ring, self.tail.sorted, self.tail.meta
 
     def std(self) -> NDArray[np.float64]:
         c = self.stats[0]
@@ -111,16 +119,17 @@ class ZScore:
         return self._score(x)
 
     def _score(self, x: NDArray[np.float64]) -> float:
-        best = _kernels._welford_z(
-            x,
-            self.stats,
-            self.rel_floor,
-            self.abs_floor,
-            float(self.min_streak),
-            self.quantum,
-            self.z,
-        )
-        return float(best) if self.tail is None else self.tail.scaled_max(self.z)
+        t = self._tail_arrays
+        tail = self.tail
+        return float(
+            _kernels._zscore_score(
+                x, self.stats, self.rel_floor, self.abs_floor, float(self.min_streak),
+                self.quantum, self.z, t[1], t[2],
+                0.99 if tail is None else tail.q,
+                0.0 if tail is None else tail.reference,
+                0 if tail is None else tail.min_n,
+            )
+        )  # fmt: skip
 
     def deviations(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Signed z per feature; NaN where the feature or its statistics are missing."""

@@ -376,6 +376,51 @@ def _zscore_learn(
     _quantum_learn(x, quantum)
 
 
+@njit(cache=True, nogil=True)
+def _robust_score(
+    x: np.ndarray,
+    meta: np.ndarray,
+    center: np.ndarray,
+    spread: np.ndarray,
+    quantum: np.ndarray,
+    rel_floor: float,
+    abs_floor: float,
+    min_streak: float,
+    z: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+    q: float,
+    reference: float,
+    min_n: int,
+) -> float:
+    """:func:`_robust_z`, then :func:`_tail_scaled_max` if a tail window exists."""
+    best = _robust_z(x, meta, center, spread, quantum, rel_floor, abs_floor, min_streak, z)
+    if tail_srt.shape[0] == 0:
+        return best
+    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+
+
+@njit(cache=True, nogil=True)
+def _robust_learn_scored(
+    x: np.ndarray,
+    z: np.ndarray,
+    ring: np.ndarray,
+    srt: np.ndarray,
+    meta: np.ndarray,
+    center: np.ndarray,
+    spread: np.ndarray,
+    refresh_per_call: int,
+    quantum: np.ndarray,
+    tail_ring: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+) -> None:
+    """Learn ``x`` whose robust z under the current window is ``z``."""
+    if tail_srt.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    _robust_learn(x, ring, srt, meta, center, spread, refresh_per_call, quantum)
+
+
 # ------------------------------------------------------------------- half-space trees
 
 
@@ -637,6 +682,10 @@ def _calib_refit(ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> None:
     # The mean excess of k points is uncertain by ~1/sqrt(k); erring on the heavy side
     # keeps a small calibration set from promising p-values it cannot back.
     beta = excess / k * (1.0 + 2.0 / math.sqrt(k))
+    # A tail of near-ties (a discrete feature dominating the score) has a tiny mean
+    # excess; never assume a lighter tail than the exponential through the median and u.
+    if n >= 4 * k:
+        beta = max(beta, (u - srt[n // 2]) / math.log(n / (2.0 * k)))
     floor = 1e-9 + 1e-6 * abs(u)
     tail[0] = u
     tail[1] = beta if beta > floor else floor

@@ -30,6 +30,8 @@ from trajwatch.detectors.tailscale import TailScale
 
 __all__ = ["RobustZScore"]
 
+_NO_TAIL = (np.zeros((0, 1)), np.zeros((0, 1)), np.zeros((0, 2)))
+
 
 @register
 class RobustZScore:
@@ -83,12 +85,18 @@ class RobustZScore:
 
     def _learn_scored(self, x: NDArray[np.float64], z: NDArray[np.float64] | None = None) -> None:
         """Learn ``x`` right after scoring it: its z (``self.z``) is already known."""
-        if self.tail is not None:
-            self.tail.learn(self.z if z is None else z)
-        _kernels._robust_learn(
-            x, self.ring, self.sorted, self.meta, self.center, self.spread,
-            self.refresh_per_frame, self.quantum,
+        t = self._tail_arrays
+        _kernels._robust_learn_scored(
+            x, self.z if z is None else z, self.ring, self.sorted, self.meta, self.center,
+            self.spread, self.refresh_per_frame, self.quantum, t[0], t[1], t[2],
         )  # fmt: skip
+
+    @property
+    def _tail_arrays(self) -> tuple[NDArray[np.float64], ...]:
+        if self.tail is None:
+            return _NO_TAIL
+        self.tail._ensure(self.center.size)
+        return self.tail.ring, self.tail.sorted, self.tail.meta
 
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)
@@ -97,8 +105,17 @@ class RobustZScore:
         return self._score(x)
 
     def _score(self, x: NDArray[np.float64]) -> float:
-        best = self._z_into(x, self.z)
-        return best if self.tail is None else self.tail.scaled_max(self.z)
+        t = self._tail_arrays
+        tail = self.tail
+        return float(
+            _kernels._robust_score(
+                x, self.meta, self.center, self.spread, self.quantum, self.rel_floor,
+                self.abs_floor, float(self.min_streak), self.z, t[1], t[2],
+                0.99 if tail is None else tail.q,
+                0.0 if tail is None else tail.reference,
+                0 if tail is None else tail.min_n,
+            )
+        )  # fmt: skip
 
     def _z_into(self, x: NDArray[np.float64], z: NDArray[np.float64]) -> float:
         return float(

@@ -236,7 +236,7 @@ def test_config_is_validated() -> None:
 def test_a_worse_fault_during_a_mild_alarm_escalates_once() -> None:
     stack = DetectorStack(SMALL)
     xs = _stream(900)
-    xs[700:760, 1] += 0.9  # a mild, lasting deviation (9 sd)
+    xs[700:760, 1] += 1.2  # a mild, lasting deviation (12 sd)
     xs[730:735] += 50.0  # then something breaks
     changes = [(s.index, s.change) for s in map(stack.update, xs) if s.change]
     assert changes[0] == (700, "start")

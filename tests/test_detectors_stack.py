@@ -160,9 +160,15 @@ def _stream(n: int, seed: int = 5, d: int = 6) -> np.ndarray:
     return RNG(seed).normal(1.0, 0.1, size=(n, d))
 
 
+ALL_FOUR = ("zscore", "robust", "hst", "loda")
+
+
+@pytest.mark.parametrize("detectors", [SMALL.detectors, ALL_FOUR])
 @pytest.mark.parametrize("fusion", ["cauchy", "vote"])
-def test_stack_catches_a_jump_once_with_onset_and_recovers(fusion: str) -> None:
-    stack = DetectorStack(StackConfig(**{**vars(SMALL), "fusion": fusion}))
+def test_stack_catches_a_jump_once_with_onset_and_recovers(
+    fusion: str, detectors: tuple[str, ...]
+) -> None:
+    stack = DetectorStack(StackConfig(**{**vars(SMALL), "fusion": fusion, "detectors": detectors}))
     xs = _stream(900)
     xs[700:720] += 5.0  # every feature jumps: all detectors see it
     steps = [stack.update(x) for x in xs]
@@ -172,8 +178,9 @@ def test_stack_catches_a_jump_once_with_onset_and_recovers(fusion: str) -> None:
     assert stack.severity(steps[700].surprise) == "critical"
 
 
-def test_stack_does_not_alarm_on_clean_data() -> None:
-    stack = DetectorStack(SMALL)
+@pytest.mark.parametrize("detectors", [SMALL.detectors, ALL_FOUR])
+def test_stack_does_not_alarm_on_clean_data(detectors: tuple[str, ...]) -> None:
+    stack = DetectorStack(StackConfig(**{**vars(SMALL), "detectors": detectors}))
     assert not any(stack.update(x).change for x in _stream(3000, seed=6))
 
 

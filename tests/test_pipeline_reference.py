@@ -85,7 +85,7 @@ def test_vote_fusion_also_catches_the_clash(clash_frames: list[Frame]) -> None:
     events = run(clash_frames, Pipeline(config)).events
     anomalies = [e for e in events if e.event == "anomaly"]
     assert len(anomalies) == 1 and 150 <= anomalies[0].frame <= 153
-    assert anomalies[0].detector.startswith("vote(2-of-4)")
+    assert anomalies[0].detector.startswith("vote(2-of-2)")
 
 
 def test_cli_reference_options_load_a_saved_model(

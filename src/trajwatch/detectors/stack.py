@@ -75,7 +75,7 @@ def _river_svm(seed: int) -> Detector:
 
 DETECTORS: dict[str, Callable[[int], Detector]] = {
     "zscore": lambda seed: ZScore(tail=256),
-    "robust": lambda seed: RobustZScore(tail=256),
+    "robust": lambda seed: RobustZScore(),
     "hst": lambda seed: HalfSpaceTrees(seed=seed),
     "loda": lambda seed: LODA(seed=seed),
     "river-hst": _river_hst,
@@ -97,7 +97,7 @@ def make_detector(name: str, seed: int = 0) -> Detector:
 class StackConfig:
     """Knobs of the detector stack (see ``docs/detection.md``)."""
 
-    detectors: tuple[str, ...] = ("zscore", "robust", "hst", "loda")
+    detectors: tuple[str, ...] = ("zscore", "robust")
     fusion: str = "cauchy"
     """``cauchy`` (default), ``min``, ``fisher`` or ``vote`` (k-of-n)."""
     vote_k: int = 2

@@ -39,8 +39,8 @@ class RobustZScore:
 
     def __init__(
         self,
-        window: int = 128,
-        refresh_per_frame: int = 2,
+        window: int = 64,
+        refresh_per_frame: int = 1,
         rel_floor: float = 1e-4,
         abs_floor: float = 1e-12,
         min_streak: int = 20,

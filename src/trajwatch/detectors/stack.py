@@ -102,7 +102,8 @@ class StackConfig:
     """``cauchy`` (default), ``min``, ``fisher`` or ``vote`` (k-of-n)."""
     vote_k: int = 2
     warmup_frames: int = 50
-    """Frames learned from the start of each source before any alarm can be raised."""
+    """Frames learned from the start of each source before any alarm can be raised (in
+    the second half, their scores also start filling the calibrators)."""
     threshold: float = 8.0
     """Fused surprise -log10 p above which an alarm starts."""
     release: float = 2.0
@@ -118,11 +119,11 @@ class StackConfig:
     """Fused surprise from which an alarm is ``critical`` (any non-finite feature is)."""
     calibration: int = 1000
     """Scores of normal frames kept per detector for its p-values."""
-    min_calibration: int = 100
+    min_calibration: int = 20
     """A detector joins the fusion once its calibrator holds this many scores."""
     settle_calibration: int = 300
     """Until the first detector's calibrator holds this many scores, an alarm needs the
-    ``high`` level: a young calibration set makes rougher p-values."""
+    ``critical`` level: a young calibration set makes rough p-values."""
     cusum_reference: float = 1.0
     drift: bool = True
     drift_block: int = 25
@@ -250,7 +251,12 @@ class DetectorStack:
         surprises = self._surprises
         if index < config.warmup_frames:
             if not self.frozen:
-                for det in self.detectors:
+                # Second half of the warm-up: score before learning, so the calibrators
+                # are filling when alarms become possible.
+                calibrate = index >= config.warmup_frames // 2
+                for j, det in enumerate(self.detectors):
+                    if calibrate and det.ready:
+                        self.calibrators[j].add(det.score_one(x))
                     det.learn_one(x)
             self.cusum.update(index, 0.0)
             return Step(index, 0.0, surprises)
@@ -276,7 +282,7 @@ class DetectorStack:
         if (
             not alarm.active
             and level > config.threshold
-            and level < config.high
+            and level < config.critical
             and self._states[0, 0] < config.settle_calibration
         ):
             level = config.threshold  # not enough calibration yet for a mild alarm

@@ -33,7 +33,6 @@ __all__ = [
     "DEFAULT_MAX_ATOMS",
     "DEFAULT_MAX_BYTES",
     "DTYPE_CODES",
-    "FAST_FRAME",
     "FLAG_CELL",
     "FLAG_ENERGY",
     "FLAG_FORCES",
@@ -356,31 +355,6 @@ def check_numbers(numbers: NDArray[Any]) -> None:
         raise ProtocolError(f"atomic number {int(bad[0])} outside 0..{MAX_ATOMIC_NUMBER}")
 
 
-# Frame's constructor re-checks what decode has already guaranteed (shapes, dtypes,
-# contiguity, ownership, finite cell) and costs ~10 us, more than the rest of decoding a
-# 100-atom frame. When Frame has exactly the slots this module knows, a decoded frame is
-# built by filling them in; otherwise (Frame changed) the constructor is used. The test
-# suite holds both ways to the same result.
-_FRAME_SLOTS: Final = (
-    "cell",
-    "energy",
-    "forces",
-    "info",
-    "numbers",
-    "pbc",
-    "positions",
-    "seq",
-    "source",
-    "step",
-    "time",
-    "velocities",
-)
-FAST_FRAME: Final = tuple(
-    sorted(getattr(Frame, "__slots__", ()))
-) == _FRAME_SLOTS and Frame.__mro__ == (Frame, object)
-_new_object = object.__new__
-
-
 def make_frame(
     header: Header,
     source: str,
@@ -388,43 +362,26 @@ def make_frame(
     numbers: NDArray[np.int32],
     velocities: NDArray[np.float64] | None,
     forces: NDArray[np.float64] | None,
-    *,
-    fast: bool = FAST_FRAME,
 ) -> Frame:
     """Build the Frame from a validated header and freshly made, owned arrays.
 
     The arrays must be C-contiguous, native float64 (numbers int32), own their data
-    and have the shapes the header announces: decode and Subscriber guarantee it.
+    and have the shapes the header announces: decode and Subscriber guarantee it, so the
+    frame takes them without Frame.__init__'s checks and copies.
     """
-    if not fast:
-        return Frame(
-            positions,
-            numbers,
-            velocities=velocities,
-            forces=forces,
-            energy=header.energy,
-            cell=header.cell,
-            pbc=header.pbc_array(),
-            step=header.step,
-            time=header.time,
-            seq=header.seq,
-            source=source,
-            copy=False,
-        )
-    frame: Frame = _new_object(Frame)
-    frame.positions = positions
-    frame.numbers = numbers
-    frame.velocities = velocities
-    frame.forces = forces
-    frame.energy = header.energy
-    frame.cell = header.cell
-    frame.pbc = header.pbc_array()
-    frame.step = header.step
-    frame.time = header.time
-    frame.seq = header.seq
-    frame.source = source
-    frame.info = {}
-    return frame
+    return Frame._from_owned(
+        positions,
+        numbers,
+        velocities,
+        forces,
+        header.energy,
+        header.cell,
+        header.pbc_array(),
+        header.step,
+        header.time,
+        header.seq,
+        source,
+    )
 
 
 def decode_topic(data: Any) -> str:

@@ -37,17 +37,26 @@ STRUCTURE_HINTS = ("dist", "rdf", "pair", "clash", "coord", "neighbo")
 
 
 class Cusum:
-    """One-sided CUSUM of the fused surprise; remembers where the current excursion began."""
+    """One-sided CUSUM of the fused surprise; remembers where the current excursion began.
+
+    The reference is max(``reference``, m + 0.5), m a slow running mean of the surprise
+    (α = 0.01, values capped at 5): 1 while p-values are calibrated (m ≈ 0.43), higher
+    when a judged run sits a little off its reference model all along, so the sum still
+    returns to 0 between faults.
+    """
 
     def __init__(self, reference: float = 1.0, cap: float = 50.0) -> None:
         self.reference = reference
         self.cap = cap
         self.sum = 0.0
         self.start = 0
+        self.mean = 1.0 / math.log(10.0)
 
     def update(self, index: int, surprise: float) -> None:
         s = surprise if surprise < self.cap else self.cap
-        total = self.sum + s - self.reference
+        self.mean += 0.01 * ((s if s < 5.0 else 5.0) - self.mean)
+        k = self.mean + 0.5
+        total = self.sum + s - (k if k > self.reference else self.reference)
         if total <= 0.0:
             self.sum = 0.0
             self.start = index + 1
@@ -61,6 +70,7 @@ class Cusum:
     def reset(self, index: int = 0) -> None:
         self.sum = 0.0
         self.start = index
+        self.mean = 1.0 / math.log(10.0)
 
 
 def top_features(

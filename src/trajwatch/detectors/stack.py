@@ -121,7 +121,7 @@ class StackConfig:
     """Scores of normal frames kept per detector for its p-values."""
     min_calibration: int = 20
     """A detector joins the fusion once its calibrator holds this many scores."""
-    settle_calibration: int = 300
+    settle_calibration: int = 200
     """Until the first detector's calibrator holds this many scores, an alarm needs the
     ``critical`` level: a young calibration set makes rough p-values."""
     cusum_reference: float = 1.0

@@ -85,6 +85,12 @@ class RobustZScore:
 
     def _learn_scored(self, x: NDArray[np.float64], z: NDArray[np.float64] | None = None) -> None:
         """Learn ``x`` right after scoring it: its z (``self.z``) is already known."""
+        if self.tail is None:  # fewer arguments: Numba's dispatch costs per argument
+            _kernels._robust_learn(
+                x, self.ring, self.sorted, self.meta, self.center, self.spread,
+                self.refresh_per_frame, self.quantum,
+            )  # fmt: skip
+            return
         t = self._tail_arrays
         _kernels._robust_learn_scored(
             x, self.z if z is None else z, self.ring, self.sorted, self.meta, self.center,
@@ -105,6 +111,8 @@ class RobustZScore:
         return self._score(x)
 
     def _score(self, x: NDArray[np.float64]) -> float:
+        if self.tail is None:
+            return self._z_into(x, self.z)
         t = self._tail_arrays
         tail = self.tail
         return float(

@@ -25,11 +25,14 @@ the ``--features`` rows come back as text and the caller writes them into the on
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import io
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
 import traceback
 import uuid
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -117,6 +120,8 @@ class ScanTask:
     ``dump`` the directory for the flagged frames (``context`` frames around each),
     ``features`` asks for the feature rows as CSV text. ``options`` are
     :func:`options_of` the command's arguments: what the pipeline is built from.
+    ``reference`` is the reference model fitted once by the caller, as the JSON text
+    ``--save-reference model.json`` would write (plain data: no shared file needed).
     """
 
     path: str
@@ -127,6 +132,7 @@ class ScanTask:
     plot_by_source: bool = False
     dump: str | None = None
     context: int = 10
+    reference: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,11 +216,11 @@ def warm_up() -> None:
     global _warm
     if _warm:
         return
-    from trajwatch.features.engine import warmup as features_warmup
+    from trajwatch.cli import _compile
     from trajwatch.replay.xyz import warmup as reader_warmup
 
     reader_warmup()
-    features_warmup()
+    _compile()  # what the serial scan compiles before its first file
     _warm = True
 
 
@@ -251,7 +257,7 @@ def scan_task(task: dict[str, Any]) -> dict[str, Any]:
         try:
             result.report = scan_file(
                 spec.path,
-                _pipeline(_namespace(spec.options), sinks),
+                _pipeline(_task_options(spec), sinks),
                 skip_bad=spec.skip_bad,
                 observers=[dump] if dump is not None else [],
                 recorders=recorders,
@@ -279,6 +285,26 @@ def scan_task(task: dict[str, Any]) -> dict[str, Any]:
         result.error = traceback.format_exc()
         result.error_type = "Exception"
     return result.to_dict()
+
+
+_models: dict[str, Path] = {}  # reference JSON text -> this process's copy on disk
+
+
+def _task_options(spec: ScanTask) -> argparse.Namespace:
+    """The command's options as the worker uses them: with the caller's reference model
+    (kept on local disk once per process) instead of the run to fit it on."""
+    options = _namespace(spec.options)
+    if spec.reference is not None:
+        path = _models.get(spec.reference)
+        if path is None:
+            directory = Path(tempfile.mkdtemp(prefix="trajwatch-reference-"))
+            path = directory / "model.json"
+            path.write_text(spec.reference, encoding="utf-8")
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)
+            _models[spec.reference] = path
+        options.reference = path
+        options.save_reference = None  # the caller has saved it, if asked to
+    return options
 
 
 def in_file_order(completed: Iterable[tuple[int, T]]) -> Iterator[tuple[int, T]]:

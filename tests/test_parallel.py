@@ -147,6 +147,21 @@ def test_a_bad_file_stops_the_parallel_scan_where_the_serial_one_stops(
     assert "kick" in sources and "bad" in sources and "clash" not in sources
 
 
+def test_a_reference_is_fitted_once_and_judges_every_file_as_in_the_serial_scan(
+    archive: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = [str(p) for p in archive[1:3]]
+    logs = {}
+    for jobs in ("1", "2"):
+        log = tmp_path / f"events-{jobs}.jsonl"
+        args = ["scan", *files, "--reference", str(archive[0]), "--jobs", jobs, "--quiet"]
+        assert main([*args, "--events", str(log)]) == 0
+        logs[jobs] = log.read_bytes()
+        assert capsys.readouterr().err.count("fitted the reference") == 1
+    assert logs["1"] == logs["2"]
+    assert [json.loads(line)["source"] for line in logs["1"].splitlines()][:1] == ["kick"]
+
+
 def test_jobs_must_be_positive(archive: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scan", *map(str, archive), "--jobs", "0"]) == 1
     assert "--jobs" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import platform
 import re
@@ -115,9 +116,10 @@ def scan_seconds(files: list[Path], out: Path, *mode: str) -> tuple[float, float
 def bench_archive(quick: bool) -> dict[str, Any]:
     from distributed import LocalCluster
 
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     jobs = default_jobs()
     n_files, frames, base = (8, 1500, 150) if quick else (16, 4000, 300)
-    rounds = 1 if quick else 2
+    rounds = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="trajwatch-bench-scale-") as tmp:
         where = Path(tmp)
         files = make_archive(where, n_files, frames, base)

@@ -11,6 +11,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -132,6 +134,50 @@ def test_proxy_stops_and_frees_its_ports() -> None:
     assert not proxy.running
     with Proxy(proxy.frontend, proxy.backend):  # the same ports bind again
         pass
+
+
+def test_a_proxy_restart_costs_frames_that_the_monitor_counts_as_lost() -> None:
+    proxy = Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*").start()
+    frontend, backend = proxy.frontend, proxy.backend
+    seqs: list[int] = []
+    done = threading.Event()
+    with (
+        Subscriber(backend, topics=("r",)) as monitor,
+        Publisher(frontend, bind=False, topic="r") as engine,
+    ):
+
+        def receive() -> None:  # a monitor is always in its receive loop
+            while not done.is_set():
+                frame = monitor.recv(timeout=0.05)
+                if frame is not None:
+                    seqs.append(frame.seq)
+
+        def send_until(count: int) -> None:
+            deadline = time.monotonic() + TIMEOUT
+            while len(seqs) < count and time.monotonic() < deadline:
+                engine.send(_frame(engine.next_seq()))
+                time.sleep(0.01)
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        try:
+            assert engine.wait_for_subscriber(timeout=TIMEOUT)
+            send_until(5)
+            proxy.close()
+            for _ in range(5):  # while the proxy is down
+                engine.send(_frame(engine.next_seq()))
+            proxy = Proxy(frontend, backend).start()  # the same addresses
+            before = len(seqs)
+            send_until(before + 5)  # engine and monitor reconnect on their own
+        finally:
+            done.set()
+            receiver.join()
+            proxy.close()
+    assert len(seqs) >= before + 5, "the frames did not come through the new proxy"
+    assert seqs == sorted(set(seqs))  # in order, none twice
+    # every frame up to the last one received was either received or counted as lost
+    assert len(seqs) + monitor.stats.lost == seqs[-1] + 1
+    assert monitor.stats.lost >= 5 and monitor.stats.restarts == 0
 
 
 # -- the merged event stream -----------------------------------------------------------

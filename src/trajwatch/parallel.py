@@ -37,6 +37,7 @@ import traceback
 import uuid
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -353,7 +354,15 @@ def run_pool(
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield futures[future], future.result()
+                try:
+                    result = future.result()
+                except BrokenProcessPool as error:
+                    path = tasks[futures[future]]["path"]
+                    raise OSError(
+                        f"a worker process died while scanning {path} (killed, or out of "
+                        "memory?); scan it alone with --jobs 1 to see why"
+                    ) from error
+                yield futures[future], result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -413,7 +422,15 @@ def run_dask(
         index_of = {future.key: index for index, future in enumerate(futures)}
         try:
             for future in as_completed(futures, loop=client.loop):
-                yield index_of[future.key], future.result()
+                index = index_of[future.key]
+                try:
+                    result = future.result()
+                except Exception as error:  # e.g. KilledWorker: its workers kept dying
+                    raise OSError(
+                        f"Dask could not scan {tasks[index]['path']}: "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
+                yield index, result
         finally:
             client.cancel(futures)
     finally:

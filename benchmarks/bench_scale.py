@@ -171,6 +171,22 @@ def bench_archive(quick: bool) -> dict[str, Any]:
     }
 
 
+def _spin(seconds: float) -> float:
+    end = time.perf_counter() + seconds
+    start = time.process_time()
+    while time.perf_counter() < end:
+        pass
+    return time.process_time() - start
+
+
+def free_cores(jobs: int, seconds: float = 2.0) -> float:
+    """How many cores ``jobs`` busy processes get right now (the machine is shared)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+        return sum(pool.map(_spin, [seconds] * jobs)) / seconds
+
+
 # -- the proxy -----------------------------------------------------------------------
 
 
@@ -292,7 +308,11 @@ def _environment() -> dict[str, Any]:
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark; files/s per scan mode, ratios to serial, proxy frames/s."""
     results: dict[str, Any] = {"quick": quick, "environment": _environment()}
+    jobs = default_jobs()
+    free = [free_cores(jobs)]
     results["archive"] = bench_archive(quick)
+    free.append(free_cores(jobs))
+    results["environment"]["free_cores_before_after"] = free
     results["proxy"] = bench_proxy(quick)
     results["environment"]["load_average_after"] = list(os.getloadavg())
     return results
@@ -337,6 +357,9 @@ def format_table(results: dict[str, Any]) -> str:
         "",
         f"load average before/after: {results['environment']['load_average']} / "
         f"{results['environment']['load_average_after']}",
+        "cores that {} busy processes got before/after the scans: {:.2f} / {:.2f}".format(
+            archive["jobs"], *results["environment"]["free_cores_before_after"]
+        ),
     ]
     return "\n".join(lines)
 

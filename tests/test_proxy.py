@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import zmq
 
+from trajwatch.cli import main
 from trajwatch.events import Event
 from trajwatch.frame import Frame
 from trajwatch.simulate import MDSpec, run_md
@@ -338,3 +339,32 @@ def test_sharded_monitors_behind_the_proxy_catch_every_fault_once(
     assert sorted(map(json.dumps, stream)) == sorted(map(json.dumps, logs["a"] + logs["b"]))
     assert proxy.returncode == 0, proxy_err
     assert "parts" in proxy_err.splitlines()[-1]
+
+
+# -- the commands ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["proxy", "events"])
+def test_the_scaling_commands_have_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--help"]) == 0
+    assert f"trajwatch {command}" in capsys.readouterr().out.split("examples:")[1]
+
+
+def test_proxy_command_refuses_a_remote_bind_without_allow_remote(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["proxy", "--frontend", "tcp://0.0.0.0:5554"]) == 1
+    assert "refusing to bind 'tcp://0.0.0.0:5554'" in capsys.readouterr().err
+
+
+def test_an_event_line_of_the_merged_view_names_source_kind_severity_and_frame() -> None:
+    from rich.console import Console
+
+    from trajwatch.cli import _event_line
+
+    console = Console(record=True, width=120, color_system=None)
+    console.print(_event_line(_alarm("b/run2", 42)))
+    text = console.export_text()
+    assert "b/run2" in text and "anomaly" in text and "critical" in text and "frame 42" in text

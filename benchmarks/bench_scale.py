@@ -114,6 +114,7 @@ def scan_seconds(files: list[Path], out: Path, *mode: str) -> tuple[float, float
 
 
 def bench_archive(quick: bool) -> dict[str, Any]:
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # the workers' too
     from distributed import LocalCluster
 
     logging.getLogger("distributed").setLevel(logging.ERROR)

@@ -398,6 +398,9 @@ def run_dask(
 
     cluster = None
     if address == "local":
+        if log_level >= logging.ERROR:
+            # our own cluster's worker processes read it (at their import of distributed)
+            os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
         cluster = LocalCluster(
             n_workers=jobs or default_jobs(),
             threads_per_worker=1,

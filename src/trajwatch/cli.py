@@ -14,8 +14,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trajwatch import __version__
+
+if TYPE_CHECKING:
+    from trajwatch.events import Event
+    from trajwatch.pipeline import Pipeline
+    from trajwatch.streaming.security import Curve
 
 __all__ = ["entry_point", "main"]
 
@@ -78,6 +84,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
     )
+    _add_curve_flags(p)
     p.set_defaults(command=_run_replay)
 
 
@@ -126,6 +133,8 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
     )
+    _add_reliability_flags(p)
+    _add_curve_flags(p)
     p.set_defaults(command=_run_monitor)
 
 
@@ -167,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_replay, _add_monitor, _add_scan):
+    for add in (_add_replay, _add_monitor, _add_scan, _add_keygen):
         add(sub)
     return parser
 
@@ -191,7 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError) as error:
+    except Exception as error:
+        zmq = sys.modules.get("zmq")  # an address in use is a ZMQError, not an OSError
+        if not isinstance(error, (OSError, ValueError, *([zmq.ZMQError] if zmq else []))):
+            raise
         print(f"trajwatch: error: {error}", file=sys.stderr)
         return 1
 
@@ -212,6 +224,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         bind=not args.connect,
         lossless=args.lossless,
         allow_remote=args.allow_remote,
+        curve=_curve_from_args(args, binds=not args.connect),
     ) as publisher:
         print(
             f"trajwatch replay: waiting for a subscriber on {args.endpoint} ...", file=sys.stderr
@@ -235,6 +248,7 @@ def _run_monitor(args: argparse.Namespace) -> int:
     from trajwatch.features.engine import warmup
     from trajwatch.pipeline import Pipeline
     from trajwatch.sinks import JsonlSink, Sink, StreamSink
+    from trajwatch.stall import StallWatch
     from trajwatch.streaming import Subscriber
 
     sinks: list[Sink] = []
@@ -251,6 +265,9 @@ def _run_monitor(args: argparse.Namespace) -> int:
         topics=tuple(args.topics),
         lossless=args.lossless,
         allow_remote=args.allow_remote,
+        curve=_curve_from_args(args, binds=args.bind),
+        max_atoms=args.max_atoms,
+        max_bytes=args.max_bytes,
     ) as subscriber:
         print(
             f"trajwatch monitor: listening on {args.endpoint} "
@@ -258,16 +275,22 @@ def _run_monitor(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         _stop_on_sigterm()
+        stall = StallWatch(args.stall_timeout) if args.stall_timeout else None
         try:
             last = time.monotonic()
             while args.max_frames is None or frames < args.max_frames:
                 frame = subscriber.recv(timeout=0.2)
+                now = time.monotonic()
+                if stall is not None:
+                    if frame is not None:
+                        _emit(pipeline, stall.seen(frame, now))
+                    _emit(pipeline, stall.check(now))
                 if frame is None:
-                    idle = time.monotonic() - last
+                    idle = now - last
                     if frames and args.idle_timeout is not None and idle >= args.idle_timeout:
                         break
                     continue
-                last = time.monotonic()
+                last = now
                 pipeline.process(frame)
                 frames += 1
         except KeyboardInterrupt:
@@ -280,7 +303,8 @@ def _run_monitor(args: argparse.Namespace) -> int:
             print(
                 f"trajwatch monitor: {frames} frames from {len(pipeline.sources)} source(s) "
                 f"in {seconds:.1f} s, {len(pipeline.events)} events, "
-                f"malformed {stats.malformed}, lost {stats.lost}",
+                f"malformed {stats.malformed}, lost {stats.lost}, restarts {stats.restarts}"
+                + (f", stalls {stall.stalls}" if stall is not None else ""),
                 file=sys.stderr,
             )
     return 0
@@ -342,3 +366,162 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+# -- reliability and security options (docs/reliability.md, docs/security.md) ------------
+
+
+def _size(text: str) -> int:
+    """A byte count, with an optional binary suffix: 4096, 64K, 512M, 1G."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B")
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4096, 64M, 1G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _add_reliability_flags(p: argparse.ArgumentParser) -> None:
+    from trajwatch.streaming.protocol import DEFAULT_MAX_ATOMS, DEFAULT_MAX_BYTES
+
+    group = p.add_argument_group("limits and stalls (docs/reliability.md)")
+    group.add_argument(
+        "--max-atoms",
+        type=_positive_int,
+        default=DEFAULT_MAX_ATOMS,
+        metavar="N",
+        help="reject frames with more atoms than this (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-bytes",
+        type=_size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="reject messages larger than this, before allocating (e.g. 64M; default: 1G)",
+    )
+    group.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a 'stalled' event when a source sends nothing for this long, 'resumed' when "
+        "it is back; 0 turns it off (default: %(default)s)",
+    )
+
+
+def _add_curve_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "CurveZMQ encryption and authentication (keys from 'trajwatch keygen'; "
+        "docs/security.md)"
+    )
+    group.add_argument(
+        "--curve-server-key",
+        type=Path,
+        metavar="SECRET",
+        help="be the CURVE server with this key pair (NAME.key_secret); needs --curve-allow",
+    )
+    group.add_argument(
+        "--curve-allow",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PUBLIC",
+        help="a client's public key (NAME.key), or a directory of them, that may connect "
+        "(repeatable)",
+    )
+    group.add_argument(
+        "--curve-client-key",
+        type=Path,
+        metavar="SECRET",
+        help="be a CURVE client with this key pair (NAME.key_secret); needs --curve-server",
+    )
+    group.add_argument(
+        "--curve-server",
+        type=Path,
+        metavar="PUBLIC",
+        help="the server's public key (NAME.key), with --curve-client-key",
+    )
+
+
+def _curve_from_args(args: argparse.Namespace, *, binds: bool) -> Curve | None:
+    """The CurveZMQ role the options ask for (None: plain TCP), with checks."""
+    from trajwatch.streaming.security import load_client, load_server
+
+    server_key, client_key = args.curve_server_key, args.curve_client_key
+    if server_key and client_key:
+        raise ValueError("--curve-server-key and --curve-client-key exclude each other")
+    if args.curve_allow and not server_key:
+        raise ValueError("--curve-allow needs --curve-server-key")
+    if args.curve_server and not client_key:
+        raise ValueError("--curve-server needs --curve-client-key")
+    curve: Curve | None = None
+    if server_key:
+        if not args.curve_allow:
+            raise ValueError("--curve-server-key needs --curve-allow (the clients' public keys)")
+        curve = load_server(server_key, args.curve_allow)
+    elif client_key:
+        if not args.curve_server:
+            raise ValueError("--curve-client-key needs --curve-server (the server's public key)")
+        curve = load_client(client_key, args.curve_server)
+    if binds and args.allow_remote and curve is None:
+        logging.getLogger("trajwatch").warning(
+            "listening beyond this machine without CurveZMQ: frames travel unencrypted and "
+            "anyone who can reach the port can connect (see 'trajwatch keygen')"
+        )
+    return curve
+
+
+def _emit(pipeline: Pipeline, events: list[Event]) -> None:
+    """Hand events raised outside the pipeline (stalls) to its sinks and its event list."""
+    for event in events:
+        pipeline.events.append(event)
+        for sink in pipeline.sinks:
+            sink.emit(event)
+
+
+def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "keygen",
+        help="make CurveZMQ key pairs for encrypted, authenticated streams",
+        description="Write a CurveZMQ key pair per NAME into DIR: NAME.key (public: give it "
+        "to the other side) and NAME.key_secret (keep it; mode 0600). The publisher "
+        "(replay, engine) is usually the server, each monitor a client.",
+        epilog=_examples(
+            "trajwatch keygen keys/   # keys/server.key(_secret), keys/client.key(_secret)",
+            "trajwatch replay run.extxyz --curve-server-key keys/server.key_secret "
+            "--curve-allow keys/client.key",
+            "trajwatch monitor --curve-client-key keys/client.key_secret "
+            "--curve-server keys/server.key",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument(
+        "names",
+        nargs="*",
+        default=["server", "client"],
+        metavar="NAME",
+        help="one key pair per name (default: server client)",
+    )
+    p.set_defaults(command=_run_keygen)
+
+
+def _run_keygen(args: argparse.Namespace) -> int:
+    from trajwatch.streaming.security import keygen
+
+    for name in args.names:
+        public, secret = keygen(args.directory, name)
+        print(f"{name}: public {public}, secret {secret}")
+    return 0

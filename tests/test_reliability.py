@@ -61,7 +61,7 @@ class Monitor:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None and self.lines.empty():
+            if left <= 0 or (self.proc.poll() is not None and self.lines.empty()):
                 pytest.fail(f"no matching event; monitor said: {self.stderr()}")
             try:
                 line = self.lines.get(timeout=min(left, 0.2))

@@ -105,7 +105,7 @@ def test_key_loading_errors_are_clear(
     with pytest.raises(FileNotFoundError):
         load_client(tmp_path / "missing.key_secret", server=server_public)
     garbage = tmp_path / "garbage.key"
-    garbage.write_text("curve\n    public-key = \"short\"\n")
+    garbage.write_text('curve\n    public-key = "short"\n')
     with pytest.raises(ValueError, match="malformed key"):
         load_client(server_secret, server=garbage)
     empty_dir = tmp_path / "none"

@@ -423,8 +423,7 @@ def _add_reliability_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_curve_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group(
-        "CurveZMQ encryption and authentication (keys from 'trajwatch keygen'; "
-        "docs/security.md)"
+        "CurveZMQ encryption and authentication (keys from 'trajwatch keygen'; docs/security.md)"
     )
     group.add_argument(
         "--curve-server-key",

@@ -22,10 +22,11 @@ import sys
 import tempfile
 import tracemalloc
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from trajwatch.frame import Frame
@@ -60,6 +61,7 @@ def watchdog() -> Iterator[None]:
 
 INTEGER = st.one_of(
     st.integers(-3, 12).map(str),
+    st.integers(13, 2_000_000).map(str),  # more atoms than rows: the buffer grows
     st.sampled_from(["0", "1000000", "1000001", "1073741824", "4294967296", "9" * 30]),
     st.sampled_from(["", " ", "3.0", "+3", "-0", "0x3", "3 3", "three", "1_0", "\t2"]),
 )
@@ -206,7 +208,21 @@ def read_forgiving(data: bytes) -> XYZReader:
     return reader
 
 
+# inputs the fuzzers found once, kept as regression cases
+FOUND = [
+    b"1073741824\n\n",  # a count line at the limit: must not allocate 24 GiB
+    b"266661\nC 0 0\n\x86",  # atheris: skip_bad resynchronised past the buffer's end
+]
+
+
+def with_found(test: Any) -> Any:
+    for data in FOUND:
+        test = example(data)(test)
+    return test
+
+
 @FUZZ
+@with_found
 @given(ANY_FILE)
 def test_strict_reading_ends_or_raises_a_located_error(data: bytes) -> None:
     try:
@@ -216,6 +232,7 @@ def test_strict_reading_ends_or_raises_a_located_error(data: bytes) -> None:
 
 
 @FUZZ
+@with_found
 @given(ANY_FILE)
 def test_skip_bad_never_raises_and_counts_what_it_skips(data: bytes) -> None:
     forgiving = read_forgiving(data)

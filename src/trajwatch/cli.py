@@ -60,6 +60,9 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     pace.add_argument("--max", action="store_true", help="send as fast as possible")
     p.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     p.add_argument(
+        "--max-frames", type=int, metavar="N", help="stop after N frames (e.g. with --loop)"
+    )
+    p.add_argument(
         "--lossless",
         action="store_true",
         help="PUSH/PULL: block instead of dropping (monitor needs --lossless too)",
@@ -289,6 +292,7 @@ def _run_replay(args: argparse.Namespace) -> int:
             rate=None if args.max else args.rate,
             loop=args.loop,
             skip_bad=args.skip_bad,
+            max_frames=args.max_frames,
         )
         publisher.close(linger=args.wait)  # deliver what is still queued
     print(f"trajwatch replay: {stats.line()}", file=sys.stderr)

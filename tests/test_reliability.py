@@ -223,6 +223,16 @@ def test_killed_monitor_leaves_every_printed_event_in_its_log(
     lines = monitor.events.read_text().splitlines()
     assert lines[: len(monitor.printed)] == monitor.printed
     assert json.loads(lines[len(monitor.printed) - 1]) == alarm
+    # a monitor restarted on the same log with --append keeps what the dead one wrote
+    again = Monitor(tmp_path, free_endpoint, "--append", "--stall-timeout", "0.3")
+    monitors.append(again)
+    with Publisher(free_endpoint) as pub:
+        assert pub.wait_for_subscriber(TIMEOUT)
+        send_all(pub, clash_frames[:5])
+        again.wait_event(lambda e: e["event"] == "stalled")
+    again.stop()
+    after = again.events.read_text().splitlines()
+    assert after[: len(lines)] == lines and json.loads(after[-1])["event"] == "stalled"
 
 
 @pytest.mark.slow

@@ -308,7 +308,7 @@ def _run_monitor(args: argparse.Namespace) -> int:
 
     sinks: list[Sink] = []
     if args.events:
-        sinks.append(JsonlSink(args.events, fsync=args.fsync))
+        sinks.append(JsonlSink(args.events, fsync=args.fsync, append=args.append))
     sinks.append(StreamSink(sys.stdout))
     pipeline = Pipeline(sinks=sinks)
     compile_seconds = warmup()
@@ -535,6 +535,11 @@ def _add_reliability_flags(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_BYTES,
         metavar="SIZE",
         help="reject messages larger than this, before allocating (e.g. 64M; default: 1G)",
+    )
+    group.add_argument(
+        "--append",
+        action="store_true",
+        help="append to the --events log instead of starting it afresh (a restarted monitor)",
     )
     group.add_argument(
         "--stall-timeout",

@@ -26,12 +26,14 @@ which the receive timed out. ``now`` is ``time.monotonic()``.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trajwatch.events import Event
 from trajwatch.frame import Frame
 
-__all__ = ["DETECTOR", "SourceClock", "StallWatch"]
+__all__ = ["DETECTOR", "SourceClock", "StallWatch", "watch_stalls"]
 
 DETECTOR = "stall"
 """The ``detector`` field of stalled/resumed events."""
@@ -159,3 +161,38 @@ class StallWatch:
             severity="warning",
             message=f"{frame.source} resumed after {silent:.1f} s without frames{gap}",
         )
+
+
+def watch_stalls(
+    receive: Callable[[float], Frame | None],
+    watch: StallWatch,
+    emit: Callable[[Event], object],
+    clock: Callable[[], float] = time.monotonic,
+) -> Callable[[float], Frame | None]:
+    """Wrap a ``receive(timeout) -> Frame | None`` (e.g. ``Subscriber.recv``) so that
+    every call feeds ``watch`` and hands its events to ``emit``, a ``resumed`` event
+    before the frame that ended the silence is returned. A loop that calls it on every
+    turn needs no other change.
+
+    >>> import numpy as np
+    >>> from trajwatch.frame import Frame
+    >>> arrivals = iter([Frame(np.zeros((1, 3)), [1], source="md"), None, None])
+    >>> ticks = iter([0.0, 3.0, 9.0])
+    >>> receive = watch_stalls(lambda timeout: next(arrivals), StallWatch(5.0), print,
+    ...                        clock=lambda: next(ticks))
+    >>> [receive(0.1) is not None for _ in range(3)]  # doctest: +ELLIPSIS
+    Event(event='stalled', frame=0, ..., message='no frame from md for 9.0 s (last step 0)')
+    [True, False, False]
+    """
+
+    def receive_watched(timeout: float) -> Frame | None:
+        frame = receive(timeout)
+        now = clock()
+        if frame is not None:
+            for event in watch.seen(frame, now):
+                emit(event)
+        for event in watch.check(now):
+            emit(event)
+        return frame
+
+    return receive_watched

@@ -936,6 +936,7 @@ def _add_curve_flags(p: argparse.ArgumentParser) -> None:
 
 def _curve_from_args(args: argparse.Namespace, *, binds: bool) -> Curve | None:
     """The CurveZMQ role the options ask for (None: plain TCP), with checks."""
+    from trajwatch.streaming.protocol import is_local_endpoint
     from trajwatch.streaming.security import load_client, load_server
 
     server_key, client_key = args.curve_server_key, args.curve_client_key
@@ -954,7 +955,7 @@ def _curve_from_args(args: argparse.Namespace, *, binds: bool) -> Curve | None:
         if not args.curve_server:
             raise ValueError("--curve-client-key needs --curve-server (the server's public key)")
         curve = load_client(client_key, args.curve_server)
-    if binds and args.allow_remote and curve is None:
+    if binds and curve is None and not is_local_endpoint(args.endpoint):
         logging.getLogger("trajwatch").warning(
             "listening beyond this machine without CurveZMQ: frames travel unencrypted and "
             "anyone who can reach the port can connect (see 'trajwatch keygen')"

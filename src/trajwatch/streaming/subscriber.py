@@ -354,8 +354,9 @@ class Subscriber:
             return
         self._next_loss_log = now + _LOG_INTERVAL
         logger.warning(
-            "frames lost on %s: %d of %r so far (%d restarts), %d from all sources; the "
-            "monitor fell behind (high-water mark) or the publisher restarted",
+            "frames lost on %s: %d of %r so far (%d publisher restarts), %d from all "
+            "sources: dropped at the high-water mark when the monitor falls behind, or "
+            "sent while it was not connected",
             self.endpoint,
             per.lost,
             source,

@@ -955,7 +955,7 @@ def _curve_from_args(args: argparse.Namespace, *, binds: bool) -> Curve | None:
         if not args.curve_server:
             raise ValueError("--curve-client-key needs --curve-server (the server's public key)")
         curve = load_client(client_key, args.curve_server)
-    if binds and curve is None and not is_local_endpoint(args.endpoint):
+    if binds and args.allow_remote and curve is None and not is_local_endpoint(args.endpoint):
         logging.getLogger("trajwatch").warning(
             "listening beyond this machine without CurveZMQ: frames travel unencrypted and "
             "anyone who can reach the port can connect (see 'trajwatch keygen')"

@@ -1,4 +1,5 @@
-"""A real ``trajwatch monitor`` process under restarts, silences, overload and ``kill -9``.
+"""A real ``trajwatch monitor`` process under restarts, silences, overload and ``kill -9``;
+checkpoints of what its detectors learned.
 
 The engine side is an in-process :class:`Publisher` (as an engine adapter would use it),
 the monitor a separate process, talking over tcp://127.0.0.1 on a free port. Each wait
@@ -9,6 +10,7 @@ point, never a sleep that hopes the other side is done.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -24,7 +26,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trajwatch.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from trajwatch.frame import Frame
+from trajwatch.pipeline import Pipeline, PipelineConfig
+from trajwatch.simulate import MDSpec, run_md
 from trajwatch.stall import StallWatch
 from trajwatch.streaming import Publisher
 
@@ -316,3 +327,195 @@ def test_monitor_limits_reject_frames_that_are_too_big(
     counts = summary(stderr)
     assert (counts["frames"], counts["malformed"]) == (1, 5)
     assert "exceeds the limit of 100" in stderr
+
+
+# -- checkpoints: saved atomically, restored exactly, baseline kept across a restart ----
+
+RESTART = 300
+"""Frames the first monitor sees before it is restarted."""
+
+
+@pytest.fixture(scope="module")
+def dt_run() -> list[Frame]:
+    """A run whose timestep blows up 60 frames after the restart."""
+    return list(
+        run_md(MDSpec(steps=400, repeat=2, seed=5, source="md", fault="dt", fault_frame=360))
+    )
+
+
+@pytest.fixture(scope="module")
+def learned(clean_frames: list[Frame]) -> Pipeline:
+    pipeline = Pipeline()
+    for frame in clean_frames[:RESTART]:
+        pipeline.process(frame)
+    return pipeline
+
+
+def saved_frames(path: Path) -> dict[str, int]:
+    """Frames per source in the checkpoint at ``path`` ({} while there is none)."""
+    return load_checkpoint(path).frames() if path.exists() else {}
+
+
+def anomalies(pipeline: Pipeline, frames: list[Frame]) -> list[tuple[int, str]]:
+    return [
+        (e.frame, e.severity) for f in frames for e in pipeline.process(f) if e.event == "anomaly"
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_round_trip_restores_the_model_and_the_frame_index(
+    learned: Pipeline, tmp_path: Path, suffix: str
+) -> None:
+    path = save_checkpoint(learned, tmp_path / f"ckpt{suffix}")
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.frames() == {"clean": RESTART}
+    again = Pipeline()
+    assert restore_checkpoint(again, checkpoint) == ["clean"]
+    before, after = learned.sources["clean"], again.sources["clean"]
+    assert after.frames == RESTART
+    probe = np.random.default_rng(0).normal(size=len(before.names))
+    for a, b in zip(before.stack.detectors, after.stack.detectors, strict=True):
+        assert a.score_one(probe) == b.score_one(probe)
+    for a, b in zip(before.stack.calibrators, after.stack.calibrators, strict=True):
+        assert a.n == b.n > 0 and a.surprise(3.0) == b.surprise(3.0)
+
+
+_SAVER = r"""
+import sys
+import numpy as np
+from trajwatch.checkpoint import save_checkpoint
+from trajwatch.frame import Frame
+from trajwatch.pipeline import Pipeline
+
+rng = np.random.default_rng(0)
+sites = np.array([[i, j, k] for i in range(2) for j in range(2) for k in range(2)]) * 2.5
+pipelines = []
+for n in (60, 61):
+    pipeline = Pipeline()
+    for step in range(n):
+        pipeline.process(Frame(sites + rng.normal(scale=0.05, size=sites.shape), [29] * 8,
+                               step=step, source="md"))
+    pipelines.append(pipeline)
+save_checkpoint(pipelines[0], sys.argv[1])
+print("ready", flush=True)
+while True:
+    for pipeline in pipelines:
+        save_checkpoint(pipeline, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_save_killed_midway_leaves_a_whole_checkpoint(tmp_path: Path) -> None:
+    """kill -9 a process that saves in a loop: the file is always the old or the new one."""
+    path = tmp_path / "ckpt.npz"
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        saver = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert saver.stdout is not None and saver.stdout.readline() == "ready\n"
+            time.sleep(float(rng.uniform(0.05, 0.5)))
+        finally:
+            saver.kill()
+            saver.wait(TIMEOUT)
+            if saver.stdout is not None:
+                saver.stdout.close()
+        assert load_checkpoint(path).frames() in ({"md": 60}, {"md": 61})
+    # a temp file may be left by the kill; it is never what a restart reads
+    assert all(p.name == "ckpt.npz" or p.name.startswith(".ckpt.tmp-") for p in tmp_path.iterdir())
+
+
+def test_unreadable_or_foreign_checkpoints_start_afresh(
+    learned: Pipeline, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(save_checkpoint(learned, tmp_path / "good.npz").read_bytes()[:500])
+    caplog.set_level(logging.WARNING, logger="trajwatch.checkpoint")
+    assert Checkpointer(Pipeline(), broken).restore() == []
+    assert "starting afresh" in caplog.text
+    # made with other detector settings: that source starts afresh, with a warning
+    other = Pipeline(PipelineConfig(threshold=9.0))
+    assert restore_checkpoint(other, load_checkpoint(tmp_path / "good.npz")) == []
+    assert "other detector settings" in caplog.text and not other.sources
+
+
+def test_checkpointer_saves_when_due_and_only_after_new_frames(
+    clean_frames: list[Frame], tmp_path: Path
+) -> None:
+    now = [0.0]
+    pipeline = Pipeline()
+    checkpointer = Checkpointer(pipeline, tmp_path / "c.npz", every=10.0, clock=lambda: now[0])
+    assert not checkpointer.maybe_save()  # nothing yet
+    pipeline.process(clean_frames[0])
+    now[0] = 5.0
+    assert not checkpointer.maybe_save()  # not due
+    now[0] = 10.0
+    assert checkpointer.maybe_save() and checkpointer.saves == 1
+    now[0] = 25.0
+    assert not checkpointer.maybe_save()  # due, but no new frame since
+    pipeline.process(clean_frames[1])
+    now[0] = 40.0
+    assert checkpointer.maybe_save() and checkpointer.saves == 2
+    assert load_checkpoint(tmp_path / "c.npz").frames() == {"clean": 2}
+
+
+def test_restored_monitor_is_quiet_on_a_clean_run(
+    learned: Pipeline, clean_frames: list[Frame]
+) -> None:
+    again = Pipeline()
+    restore_checkpoint(again, Checkpoint.from_state(Checkpoint.of(learned).get_state()))
+    assert anomalies(again, clean_frames[RESTART:]) == []
+
+
+def test_restored_monitor_catches_a_fault_soon_after_the_restart_like_an_uninterrupted_one(
+    dt_run: list[Frame],
+) -> None:
+    uninterrupted = Pipeline()
+    expected = anomalies(uninterrupted, dt_run)
+    assert expected and expected[0][0] == 360
+    first = Pipeline()
+    anomalies(first, dt_run[:RESTART])
+    again = Pipeline()
+    restore_checkpoint(again, Checkpoint.from_state(Checkpoint.of(first).get_state()))
+    assert anomalies(again, dt_run[RESTART:]) == expected
+    # the restored stack had a settled calibration at once; a fresh one has not yet
+    fresh = Pipeline()
+    anomalies(fresh, dt_run[RESTART : RESTART + 60])
+    settle = again.config.settle_calibration
+    assert again.sources["md"].stack.calibrators[0].n >= settle
+    assert fresh.sources["md"].stack.calibrators[0].n < settle
+
+
+@pytest.mark.slow
+def test_monitor_restarted_after_kill_resumes_from_its_checkpoint(
+    dt_run: list[Frame], free_endpoint: str, tmp_path: Path, monitors: list[Monitor]
+) -> None:
+    checkpoint = tmp_path / "state.npz"
+    options = ("--checkpoint", str(checkpoint), "--checkpoint-every", "0.2")
+    first = Monitor(tmp_path, free_endpoint, *options, "--stall-timeout", "0.3", name="first")
+    monitors.append(first)
+    with Publisher(free_endpoint) as pub:
+        assert pub.wait_for_subscriber(TIMEOUT)
+        send_all(pub, dt_run[:RESTART])
+        first.wait_event(lambda e: e["event"] == "stalled")  # all processed
+        # the next checkpoint after the stall has every frame
+        deadline = time.monotonic() + TIMEOUT
+        while saved_frames(checkpoint) != {"md": RESTART}:
+            assert time.monotonic() < deadline, "no checkpoint with every frame"
+            time.sleep(0.05)
+        first.proc.kill()
+        first.proc.wait(TIMEOUT)
+        assert first.proc.returncode == -signal.SIGKILL
+    second = Monitor(tmp_path, free_endpoint, *options, "--append", "--stall-timeout", "0.5")
+    monitors.append(second)
+    with Publisher(free_endpoint) as pub:
+        assert pub.wait_for_subscriber(TIMEOUT)
+        send_all(pub, dt_run[RESTART:])
+        alarm = second.wait_event(lambda e: e["event"] == "anomaly")
+        second.wait_event(lambda e: e["event"] == "stalled")
+    stderr = second.stop()
+    assert f"restored from {checkpoint}: md at frame {RESTART}" in stderr
+    assert (alarm["frame"], alarm["severity"]) == (360, "critical")
+    assert load_checkpoint(checkpoint).frames() == {"md": len(dt_run)}  # saved at exit

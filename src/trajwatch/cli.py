@@ -22,6 +22,7 @@ from trajwatch import __version__
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from trajwatch.checkpoint import Checkpointer
     from trajwatch.detectors.stack import DetectorStack
     from trajwatch.events import Event
     from trajwatch.frame import Frame
@@ -679,6 +680,9 @@ def _run_monitor(args: argparse.Namespace) -> int:
             state.stall_after = args.stall_timeout
         pipeline = _pipeline(args, outputs.sinks)
         receive = _with_stall_watch(subscriber.recv, args.stall_timeout, pipeline, state)
+        checkpointer = _checkpointer(args, pipeline)
+        if checkpointer is not None:
+            receive = _with_checkpoints(receive, checkpointer)
         print(
             f"trajwatch monitor: listening on {subscriber.endpoint} "
             f"(kernels compiled in {compile_seconds * 1e3:.0f} ms)",
@@ -694,6 +698,8 @@ def _run_monitor(args: argparse.Namespace) -> int:
             max_frames=args.max_frames,
             idle_timeout=args.idle_timeout,
         )
+        if checkpointer is not None:
+            checkpointer.save()
         _summarise("monitor", state, pipeline, time.perf_counter() - start, tui=tui)
     return 0
 
@@ -963,7 +969,7 @@ def _positive_int(text: str) -> int:
 def _add_reliability_flags(p: argparse.ArgumentParser) -> None:
     from trajwatch.streaming.protocol import DEFAULT_MAX_ATOMS, DEFAULT_MAX_BYTES
 
-    group = p.add_argument_group("limits and stalls (docs/reliability.md)")
+    group = p.add_argument_group("limits, stalls, restarts (docs/reliability.md)")
     group.add_argument(
         "--max-atoms",
         type=_positive_int,
@@ -982,6 +988,20 @@ def _add_reliability_flags(p: argparse.ArgumentParser) -> None:
         "--append",
         action="store_true",
         help="append to the --events log instead of starting it afresh (a restarted monitor)",
+    )
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="save what the detectors learned to PATH (.npz or .json) now and then and at "
+        "exit, and restore it at start, so a restarted monitor keeps its baseline",
+    )
+    group.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between checkpoints (default: %(default)s)",
     )
     group.add_argument(
         "--stall-timeout",
@@ -1074,6 +1094,28 @@ def _with_stall_watch(
         state.record(event)
 
     return watch_stalls(receive, StallWatch(timeout), emit)
+
+
+def _checkpointer(args: argparse.Namespace, pipeline: Pipeline) -> Checkpointer | None:
+    """With --checkpoint: a Checkpointer for ``pipeline``, restored from the file if any."""
+    if args.checkpoint is None:
+        return None
+    from trajwatch.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(pipeline, args.checkpoint, every=args.checkpoint_every)
+    restored = checkpointer.restore()
+    if restored:
+        counts = ", ".join(f"{name} at frame {pipeline.sources[name].frames}" for name in restored)
+        print(f"trajwatch monitor: restored from {args.checkpoint}: {counts}", file=sys.stderr)
+    return checkpointer
+
+
+def _with_checkpoints(
+    receive: Callable[[float], Frame | None], checkpointer: Checkpointer
+) -> Callable[[float], Frame | None]:
+    from trajwatch.checkpoint import with_checkpoints
+
+    return with_checkpoints(receive, checkpointer)
 
 
 def _reliability_counts(state: MonitorState, pipeline: Pipeline) -> str:

@@ -27,7 +27,7 @@ def test_a_vanishing_atom_is_one_critical_event_and_the_source_starts_afresh(
     assert event.message == "atom count changed from 108 to 107 (Cu108 -> Cu107)"
     assert event.to_json()  # strict JSON: the infinite score is written as null
     watch = pipeline.sources["clean"]
-    assert watch.learned == 99  # frames 101..199: learning (and warm-up) started afresh
+    assert watch.stack.frames == 99  # frames 101..199: a new stack, warm-up started afresh
     assert watch.engine.structure_change is None
 
 

@@ -161,6 +161,8 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "trajwatch monitor --lossless --bind --idle-timeout 5 --events out.jsonl",
             "trajwatch monitor --reference aimd.extxyz   # judge against a trusted run",
             "trajwatch monitor --reference aimd-model.npz",
+            "trajwatch monitor --checkpoint state.npz --events events.jsonl --append "
+            "--stall-timeout 120",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

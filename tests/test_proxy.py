@@ -7,6 +7,7 @@ end-to-end test runs the proxy, two monitors and the merged event view as proces
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -28,6 +29,13 @@ from trajwatch.sinks import AlertPublisher
 from trajwatch.streaming import Publisher, Subscriber, encode
 from trajwatch.streaming.alerts import AlertSubscriber
 from trajwatch.streaming.proxy import Proxy
+from trajwatch.streaming.security import (
+    CurveClient,
+    curve_available,
+    keygen,
+    load_client,
+    load_server,
+)
 
 TIMEOUT = 10.0
 
@@ -359,6 +367,18 @@ def test_proxy_command_refuses_a_remote_bind_without_allow_remote(
     assert "refusing to bind 'tcp://0.0.0.0:5554'" in capsys.readouterr().err
 
 
+def test_proxy_command_checks_its_curve_options_and_warns_when_remote_in_clear(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["proxy", "--curve-allow", "engine.key"]) == 1
+    assert "--curve-allow needs --curve-server-key" in capsys.readouterr().err
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the bind fails after the warning
+    with caplog.at_level(logging.WARNING, logger="trajwatch"):
+        code = main(["proxy", "--allow-remote", "--frontend", "tcp://192.0.2.1:0"])
+    assert code == 1
+    assert "without CurveZMQ" in caplog.text
+
+
 def test_an_event_line_of_the_merged_view_names_source_kind_severity_and_frame() -> None:
     from rich.console import Console
 
@@ -368,3 +388,34 @@ def test_an_event_line_of_the_merged_view_names_source_kind_severity_and_frame()
     console.print(_event_line(_alarm("b/run2", 42)))
     text = console.export_text()
     assert "b/run2" in text and "anomaly" in text and "critical" in text and "frame 42" in text
+
+
+# -- CurveZMQ through the proxy --------------------------------------------------------
+
+
+@pytest.mark.skipif(not curve_available(), reason="libzmq without CURVE")
+def test_a_curve_proxy_lets_only_allowed_engines_and_monitors_in(tmp_path: Path) -> None:
+    keys = {name: keygen(tmp_path, name) for name in ("proxy", "engine", "monitor", "intruder")}
+    allowed = [keys["engine"][0], keys["monitor"][0]]
+
+    def client(name: str) -> CurveClient:
+        return load_client(keys[name][1], server=keys["proxy"][0])
+
+    server = load_server(keys["proxy"][1], allow=allowed)
+    with (
+        Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", curve=server) as proxy,
+        Subscriber(proxy.backend, topics=("s",), curve=client("monitor")) as monitor,
+        Subscriber(proxy.backend, topics=("s",), curve=client("intruder")) as intruder,
+        Subscriber(proxy.backend, topics=("s",)) as plain,
+        Publisher(proxy.frontend, bind=False, topic="s", curve=client("engine")) as engine,
+    ):
+        assert engine.wait_for_subscriber(timeout=TIMEOUT)  # the monitor's, through CURVE
+        deadline = time.monotonic() + TIMEOUT
+        while monitor.recv(timeout=0.05) is None and time.monotonic() < deadline:
+            engine.send(_frame(engine.next_seq()))
+        assert monitor.stats.received >= 1
+        for _ in range(20):  # the others had all this time to join
+            engine.send(_frame(engine.next_seq()))
+            assert intruder.recv(timeout=0.02) is None and plain.recv(timeout=0.02) is None
+        assert proxy.gatekeeper is not None
+        assert proxy.gatekeeper.accepted >= 2 and proxy.gatekeeper.denied >= 1

@@ -502,6 +502,22 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--allow-remote", action="store_true", help="allow binding to non-loopback addresses"
     )
+    p.add_argument(
+        "--curve-server-key",
+        type=Path,
+        metavar="PATH",
+        help="CurveZMQ on both sockets, the proxy being the server with this key pair "
+        "(NAME.key_secret); engines and monitors connect as clients (docs/security.md)",
+    )
+    p.add_argument(
+        "--curve-allow",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="public key of an engine or monitor allowed in (NAME.key), or a directory "
+        "of them; repeatable",
+    )
     p.set_defaults(command=_run_proxy)
 
 
@@ -1210,9 +1226,26 @@ def _run_imd_bridge(args: argparse.Namespace) -> int:
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
+    from trajwatch.streaming.protocol import is_local_endpoint
     from trajwatch.streaming.proxy import Proxy
+    from trajwatch.streaming.security import load_server
 
-    proxy = Proxy(args.frontend, args.backend, hwm=args.hwm, allow_remote=args.allow_remote)
+    if args.curve_allow and not args.curve_server_key:
+        raise ValueError("--curve-allow needs --curve-server-key")
+    curve = None
+    if args.curve_server_key:
+        if not args.curve_allow:
+            raise ValueError("--curve-server-key needs --curve-allow (the clients' public keys)")
+        curve = load_server(args.curve_server_key, args.curve_allow)
+    remote = not (is_local_endpoint(args.frontend) and is_local_endpoint(args.backend))
+    if args.allow_remote and remote and curve is None:
+        logging.getLogger("trajwatch").warning(
+            "listening beyond this machine without CurveZMQ: frames travel unencrypted and "
+            "anyone who can reach the port can connect (see 'trajwatch keygen')"
+        )
+    proxy = Proxy(
+        args.frontend, args.backend, hwm=args.hwm, allow_remote=args.allow_remote, curve=curve
+    )
     previous = _stop_on_sigterm()
     try:
         proxy.start()

@@ -38,6 +38,7 @@ from typing import Any
 import zmq
 
 from trajwatch.streaming.protocol import check_bind_endpoint
+from trajwatch.streaming.security import CurveServer, Gatekeeper, apply_curve, start_gatekeeper
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_FRONTEND", "Proxy", "ProxyStats"]
 
@@ -83,7 +84,10 @@ class Proxy:
     non-loopback address needs ``allow_remote=True``, as for Publisher and Subscriber.
     ``hwm`` is each queue's length in messages: a monitor that falls that far behind
     loses frames (counted as sequence gaps by that monitor only; the others and the
-    engines do not wait for it).
+    engines do not wait for it). ``curve`` (a
+    :class:`~trajwatch.streaming.security.CurveServer`) makes the proxy the CURVE server
+    of both sockets: engines and monitors connect as clients whose public keys it allows
+    (``gatekeeper`` counts the handshakes); it needs the proxy's own context.
     """
 
     def __init__(
@@ -93,12 +97,15 @@ class Proxy:
         *,
         hwm: int = 1000,
         allow_remote: bool = False,
+        curve: CurveServer | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         check_bind_endpoint(frontend, allow_remote)
         check_bind_endpoint(backend, allow_remote)
         if hwm < 0:
             raise ValueError(f"hwm must be >= 0, not {hwm}")
+        if curve is not None and context is not None:
+            raise ValueError("a CURVE server needs its own context (one ZAP handler per context)")
         self._own_context = context is None
         ctx: zmq.Context[Any] = zmq.Context() if context is None else context
         self._context = ctx
@@ -106,9 +113,16 @@ class Proxy:
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
         self._error: BaseException | None = None
+        self._authenticator: Any = None
+        #: the allow-list's counts of accepted and refused clients (with ``curve``)
+        self.gatekeeper: Gatekeeper | None = None
         try:
             self._xsub = self._socket(zmq.XSUB, hwm)
             self._xpub = self._socket(zmq.XPUB, hwm)
+            if curve is not None:
+                self._authenticator, self.gatekeeper = start_gatekeeper(ctx, curve)
+                apply_curve(self._xsub, curve)
+                apply_curve(self._xpub, curve)
             control = f"inproc://trajwatch-proxy-{id(self)}-{next(_ids)}"
             # REP: the proxy answers STATISTICS (and every other command) on it
             self._control = self._socket(zmq.REP, hwm)
@@ -192,6 +206,9 @@ class Proxy:
         for socket in self._sockets:
             if not socket.closed:
                 socket.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()  # before term(): its sockets would block it
+            self._authenticator = None
         if self._own_context and not self._context.closed:
             self._context.term()
 

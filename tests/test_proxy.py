@@ -6,6 +6,7 @@ end-to-end test runs the proxy, two monitors and the merged event view as proces
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -295,10 +296,24 @@ def test_sharded_monitors_behind_the_proxy_catch_every_fault_once(
         alerts = {shard: _free_port() for shard in "ab"}
         monitors = {shard: _monitor(backend, shard, alerts[shard], tmp_path) for shard in "ab"}
         processes += monitors.values()
-        merged = _trajwatch("events", *alerts.values(), "--json", "--wait", "30")
+        one_address = _free_port()
+        merged = _trajwatch(
+            "events", *alerts.values(), "--json", "--wait", "30", "--alerts", one_address
+        )
         processes.append(merged)
         assert merged.stderr is not None
         assert "connected to 2 of 2" in merged.stderr.readline()
+        # a tool of the user's, on the one address of the merged stream
+        tool = zmq.Context.instance().socket(zmq.SUB)
+        tool.setsockopt(zmq.LINGER, 0)
+        tool.setsockopt(zmq.RCVTIMEO, int(TIMEOUT * 1000))
+        handshake = tool.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        handshake.setsockopt(zmq.RCVTIMEO, 30_000)
+        tool.connect(one_address)
+        tool.subscribe(b"")
+        handshake.recv_multipart()  # the subscription travels right behind it
+        tool.disable_monitor()
+        handshake.close()
 
         engines = {name: Publisher(frontend, bind=False, topic=name) for name in faulty_runs}
         try:
@@ -315,6 +330,11 @@ def test_sharded_monitors_behind_the_proxy_catch_every_fault_once(
         outcome = {shard: monitor.communicate(timeout=120) for shard, monitor in monitors.items()}
         merged.send_signal(signal.SIGTERM)
         merged_out, merged_err = merged.communicate(timeout=30)
+        republished = []
+        with contextlib.suppress(zmq.Again):  # until none is left (the timeout)
+            while True:
+                republished.append(json.loads(tool.recv_multipart()[1]))
+        tool.close()
         proxy.send_signal(signal.SIGTERM)
         _, proxy_err = proxy.communicate(timeout=30)
     finally:
@@ -345,6 +365,7 @@ def test_sharded_monitors_behind_the_proxy_catch_every_fault_once(
     assert merged.returncode == 0, merged_err
     stream = [json.loads(line) for line in merged_out.splitlines()]
     assert sorted(map(json.dumps, stream)) == sorted(map(json.dumps, logs["a"] + logs["b"]))
+    assert republished == stream  # the merged stream, again, on one address
     assert proxy.returncode == 0, proxy_err
     assert "parts" in proxy_err.splitlines()[-1]
 

@@ -534,6 +534,8 @@ def _add_events(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "trajwatch events tcp://node1:5556 tcp://node2:5556 --topics anomaly "
             "--events all.jsonl",
             "trajwatch events tcp://127.0.0.1:5556 --json | jq .source",
+            "trajwatch events tcp://127.0.0.1:5556 tcp://127.0.0.1:5557 --alerts "
+            "tcp://127.0.0.1:5560 --json > /dev/null",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -547,6 +549,15 @@ def _add_events(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "(e.g. anomaly, anomaly/nodeA)",
     )
     p.add_argument("--events", type=Path, metavar="PATH", help="also write them to a JSONL log")
+    p.add_argument(
+        "--alerts",
+        metavar="ENDPOINT",
+        help="also re-publish the merged stream on one PUB socket bound here, as monitor "
+        "--alerts does (one address for other tools)",
+    )
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow --alerts on a non-loopback address"
+    )
     p.add_argument("--json", action="store_true", help="JSON lines on stdout, also on a terminal")
     p.add_argument("--max-events", type=int, metavar="N", help="stop after N events")
     p.add_argument(
@@ -1293,6 +1304,10 @@ def _run_events(args: argparse.Namespace) -> int:
             from trajwatch.sinks import JsonlSink
 
             sinks.append(JsonlSink(args.events))
+        if args.alerts:
+            from trajwatch.sinks import AlertPublisher
+
+            sinks.append(AlertPublisher(args.alerts, allow_remote=args.allow_remote))
         if json_lines:
             from trajwatch.sinks import StreamSink
 

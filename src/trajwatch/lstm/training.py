@@ -1,0 +1,258 @@
+"""Fitting an LSTM autoencoder on trusted runs, reproducibly, and calibrating it.
+
+Each input sequence is the feature matrix (frames, features) of one trusted run. The last
+``val_fraction`` of every run is held out for validation, so no validation window overlaps
+a training window; windows never span two runs. The scaler is fitted on the training
+frames only. Training uses AdamW on the masked mean squared reconstruction error, shuffled
+minibatches from a seeded generator, and stops when the validation loss has not improved
+for ``patience`` epochs, keeping the best weights. The errors of every validation window
+(stride 1) then calibrate the threshold and p-values (:mod:`trajwatch.lstm.calibration`).
+The same data, config and seed (and the same torch build and thread count) give the same
+weights.
+
+>>> import numpy as np
+>>> X = np.sin(np.arange(400)[:, None] * np.array([[0.1, 0.23]]))
+>>> model = train([X], ["a", "b"], TrainConfig(window=20, hidden=8, latent=2, max_epochs=3))
+>>> model.window, model.features, len(model.info["history"])
+(20, ('a', 'b'), 3)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from trajwatch import __version__
+from trajwatch.frame import Frame
+from trajwatch.lstm.calibration import Calibration
+from trajwatch.lstm.model import LSTMModel
+from trajwatch.lstm.network import LSTMAutoencoder, masked_errors
+from trajwatch.lstm.scaler import Scaler
+
+__all__ = ["EpochReport", "TrainConfig", "feature_matrix", "train"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Architecture, optimiser, split, calibration and seed of one training run."""
+
+    window: int = 50
+    hidden: int = 32
+    latent: int = 8
+    batch_size: int = 64
+    max_epochs: int = 60
+    patience: int = 6
+    """Epochs without a validation improvement (relative ``min_delta``) before stopping."""
+    min_delta: float = 1e-3
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    """Share of each run (its end) held out for validation and calibration."""
+    stride: int = 1
+    """Frames between the starts of consecutive training windows."""
+    alpha: float = 1e-3
+    """Calibrated false-alarm rate per window: the threshold is the (1 - alpha) quantile."""
+    margin: float = 1.0
+    """Factor on the calibrated quantile (above 1 for a model used on unseen systems)."""
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch did; passed to the ``on_epoch`` callback of :func:`train`."""
+
+    epoch: int
+    max_epochs: int
+    train_loss: float
+    val_loss: float
+    best_val_loss: float
+    improved: bool
+    seconds: float
+
+
+def feature_matrix(frames: Iterable[Frame], engine: object | None = None) -> NDArray[np.float64]:
+    """Feature vectors of a run, one row per frame, from a fresh ``FeatureEngine``."""
+    from trajwatch.features.engine import FeatureEngine
+
+    fe = FeatureEngine() if engine is None else engine
+    assert isinstance(fe, FeatureEngine)
+    rows = [fe.update(frame) for frame in frames]
+    if not rows:
+        return np.zeros((0, len(fe.names)))
+    return np.vstack(rows)
+
+
+class _Windows:
+    """Standardised frames of several runs, and the starts of the windows within them."""
+
+    def __init__(
+        self, parts: Sequence[NDArray[np.float64]], scaler: Scaler, window: int, stride: int
+    ) -> None:
+        z_parts, m_parts, starts = [], [], []
+        offset = 0
+        for part in parts:
+            z, m = scaler.transform(part)
+            z_parts.append(z)
+            m_parts.append(m)
+            if part.shape[0] >= window:
+                starts.append(np.arange(offset, offset + part.shape[0] - window + 1, stride))
+            offset += part.shape[0]
+        width = scaler.n_features
+        self.z = torch.from_numpy(np.concatenate(z_parts) if z_parts else np.zeros((0, width)))
+        self.mask = torch.from_numpy(
+            np.concatenate(m_parts) if m_parts else np.zeros((0, width), dtype=np.bool_)
+        )
+        self.starts = torch.from_numpy(
+            np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        )
+        self.steps = torch.arange(window)
+
+    def __len__(self) -> int:
+        return int(self.starts.numel())
+
+    def batch(self, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = (self.starts[which][:, None] + self.steps[None, :]).reshape(-1)
+        shape = (which.numel(), self.steps.numel(), self.z.shape[1])
+        return self.z[rows].reshape(shape), self.mask[rows].reshape(shape)
+
+
+def _split(
+    sequences: Sequence[NDArray[np.float64]], config: TrainConfig
+) -> tuple[list[NDArray[np.float64]], list[NDArray[np.float64]]]:
+    fit, held_out = [], []
+    for X in sequences:
+        n_val = math.floor(X.shape[0] * config.val_fraction)
+        if n_val >= config.window and X.shape[0] - n_val >= config.window:
+            fit.append(X[: X.shape[0] - n_val])
+            held_out.append(X[X.shape[0] - n_val :])
+        else:
+            fit.append(X)
+    return fit, held_out
+
+
+def _loss(net: LSTMAutoencoder, z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    weight = m.to(z.dtype)
+    error = (net(z) - z) * weight
+    loss: torch.Tensor = (error * error).sum() / weight.sum().clamp(min=1.0)
+    return loss
+
+
+def _errors(
+    net: LSTMAutoencoder, data: _Windows, batch_size: int = 512
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    scores, features = [], []
+    with torch.inference_mode():
+        for lo in range(0, len(data), batch_size):
+            z, m = data.batch(torch.arange(lo, min(lo + batch_size, len(data))))
+            s, fe, _ = masked_errors(z, m, net(z))
+            scores.append(s.double().numpy())
+            features.append(fe.double().numpy())
+    return np.concatenate(scores), np.concatenate(features)
+
+
+def train(
+    sequences: Sequence[NDArray[np.float64]],
+    features: Sequence[str],
+    config: TrainConfig | None = None,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    sources: Sequence[str] = (),
+) -> LSTMModel:
+    """Fit, early-stop and calibrate an LSTM autoencoder on the runs in ``sequences``.
+
+    ``features`` names the columns (``FeatureEngine.names``); ``sources`` (e.g. file names)
+    are recorded in the model's ``info``. Raises ``ValueError`` if the runs are too short
+    for one training and one validation window of ``config.window`` frames.
+    """
+    config = config or TrainConfig()
+    sequences = [np.asarray(X, dtype=np.float64) for X in sequences]
+    if any(X.ndim != 2 or X.shape[1] != len(features) for X in sequences):
+        raise ValueError(f"every sequence must be (frames, {len(features)}) feature rows")
+    fit_parts, val_parts = _split(sequences, config)
+    if not val_parts:
+        raise ValueError(
+            f"no run is long enough for a validation split: with window {config.window} and "
+            f"val_fraction {config.val_fraction}, a run needs at least "
+            f"{math.ceil(config.window / config.val_fraction)} frames"
+        )
+    scaler = Scaler.fit(np.concatenate(fit_parts))
+    fit = _Windows(fit_parts, scaler, config.window, config.stride)
+    val = _Windows(val_parts, scaler, config.window, 1)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            net = LSTMAutoencoder(len(features), config.hidden, config.latent)
+        generator = torch.Generator().manual_seed(config.seed)
+        optimiser = torch.optim.AdamW(
+            net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        net.eval()
+        initial = float(np.mean(_errors(net, val)[0]))
+        best, best_epoch, best_state = initial, 0, copy.deepcopy(net.state_dict())
+        history: list[list[float]] = []
+        stale = 0
+        for epoch in range(1, config.max_epochs + 1):
+            start = time.perf_counter()
+            net.train()
+            total, batches = 0.0, 0
+            order = torch.randperm(len(fit), generator=generator)
+            for which in torch.split(order, config.batch_size):
+                z, m = fit.batch(which)
+                loss = _loss(net, z, m)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimiser.step()
+                total += float(loss.detach())
+                batches += 1
+            net.eval()
+            val_loss = float(np.mean(_errors(net, val)[0]))
+            improved = val_loss < best * (1 - config.min_delta)
+            if improved:
+                best, best_epoch, best_state = val_loss, epoch, copy.deepcopy(net.state_dict())
+                stale = 0
+            else:
+                stale += 1
+            train_loss = total / max(batches, 1)
+            history.append([train_loss, val_loss])
+            if on_epoch is not None:
+                seconds = time.perf_counter() - start
+                report = EpochReport(
+                    epoch, config.max_epochs, train_loss, val_loss, best, improved, seconds
+                )
+                on_epoch(report)
+            if stale >= config.patience:
+                break
+        net.load_state_dict(best_state)
+        net.eval()
+        errors, feature_errors = _errors(net, val)
+    finally:
+        torch.set_num_threads(threads)
+    calibration = Calibration.from_errors(
+        errors, feature_errors, alpha=config.alpha, margin=config.margin
+    )
+    info = {
+        "trained_with": f"trajwatch {__version__}, torch {torch.__version__}",
+        "config": asdict(config),
+        "sources": [str(s) for s in sources],
+        "train_frames": int(sum(p.shape[0] for p in fit_parts)),
+        "val_frames": int(sum(p.shape[0] for p in val_parts)),
+        "train_windows": len(fit),
+        "val_windows": len(val),
+        "initial_val_loss": initial,
+        "best_val_loss": best,
+        "best_epoch": best_epoch,
+        "epochs": len(history),
+        "history": history,
+    }
+    return LSTMModel(net, scaler, calibration, tuple(features), config.window, info)

@@ -154,6 +154,52 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(command=_run_scan)
 
 
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from trajwatch.lstm.config import TrainConfig  # torch-free: --help stays fast
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="fit the LSTM autoencoder on trusted trajectories (reference mode)",
+        description="Compute the features of each trusted trajectory (e.g. an AIMD run), fit "
+        "an LSTM autoencoder on windows of them (AdamW, early stopping on the last part of "
+        "each run), calibrate its threshold on the held-out windows and write the model "
+        "file. Seeded: the same files and options give the same model. See docs/lstm.md.",
+        epilog=_examples(
+            "trajwatch train aimd.extxyz -o model.pt",
+            "trajwatch train run1.xyz run2.extxyz.gz -o model.pt --seed 1 --max-epochs 100",
+            "trajwatch scan mlff.extxyz --model model.pt --events events.jsonl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="PATH",
+                   help="model file to write")  # fmt: skip
+    p.add_argument("--window", type=int, default=d.window, help="frames per window (%(default)s)")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="LSTM units (%(default)s)")
+    p.add_argument("--latent", type=int, default=d.latent, help="latent size (%(default)s)")
+    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="(%(default)s)")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="epochs without improvement before stopping (%(default)s)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(%(default)s)")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="AdamW (%(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(%(default)s)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="end share of each run held out for validation (%(default)s)")  # fmt: skip
+    p.add_argument("--stride", type=int, default=d.stride,
+                   help="frames between training windows (%(default)s)")  # fmt: skip
+    p.add_argument("--alpha", type=float, default=d.alpha,
+                   help="false-alarm rate per window for the threshold (%(default)s)")  # fmt: skip
+    p.add_argument("--margin", type=float, default=d.margin,
+                   help="factor on the calibrated threshold (%(default)s)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=d.seed, help="(%(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (%(default)s)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="count and skip malformed frames instead of stopping")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(command=_run_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trajwatch",
@@ -167,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_replay, _add_monitor, _add_scan):
+    for add in (_add_replay, _add_monitor, _add_scan, _add_train):
         add(sub)
     return parser
 
@@ -342,3 +388,63 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from trajwatch.features.engine import FeatureEngine
+    from trajwatch.lstm.config import TrainConfig
+    from trajwatch.lstm.training import EpochReport, train
+    from trajwatch.replay.xyz import XYZReader
+
+    config = TrainConfig(
+        window=args.window, hidden=args.hidden, latent=args.latent,
+        batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
+        learning_rate=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
+        stride=args.stride, alpha=args.alpha, margin=args.margin, seed=args.seed,
+        threads=args.threads,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    sequences = []
+    names: tuple[str, ...] = ()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TextColumn("{task.fields[info]}"), console=console,
+                  disable=args.quiet, transient=True) as progress:  # fmt: skip
+        for path in args.files:
+            engine = FeatureEngine(window=args.window)
+            names = tuple(engine.names)
+            rows = []
+            with XYZReader(path, skip_bad=args.skip_bad) as reader:
+                task = progress.add_task(path.name, total=path.stat().st_size, info="")
+                n = 0
+                for n, frame in enumerate(reader, 1):
+                    rows.append(engine.update(frame))
+                    if n % 64 == 0:
+                        progress.update(task, completed=reader.tell(), info=f"{n} frames")
+                progress.update(task, completed=path.stat().st_size, info=f"{n} frames")
+            sequences.append(np.vstack(rows) if rows else np.zeros((0, len(names))))
+            console.print(f"{path}: {len(rows)} frames")
+
+        task = progress.add_task("training", total=config.max_epochs, info="")
+
+        def on_epoch(r: EpochReport) -> None:
+            info = f"train {r.train_loss:.4g}  val {r.val_loss:.4g}  best {r.best_val_loss:.4g}"
+            progress.update(task, completed=r.epoch, info=info)
+
+        model = train(
+            sequences, names, config, on_epoch=on_epoch, sources=[p.name for p in args.files]
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(args.output)
+    info = model.info
+    console.print(
+        f"{args.output}: {info['train_windows']} training / {info['val_windows']} validation "
+        f"windows, {info['epochs']} epochs (best {info['best_epoch']}), validation loss "
+        f"{info['initial_val_loss']:.4g} -> {info['best_val_loss']:.4g}, threshold "
+        f"{model.threshold:.4g} (alpha {config.alpha:g}, margin {config.margin:g}), "
+        f"{args.output.stat().st_size / 1024:.0f} KiB"
+    )
+    return 0

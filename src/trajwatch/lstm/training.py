@@ -32,37 +32,12 @@ from numpy.typing import NDArray
 from trajwatch import __version__
 from trajwatch.frame import Frame
 from trajwatch.lstm.calibration import Calibration
+from trajwatch.lstm.config import TrainConfig
 from trajwatch.lstm.model import LSTMModel
 from trajwatch.lstm.network import LSTMAutoencoder, masked_errors
 from trajwatch.lstm.scaler import Scaler
 
 __all__ = ["EpochReport", "TrainConfig", "feature_matrix", "train"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Architecture, optimiser, split, calibration and seed of one training run."""
-
-    window: int = 50
-    hidden: int = 32
-    latent: int = 8
-    batch_size: int = 64
-    max_epochs: int = 60
-    patience: int = 6
-    """Epochs without a validation improvement (relative ``min_delta``) before stopping."""
-    min_delta: float = 1e-3
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    val_fraction: float = 0.2
-    """Share of each run (its end) held out for validation and calibration."""
-    stride: int = 1
-    """Frames between the starts of consecutive training windows."""
-    alpha: float = 1e-3
-    """Calibrated false-alarm rate per window: the threshold is the (1 - alpha) quantile."""
-    margin: float = 1.0
-    """Factor on the calibrated quantile (above 1 for a model used on unseen systems)."""
-    seed: int = 0
-    threads: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,235 @@
+"""The LSTM autoencoder on real EMT MD: training, the model file, streaming scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trajwatch.detectors.base import Detector, Explainer
+from trajwatch.detectors.lstm import LSTMDetector
+from trajwatch.features.engine import FeatureEngine
+from trajwatch.frame import Frame
+from trajwatch.lstm import (
+    FeatureMismatchError,
+    LSTMModel,
+    ModelFileError,
+    TrainConfig,
+    WindowScorer,
+    feature_matrix,
+    train,
+)
+from trajwatch.lstm.calibration import Calibration
+
+# Tiny and quick: a few seconds of training on one core.
+SMALL = TrainConfig(window=20, hidden=12, latent=4, max_epochs=12, patience=4, seed=7)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def names() -> tuple[str, ...]:
+    return tuple(FeatureEngine().names)
+
+
+@pytest.fixture(scope="module")
+def clean_x(clean_frames: list[Frame]) -> np.ndarray:
+    return feature_matrix(clean_frames)
+
+
+@pytest.fixture(scope="module")
+def clash_x(clash_frames: list[Frame]) -> np.ndarray:
+    return feature_matrix(clash_frames)
+
+
+@pytest.fixture(scope="module")
+def model(clean_x: np.ndarray, names: tuple[str, ...]) -> LSTMModel:
+    return train([clean_x], names, SMALL)
+
+
+def test_training_lowers_the_validation_loss(model: LSTMModel) -> None:
+    info = model.info
+    # MD fluctuations are mostly noise an autoencoder cannot (and should not) reproduce.
+    assert info["best_val_loss"] < 0.9 * info["initial_val_loss"]
+    assert 1 <= info["best_epoch"] <= info["epochs"] <= SMALL.max_epochs
+    assert len(info["history"]) == info["epochs"]
+    assert info["val_windows"] > 0 and info["train_windows"] > info["val_windows"]
+
+
+def test_training_is_reproducible_with_the_same_seed(
+    model: LSTMModel, clean_x: np.ndarray, names: tuple[str, ...]
+) -> None:
+    again = train([clean_x], names, SMALL)
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, again.network.state_dict()[key]), key
+    assert model.threshold == again.threshold
+    assert model.info["history"] == again.info["history"]
+    other = train([clean_x], names, TrainConfig(**{**SMALL.__dict__, "seed": 8}))
+    weights = other.network.state_dict()["readout.weight"]
+    assert not torch.equal(model.network.state_dict()["readout.weight"], weights)
+
+
+def test_training_does_not_touch_the_global_random_state(
+    clean_x: np.ndarray, names: tuple[str, ...]
+) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train([clean_x], names, TrainConfig(window=20, hidden=4, latent=2, max_epochs=1))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_too_short_runs_are_refused_with_the_needed_length(names: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="at least 250 frames"):
+        train([np.zeros((100, len(names)))], names, TrainConfig())
+
+
+def test_save_and_load_give_identical_scores(
+    model: LSTMModel, clash_x: np.ndarray, tmp_path: Path
+) -> None:
+    path = model.save(tmp_path / "model.pt")
+    loaded = LSTMModel.load(path)
+    before = WindowScorer(model).push(clash_x)
+    after = WindowScorer(loaded).push(clash_x)
+    assert np.array_equal(before.scores, after.scores, equal_nan=True)
+    assert np.array_equal(before.feature_errors, after.feature_errors, equal_nan=True)
+    assert loaded.features == model.features and loaded.window == model.window
+    assert loaded.threshold == model.threshold
+    assert loaded.info == model.info
+
+
+def test_the_model_file_is_plain_data(model: LSTMModel, tmp_path: Path) -> None:
+    data = torch.load(model.save(tmp_path / "m.pt"), weights_only=True)
+    assert data["format"] == "trajwatch-lstm-autoencoder" and data["format_version"] == 1
+    assert data["features"] == list(model.features) and data["window"] == SMALL.window
+    assert data["trajwatch_version"]
+    assert set(data["scaler"]) == {"mean", "scale", "available", "clip"}
+    assert data["calibration"]["threshold"] == model.threshold
+    assert all(isinstance(v, torch.Tensor) for v in data["state_dict"].values())
+
+
+class _Payload:
+    """Anything that is not plain data: weights_only loading must refuse it."""
+
+
+def test_files_that_are_not_plain_data_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "trajwatch-lstm-autoencoder", "x": _Payload()}, path)
+    with pytest.raises(ModelFileError, match="cannot be read"):
+        LSTMModel.load(path)
+    torch.save({"format": "something else"}, path)
+    with pytest.raises(ModelFileError, match="not a trajwatch LSTM model"):
+        LSTMModel.load(path)
+
+
+def test_a_newer_format_is_refused(model: LSTMModel, tmp_path: Path) -> None:
+    data = model.to_dict()
+    data["format_version"] = 99
+    torch.save(data, tmp_path / "new.pt")
+    with pytest.raises(ModelFileError, match="newer"):
+        LSTMModel.load(tmp_path / "new.pt")
+
+
+def test_a_stream_with_other_features_is_refused_by_name(model: LSTMModel) -> None:
+    stream = [*model.features[1:], "extra_feature"]
+    with pytest.raises(FeatureMismatchError) as info:
+        LSTMDetector(model, features=stream)
+    message = str(info.value)
+    assert repr([model.features[0]]) in message and "'extra_feature'" in message
+
+
+def test_a_reordered_stream_gives_the_same_scores(model: LSTMModel, clash_x: np.ndarray) -> None:
+    order = np.arange(clash_x.shape[1])[::-1]
+    reordered = LSTMDetector(model, features=[model.features[k] for k in order])
+    plain = LSTMDetector(model)
+    assert np.array_equal(reordered.score_many(clash_x[:, order]), plain.score_many(clash_x))
+    assert np.array_equal(reordered.deviations()[::-1], plain.deviations(), equal_nan=True)
+
+
+def test_batched_scores_equal_frame_by_frame_scores(model: LSTMModel, clash_x: np.ndarray) -> None:
+    batched = LSTMDetector(model, max_batch=64).score_many(clash_x)
+    single = LSTMDetector(model)
+    one_by_one = np.array([single.score_one(x) for x in clash_x])
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-7)
+    # and in uneven chunks, as frames arrive when a consumer catches up
+    chunked = LSTMDetector(model, max_batch=7)
+    parts = [chunked.score_many(clash_x[a:b]) for a, b in [(0, 3), (3, 40), (40, 41), (41, 300)]]
+    np.testing.assert_allclose(np.concatenate(parts), one_by_one, rtol=1e-5, atol=1e-7)
+
+
+def test_no_score_before_the_first_full_window_and_stride_holds(
+    model: LSTMModel, clean_x: np.ndarray
+) -> None:
+    w = model.window
+    out = WindowScorer(model, stride=4).push(clean_x[:60])
+    assert np.flatnonzero(out.scored).tolist() == list(range(w - 1, 60, 4))
+    det = LSTMDetector(model, stride=4)
+    scores = det.score_many(clean_x[:60])
+    assert (scores[: w - 1] == 0).all() and det.ready
+    assert scores[w] == scores[w - 1] and scores[w + 3] != scores[w - 1]
+
+
+def test_the_clash_is_the_worst_reconstructed_window(
+    model: LSTMModel, clash_x: np.ndarray, clash_at: int
+) -> None:
+    det = LSTMDetector(model)
+    scores = det.score_many(clash_x)
+    assert scores[:clash_at].max() < model.threshold * 5 < scores[clash_at]
+    smallest = 1 / (model.calibration.n_windows + 1)
+    assert det.p_value(scores[clash_at]) == pytest.approx(smallest)
+    assert det.p_value(float(np.median(scores[60:clash_at]))) > 0.1
+    explained = [name for name, _ in LSTMDetector(model).explain()]
+    assert explained == []  # nothing scored yet
+    det = LSTMDetector(model)
+    det.score_many(clash_x[: clash_at + 1])
+    top = [name for name, _ in det.explain(top=2)]
+    assert {"disp_max", "min_interatomic_dist"} & set(top)
+
+
+def test_unavailable_features_are_masked_not_fatal(model: LSTMModel, clean_x: np.ndarray) -> None:
+    no_energy = clean_x.copy()
+    no_energy[:, model.features.index("energy_per_atom")] = np.nan
+    det = LSTMDetector(model)
+    scores = det.score_many(no_energy)
+    assert np.isfinite(scores).all() and scores.max() < 5 * model.threshold
+    assert np.isnan(det.deviations()[model.features.index("energy_per_atom")])
+    nothing = LSTMDetector(model).score_many(np.full((30, len(model.features)), np.nan))
+    assert (nothing == 0).all()  # a window with nothing available is no evidence
+
+
+def test_non_finite_values_are_extreme_not_nan(model: LSTMModel, clean_x: np.ndarray) -> None:
+    broken = clean_x.copy()
+    broken[100:, model.features.index("disp_max")] = np.inf
+    scores = LSTMDetector(model).score_many(broken)
+    assert np.isfinite(scores).all() and scores[100] > 100 * model.threshold
+
+
+def test_the_detector_follows_the_protocol(model: LSTMModel, clean_x: np.ndarray) -> None:
+    det = LSTMDetector(model)
+    assert isinstance(det, Detector) and isinstance(det, Explainer)
+    for x in clean_x[:30]:
+        det.learn_one(x)  # reference mode: learns nothing, and does not advance the window
+        assert det.score_one(x) >= 0.0
+    assert det.ready
+
+
+def test_conformal_p_values_and_threshold() -> None:
+    errors = np.random.default_rng(0).exponential(size=999)
+    cal = Calibration.from_errors(errors, np.ones((999, 2)), alpha=0.01, max_points=100)
+    assert cal.n_windows == 999 and cal.errors.size == 100
+    # p-values of fresh draws from the same distribution are close to uniform
+    fresh = np.random.default_rng(1).exponential(size=20000)
+    p = cal.p_values(fresh)
+    assert abs((p <= 0.1).mean() - 0.1) < 0.02 and abs((p <= 0.5).mean() - 0.5) < 0.03
+    assert abs((fresh > cal.threshold).mean() - 0.01) < 0.005
+    assert cal.p_value(np.inf) == pytest.approx(1 / 1000) and cal.p_value(np.nan) == 1.0
+    again = Calibration.from_dict(cal.to_dict())
+    assert np.array_equal(again.errors, cal.errors) and again.threshold == cal.threshold
+    assert again.n_windows == cal.n_windows and np.array_equal(
+        again.feature_errors, cal.feature_errors
+    )

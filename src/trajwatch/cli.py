@@ -192,6 +192,13 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="false-alarm rate per window for the threshold (%(default)s)")  # fmt: skip
     p.add_argument("--margin", type=float, default=d.margin,
                    help="factor on the calibrated threshold (%(default)s)")  # fmt: skip
+    p.add_argument("--scaling", choices=("reference", "stream"), default=d.scaling,
+                   help="standardise with the training data's statistics (reference, to judge "
+                   "runs of the same system) or each run's own first frames (stream, for "
+                   "other systems) (%(default)s)")  # fmt: skip
+    p.add_argument("--scaling-frames", type=int, default=d.scaling_frames,
+                   help="frames a stream-scaled model learns each run's scale from "
+                   "(%(default)s)")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="(%(default)s)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (%(default)s)")
     p.add_argument("--skip-bad", action="store_true",
@@ -404,8 +411,8 @@ def _run_train(args: argparse.Namespace) -> int:
         window=args.window, hidden=args.hidden, latent=args.latent,
         batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
         learning_rate=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
-        stride=args.stride, alpha=args.alpha, margin=args.margin, seed=args.seed,
-        threads=args.threads,
+        stride=args.stride, alpha=args.alpha, margin=args.margin, scaling=args.scaling,
+        scaling_frames=args.scaling_frames, seed=args.seed, threads=args.threads,
     )  # fmt: skip
     console = Console(stderr=True)
     sequences = []

@@ -36,6 +36,13 @@ class TrainConfig:
     """Calibrated false-alarm rate per window: the threshold is the (1 - alpha) quantile."""
     margin: float = 1.0
     """Factor on the calibrated quantile (above 1 for a model used on unseen systems)."""
+    scaling: str = "reference"
+    """``"reference"``: standardise with the training data's mean and spread (for judging
+    runs of the trained system); ``"stream"``: each run by its own first
+    ``scaling_frames`` frames (for systems the model was not trained on)."""
+    scaling_frames: int = 100
+    floor_fraction: float = 0.25
+    """Stream scaling: floor on a feature's spread, as a share of its median training spread."""
     seed: int = 0
     threads: int = 1
 
@@ -44,5 +51,9 @@ class TrainConfig:
             raise ValueError("window must be >= 2; hidden, latent and batch_size >= 1")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), not {self.val_fraction}")
+        if self.scaling not in ("reference", "stream"):
+            raise ValueError(f"scaling must be 'reference' or 'stream', not {self.scaling!r}")
+        if self.scaling_frames < 2 or self.floor_fraction <= 0:
+            raise ValueError("scaling_frames must be >= 2 and floor_fraction > 0")
         if self.stride < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError("stride, max_epochs and patience must be at least 1")

@@ -9,7 +9,7 @@ never runs code. The keys are listed in ``docs/lstm.md``.
 
 >>> import numpy as np, tempfile, os
 >>> from trajwatch.lstm.network import LSTMAutoencoder
->>> from trajwatch.lstm.scaler import Scaler
+>>> from trajwatch.lstm.scaler import Scaler, StreamScaling
 >>> from trajwatch.lstm.calibration import Calibration
 >>> model = LSTMModel(LSTMAutoencoder(2, hidden=4, latent=2),
 ...                   Scaler.fit(np.random.default_rng(0).normal(size=(20, 2))),
@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from trajwatch import __version__
 from trajwatch.lstm.calibration import Calibration
 from trajwatch.lstm.network import LSTMAutoencoder
-from trajwatch.lstm.scaler import Scaler
+from trajwatch.lstm.scaler import Scaler, StreamScaling
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -84,6 +84,9 @@ class LSTMModel:
     window: int
     info: dict[str, Any] = field(default_factory=dict)
     """How the model was made (plain data): seed, losses, epochs, training sources..."""
+    stream_scaling: StreamScaling | None = None
+    """None: standardise with ``scaler`` (fitted on the training data, reference mode).
+    Else each stream is standardised by its own first frames (see :class:`StreamScaling`)."""
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
@@ -95,9 +98,23 @@ class LSTMModel:
                 f"{n} feature names, but the network has {self.network.n_features} inputs "
                 f"and the scaler {self.scaler.n_features}"
             )
+        stream = self.stream_scaling
+        if stream is not None and stream.floor.size != n:
+            raise ValueError(f"stream scaling has {stream.floor.size} floors, not {n}")
         if self.window < 2:
             raise ValueError(f"window must be at least 2 frames, not {self.window}")
         self.network.eval()
+
+    @property
+    def scaling(self) -> str:
+        """``"reference"`` (the training scaler) or ``"stream"`` (each stream's own)."""
+        return "reference" if self.stream_scaling is None else "stream"
+
+    @property
+    def first_scored_frame(self) -> int:
+        """Index of the first frame of a stream whose window gets a score."""
+        frames = 0 if self.stream_scaling is None else self.stream_scaling.frames
+        return max(self.window, frames) - 1
 
     @property
     def threshold(self) -> float:
@@ -123,6 +140,7 @@ class LSTMModel:
 
     def to_dict(self) -> dict[str, Any]:
         """The model file's content: plain data and tensors only."""
+        stream = self.stream_scaling
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -132,6 +150,7 @@ class LSTMModel:
             "network": self.network.config(),
             "state_dict": {k: v.detach().clone() for k, v in self.network.state_dict().items()},
             "scaler": self.scaler.to_dict(),
+            "stream_scaling": None if stream is None else stream.to_dict(),
             "calibration": self.calibration.to_dict(),
             "info": dict(self.info),
         }
@@ -147,6 +166,7 @@ class LSTMModel:
                 f"({FORMAT_VERSION}); upgrade trajwatch"
             )
         try:
+            stream = data.get("stream_scaling")
             network = LSTMAutoencoder(**{k: int(v) for k, v in data["network"].items()})
             network.load_state_dict(data["state_dict"])
             return cls(
@@ -156,6 +176,7 @@ class LSTMModel:
                 features=tuple(str(f) for f in data["features"]),
                 window=int(data["window"]),
                 info=dict(data.get("info", {})),
+                stream_scaling=None if stream is None else StreamScaling.from_dict(stream),
             )
         except (KeyError, TypeError, RuntimeError) as error:
             raise ModelFileError(f"malformed LSTM model file: {error}") from error

@@ -12,17 +12,28 @@ mean) and left out of the reconstruction error.
 >>> z, mask = s.transform(np.array([[2.0, 5.0], [np.inf, np.nan]]))
 >>> z.tolist(), mask.tolist()
 ([[0.0, 0.0], [1000.0, 0.0]], [[True, False], [True, False]])
+
+A model meant for systems it was not trained on can instead standardise every stream by
+its own first frames (:class:`StreamScaling`): the network then sees each run's
+fluctuations in that run's own units, whatever the metal, size or temperature.
+
+>>> policy = StreamScaling(frames=3, floor=np.array([0.5, 0.5]))
+>>> own = policy.fit(np.array([[10.0, 1.0], [12.0, 1.0], [14.0, 1.0]]), s)
+>>> own.mean.tolist(), own.scale.round(3).tolist()  # a column that did not move: the floor
+([12.0, 1.0], [1.633, 0.5])
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Scaler"]
+__all__ = ["Scaler", "StreamScaling"]
 
 
 @dataclass(frozen=True)
@@ -37,11 +48,15 @@ class Scaler:
 
     @classmethod
     def fit(
-        cls, X: NDArray[np.float64], rel_floor: float = 1e-3, abs_floor: float = 1e-12
+        cls,
+        X: NDArray[np.float64],
+        rel_floor: float = 1e-3,
+        abs_floor: float | NDArray[np.float64] = 1e-12,
     ) -> Scaler:
         """Mean and standard deviation of the finite values of each column of ``X``.
 
-        A column that never moved gets a floor of ``rel_floor * |mean| + abs_floor`` so that
+        A column that never moved gets a floor of ``max(rel_floor * |mean|, abs_floor)`` (a
+        number or one per column) so that
         round-off does not turn into huge standardised values; a column with no finite
         value at all gets mean 0 and scale 1 (it is masked out anyway).
         """
@@ -54,7 +69,7 @@ class Scaler:
         variance = np.divide(
             (centred**2).sum(axis=0), count, out=np.zeros(X.shape[1]), where=count > 0
         )
-        floor = rel_floor * np.abs(mean) + abs_floor
+        floor = np.maximum(rel_floor * np.abs(mean), abs_floor)
         scale = np.where(count > 0, np.maximum(np.sqrt(variance), floor), 1.0)
         return cls(mean=mean, scale=scale, available=count > 0)
 
@@ -89,3 +104,48 @@ class Scaler:
         if not (np.isfinite(mean).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError("scaler mean must be finite and scale finite and positive")
         return cls(mean=mean, scale=scale, available=available, clip=float(data["clip"]))
+
+
+@dataclass(frozen=True)
+class StreamScaling:
+    """Standardise each stream by the mean and spread of its own first ``frames`` frames.
+
+    ``floor`` bounds each feature's spread from below (in the feature's units), so a
+    feature that happens to stand still during those frames does not turn its first
+    ordinary move into thousands of standard deviations. Features the model never saw
+    (unavailable in training) and features unavailable in those frames stay masked.
+    """
+
+    frames: int
+    floor: NDArray[np.float64]
+
+    @classmethod
+    def from_runs(
+        cls, runs: Sequence[NDArray[np.float64]], frames: int, floor_fraction: float
+    ) -> StreamScaling:
+        """Floors at ``floor_fraction`` of the median spread of each feature over the first
+        ``frames`` frames of the training runs (runs where it was available)."""
+        spreads = []
+        for X in runs:
+            s = Scaler.fit(X[:frames], rel_floor=0.0, abs_floor=0.0)
+            spreads.append(np.where(s.available, s.scale, np.nan))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            median = np.nanmedian(np.array(spreads), axis=0)
+        floor = np.where(np.isfinite(median), median * floor_fraction, 0.0)
+        return cls(frames=frames, floor=np.maximum(floor, 1e-12))
+
+    def fit(self, first: NDArray[np.float64], reference: Scaler) -> Scaler:
+        """The scaler of one stream from its first frames; masks follow ``reference``."""
+        own = Scaler.fit(first, abs_floor=self.floor)
+        return Scaler(own.mean, own.scale, own.available & reference.available, reference.clip)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "floor": self.floor.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamScaling:
+        floor = np.asarray(data["floor"], dtype=np.float64)
+        if floor.ndim != 1 or not (np.isfinite(floor).all() and (floor > 0).all()):
+            raise ValueError("stream scaling floor must be 1-D, finite and positive")
+        return cls(frames=int(data["frames"]), floor=floor)

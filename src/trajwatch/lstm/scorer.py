@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from trajwatch.lstm.model import LSTMModel
 from trajwatch.lstm.network import masked_errors
+from trajwatch.lstm.scaler import Scaler
 
 __all__ = ["WindowScorer", "WindowScores"]
 
@@ -85,6 +86,9 @@ class WindowScorer:
         self._keep = model.window - 1
         self._z = np.zeros((0, n), dtype=np.float32)
         self._mask = np.zeros((0, n), dtype=np.bool_)
+        self._pending = np.zeros((0, n))
+        self.scaler: Scaler | None = model.scaler if model.stream_scaling is None else None
+        """The standardisation in use (None until a stream-scaled model has seen enough)."""
         self.frames = 0
         """Vectors pushed so far."""
         self.windows = 0
@@ -98,6 +102,9 @@ class WindowScorer:
         """Forget the history (the next score comes ``window`` frames later)."""
         self._z = self._z[:0]
         self._mask = self._mask[:0]
+        self._pending = self._pending[:0]
+        if self.model.stream_scaling is not None:
+            self.scaler = None
         self.frames = 0
 
     def push(self, X: NDArray[np.float64]) -> WindowScores:
@@ -110,17 +117,25 @@ class WindowScorer:
         n_rows, n_features = X.shape
         if n_features != self._z.shape[1]:
             raise ValueError(f"expected {self._z.shape[1]} features per frame, got {n_features}")
-        z, mask = self.model.scaler.transform(X)
-        z_seq = np.concatenate([self._z, z])
-        mask_seq = np.concatenate([self._mask, mask])
-        offset = self.frames - self._z.shape[0]  # stream index of z_seq[0]
         first = self.frames
         self.frames += n_rows
+        if self.scaler is None:  # stream scaling: wait for the stream's first frames
+            policy = self.model.stream_scaling
+            assert policy is not None
+            self._pending = np.concatenate([self._pending, X])
+            if self._pending.shape[0] < policy.frames:
+                return _nothing(n_rows, n_features)
+            self.scaler = policy.fit(self._pending[: policy.frames], self.model.scaler)
+            X, self._pending = self._pending, self._pending[:0]
+        z, mask = self.scaler.transform(X)
+        z_seq = np.concatenate([self._z, z])
+        mask_seq = np.concatenate([self._mask, mask])
+        offset = self.frames - z_seq.shape[0]  # stream index of z_seq[0]
         self._z = z_seq[-self._keep :].copy() if self._keep else z_seq[:0]
         self._mask = mask_seq[-self._keep :].copy() if self._keep else mask_seq[:0]
 
         w = self.window
-        ends = np.arange(max(first, w - 1), self.frames)
+        ends = np.arange(max(first, self.model.first_scored_frame), self.frames)
         ends = ends[(ends - (w - 1)) % self.stride == 0]
         scores = np.full(n_rows, np.nan)
         feature_errors = np.full((n_rows, n_features), np.nan)
@@ -150,3 +165,12 @@ class WindowScorer:
             reconstruction = self.model.network(windows)
             s, fe, r = masked_errors(windows, mask, reconstruction)
         return s.double().numpy(), fe.double().numpy(), r.double().numpy()
+
+
+def _nothing(rows: int, features: int) -> WindowScores:
+    return WindowScores(
+        np.zeros(rows, dtype=np.bool_),
+        np.full(rows, np.nan),
+        np.full((rows, features), np.nan),
+        np.full((rows, features), np.nan),
+    )

@@ -3,10 +3,12 @@
 Each input sequence is the feature matrix (frames, features) of one trusted run. The last
 ``val_fraction`` of every run is held out for validation, so no validation window overlaps
 a training window; windows never span two runs. The scaler is fitted on the training
-frames only. Training uses AdamW on the masked mean squared reconstruction error, shuffled
-minibatches from a seeded generator, and stops when the validation loss has not improved
-for ``patience`` epochs, keeping the best weights. The errors of every validation window
-(stride 1) then calibrate the threshold and p-values (:mod:`trajwatch.lstm.calibration`).
+frames only; with ``scaling="stream"`` every run is instead standardised by its own first
+``scaling_frames`` frames, as a stream will be. Training uses AdamW on the masked mean
+squared reconstruction error, shuffled minibatches from a seeded generator, and stops when
+the validation loss has not improved for ``patience`` epochs, keeping the best weights.
+The errors of every validation window (stride 1) then calibrate the threshold and
+p-values (:mod:`trajwatch.lstm.calibration`).
 The same data, config and seed (and the same torch build and thread count) give the same
 weights.
 
@@ -35,7 +37,7 @@ from trajwatch.lstm.calibration import Calibration
 from trajwatch.lstm.config import TrainConfig
 from trajwatch.lstm.model import LSTMModel
 from trajwatch.lstm.network import LSTMAutoencoder, masked_errors
-from trajwatch.lstm.scaler import Scaler
+from trajwatch.lstm.scaler import Scaler, StreamScaling
 
 __all__ = ["EpochReport", "TrainConfig", "feature_matrix", "train"]
 
@@ -69,21 +71,20 @@ class _Windows:
     """Standardised frames of several runs, and the starts of the windows within them."""
 
     def __init__(
-        self, parts: Sequence[NDArray[np.float64]], scaler: Scaler, window: int, stride: int
-    ) -> None:
-        z_parts, m_parts, starts = [], [], []
+        self, parts: Sequence[tuple[NDArray[np.float32], NDArray[np.bool_]]], window: int,
+        stride: int, width: int,
+    ) -> None:  # fmt: skip
+        starts = []
         offset = 0
-        for part in parts:
-            z, m = scaler.transform(part)
-            z_parts.append(z)
-            m_parts.append(m)
-            if part.shape[0] >= window:
-                starts.append(np.arange(offset, offset + part.shape[0] - window + 1, stride))
-            offset += part.shape[0]
-        width = scaler.n_features
-        self.z = torch.from_numpy(np.concatenate(z_parts) if z_parts else np.zeros((0, width)))
+        for z, _ in parts:
+            if z.shape[0] >= window:
+                starts.append(np.arange(offset, offset + z.shape[0] - window + 1, stride))
+            offset += z.shape[0]
+        self.z = torch.from_numpy(
+            np.concatenate([z for z, _ in parts]) if parts else np.zeros((0, width), np.float32)
+        )
         self.mask = torch.from_numpy(
-            np.concatenate(m_parts) if m_parts else np.zeros((0, width), dtype=np.bool_)
+            np.concatenate([m for _, m in parts]) if parts else np.zeros((0, width), np.bool_)
         )
         self.starts = torch.from_numpy(
             np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
@@ -101,16 +102,16 @@ class _Windows:
 
 def _split(
     sequences: Sequence[NDArray[np.float64]], config: TrainConfig
-) -> tuple[list[NDArray[np.float64]], list[NDArray[np.float64]]]:
-    fit, held_out = [], []
+) -> list[tuple[NDArray[np.float64], NDArray[np.float64] | None]]:
+    """Each run as (training part, validation part or None if too short to split)."""
+    out: list[tuple[NDArray[np.float64], NDArray[np.float64] | None]] = []
     for X in sequences:
         n_val = math.floor(X.shape[0] * config.val_fraction)
         if n_val >= config.window and X.shape[0] - n_val >= config.window:
-            fit.append(X[: X.shape[0] - n_val])
-            held_out.append(X[X.shape[0] - n_val :])
+            out.append((X[: X.shape[0] - n_val], X[X.shape[0] - n_val :]))
         else:
-            fit.append(X)
-    return fit, held_out
+            out.append((X, None))
+    return out
 
 
 def _loss(net: LSTMAutoencoder, z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -151,7 +152,9 @@ def train(
     sequences = [np.asarray(X, dtype=np.float64) for X in sequences]
     if any(X.ndim != 2 or X.shape[1] != len(features) for X in sequences):
         raise ValueError(f"every sequence must be (frames, {len(features)}) feature rows")
-    fit_parts, val_parts = _split(sequences, config)
+    runs = _split(sequences, config)
+    fit_parts = [fit for fit, _ in runs]
+    val_parts = [val for _, val in runs if val is not None]
     if not val_parts:
         raise ValueError(
             f"no run is long enough for a validation split: with window {config.window} and "
@@ -159,8 +162,25 @@ def train(
             f"{math.ceil(config.window / config.val_fraction)} frames"
         )
     scaler = Scaler.fit(np.concatenate(fit_parts))
-    fit = _Windows(fit_parts, scaler, config.window, config.stride)
-    val = _Windows(val_parts, scaler, config.window, 1)
+    policy: StreamScaling | None = None
+    scalers = [scaler] * len(runs)
+    if config.scaling == "stream":
+        if any(fit.shape[0] < config.scaling_frames for fit in fit_parts):
+            raise ValueError(
+                f"stream scaling needs the training part of every run to have at least "
+                f"scaling_frames={config.scaling_frames} frames"
+            )
+        policy = StreamScaling.from_runs(fit_parts, config.scaling_frames, config.floor_fraction)
+        scalers = [policy.fit(fit[: config.scaling_frames], scaler) for fit in fit_parts]
+    width = len(features)
+    fit = _Windows(
+        [s.transform(part) for s, part in zip(scalers, fit_parts, strict=True)],
+        config.window, config.stride, width,
+    )  # fmt: skip
+    val = _Windows(
+        [s.transform(val) for s, (_, val) in zip(scalers, runs, strict=True) if val is not None],
+        config.window, 1, width,
+    )  # fmt: skip
 
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -230,4 +250,6 @@ def train(
         "epochs": len(history),
         "history": history,
     }
-    return LSTMModel(net, scaler, calibration, tuple(features), config.window, info)
+    return LSTMModel(
+        net, scaler, calibration, tuple(features), config.window, info, stream_scaling=policy
+    )

@@ -279,7 +279,7 @@ def _run_replay(args: argparse.Namespace) -> int:
             loop=args.loop,
             skip_bad=args.skip_bad,
         )
-        publisher.flush()
+        publisher.close(linger=args.wait)  # deliver what is still queued
     print(f"trajwatch replay: {stats.line()}", file=sys.stderr)
     return 0
 

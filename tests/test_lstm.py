@@ -233,3 +233,48 @@ def test_conformal_p_values_and_threshold() -> None:
     assert again.n_windows == cal.n_windows and np.array_equal(
         again.feature_errors, cal.feature_errors
     )
+
+
+# -- stream scaling: each run standardised by its own first frames ------------------------
+
+
+@pytest.fixture(scope="module")
+def stream_model(clean_x: np.ndarray, names: tuple[str, ...]) -> LSTMModel:
+    config = TrainConfig(**{**SMALL.__dict__, "scaling": "stream", "scaling_frames": 40})
+    return train([clean_x], names, config)
+
+
+def test_stream_scaling_waits_for_its_frames(stream_model: LSTMModel, clash_x: np.ndarray) -> None:
+    assert stream_model.scaling == "stream" and stream_model.first_scored_frame == 39
+    scorer = WindowScorer(stream_model)
+    assert scorer.scaler is None
+    out = scorer.push(clash_x[:100])
+    assert np.flatnonzero(out.scored).tolist() == list(range(39, 100))
+    assert scorer.scaler is not None
+    np.testing.assert_allclose(scorer.scaler.mean, np.nanmean(clash_x[:40], axis=0), rtol=1e-9)
+    single = WindowScorer(stream_model)
+    one_by_one = np.concatenate([single.push(x).scores for x in clash_x[:100]])
+    np.testing.assert_allclose(out.scores, one_by_one, rtol=1e-5, equal_nan=True)
+
+
+def test_stream_scaled_scores_do_not_depend_on_feature_levels(
+    stream_model: LSTMModel, clean_x: np.ndarray
+) -> None:
+    # Another system: every feature sits elsewhere (another lattice, another energy zero).
+    offset = 5.0 * np.nanstd(clean_x, axis=0)
+    base = LSTMDetector(stream_model).score_many(clean_x)
+    moved = LSTMDetector(stream_model).score_many(clean_x + offset)
+    np.testing.assert_allclose(moved, base, rtol=1e-3, atol=1e-6)
+    reference = LSTMDetector(train([clean_x], stream_model.features, SMALL))
+    assert reference.score_many(clean_x + offset)[100:].min() > 10 * reference.threshold
+
+
+def test_stream_scaled_model_round_trips(
+    stream_model: LSTMModel, clash_x: np.ndarray, tmp_path: Path
+) -> None:
+    loaded = LSTMModel.load(stream_model.save(tmp_path / "stream.pt"))
+    assert loaded.stream_scaling is not None and stream_model.stream_scaling is not None
+    assert np.array_equal(loaded.stream_scaling.floor, stream_model.stream_scaling.floor)
+    a = LSTMDetector(stream_model).score_many(clash_x)
+    b = LSTMDetector(loaded).score_many(clash_x)
+    assert np.array_equal(a, b)

@@ -6,22 +6,30 @@ downloads), seeded, so the same trajwatch, ASE and torch give the same file:
 1. training runs: fcc Cu, Ag, Au, Ni, Pd and Al (Pt is held out), at temperatures from 100
    to 900 K, under a Langevin thermostat or NVE, with 32 or 108 atoms and 1-3 fs steps;
 2. the feature vectors of each run (``FeatureEngine``, the same as a stream gets);
-3. ``trajwatch.lstm.train`` with the defaults (window 50), the last 20 % of every run
-   held out for early stopping and calibration;
+3. ``trajwatch.lstm.train`` with the defaults (window 50, hidden 32, latent 8) and stream
+   scaling (each run standardised by its own first 100 frames, so that the model judges
+   metals, sizes and temperatures it never saw), the last 20 % of every run held out for
+   early stopping and calibration;
 4. validation on the held-out metal (Pt): clean runs must stay under the threshold and
    every injected fault is reported with the frame of its first alarm.
 
 The figures go into the model's ``info["validation"]`` and are printed as a table; the
 numbers in ``docs/lstm.md`` come from here.
 
-    python scripts/train_default_model.py            # ~3 minutes on 2 cores
+The MD runs are spread over ``--jobs`` worker processes (this file re-run with
+``--worker``; they hand back ``.npy`` feature matrices, nothing is pickled).
+
+    python scripts/train_default_model.py            # a few minutes on 2 cores
     python scripts/train_default_model.py --quick --out /tmp/m.pt   # a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from itertools import product
 from pathlib import Path
@@ -81,10 +89,11 @@ def validation_specs(seed: int, steps: int) -> list[MDSpec]:
     return clean + faulty
 
 
-def validate(model: LSTMModel, specs: list[MDSpec]) -> list[dict[str, Any]]:
+def validate(model: LSTMModel, runs: list[tuple[MDSpec, np.ndarray]]) -> list[dict[str, Any]]:
+    """Per held-out run: worst score before the fault, false alarms, detection delay."""
     rows = []
-    for spec in specs:
-        scores = WindowScorer(model).push(feature_matrix(run_md(spec))).scores
+    for spec, X in runs:
+        scores = WindowScorer(model).push(X).scores
         before = scores if spec.fault is None else scores[: spec.fault_frame]
         after = np.array([]) if spec.fault is None else scores[spec.fault_frame :]
         over = np.flatnonzero(after > model.threshold)
@@ -104,29 +113,73 @@ def validate(model: LSTMModel, specs: list[MDSpec]) -> list[dict[str, Any]]:
     return rows
 
 
+def all_specs(seed: int, quick: bool) -> list[tuple[str, MDSpec]]:
+    """Every MD run of the recipe, tagged ``train`` or ``check`` (held-out validation)."""
+    runs, steps = (1, 300) if quick else (4, 500)
+    train_specs = training_specs(seed, runs, steps)
+    check_specs = validation_specs(seed + 1000, 200 if quick else 300)
+    return [("train", s) for s in train_specs] + [("check", s) for s in check_specs]
+
+
+def worker(index: int, count: int, seed: int, quick: bool, out: Path) -> None:
+    """Run every ``count``-th spec from ``index`` and save its features as ``.npy``."""
+    for k, (_, spec) in enumerate(all_specs(seed, quick)):
+        if k % count == index:
+            np.save(out / f"{k:03d}.npy", feature_matrix(run_md(spec)), allow_pickle=False)
+            print(f"  MD {k:3d} {spec.source or spec.element + '-' + str(spec.fault)}", flush=True)
+
+
+def generate(seed: int, quick: bool, jobs: int) -> list[np.ndarray]:
+    """Feature matrices of :func:`all_specs`, computed by ``jobs`` worker processes."""
+    env = dict(os.environ)
+    src = str(Path(trajwatch.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ["--tmp", tmp, "--seed", str(seed), *(["--quick"] if quick else [])]
+        command = [sys.executable, __file__, "--worker"]
+        procs = [
+            subprocess.Popen([*command, f"{i}/{jobs}", *options], env=env) for i in range(jobs)
+        ]
+        if any(p.wait() != 0 for p in procs):
+            raise RuntimeError("an MD worker failed")
+        n = len(all_specs(seed, quick))
+        return [np.load(Path(tmp) / f"{k:03d}.npy", allow_pickle=False) for k in range(n)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=2, help="MD worker processes (2)")
     parser.add_argument("--quick", action="store_true", help="tiny data, for a smoke test")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        index, count = (int(v) for v in args.worker.split("/"))
+        worker(index, count, args.seed, args.quick, args.tmp)
+        return 0
 
-    runs, steps = (1, 300) if args.quick else (4, 500)
     start = time.perf_counter()
-    specs = training_specs(args.seed, runs, steps)
+    specs = all_specs(args.seed, args.quick)
+    print(f"{len(specs)} MD runs on {args.jobs} workers ...")
+    matrices = generate(args.seed, args.quick, args.jobs)
+    sequences = [X for (kind, _), X in zip(specs, matrices, strict=True) if kind == "train"]
+    checks = [(s, X) for (kind, s), X in zip(specs, matrices, strict=True) if kind == "check"]
+    print(f"[{time.perf_counter() - start:5.0f} s] MD done")
     names = tuple(FeatureEngine().names)
-    sequences = []
-    for i, spec in enumerate(specs, 1):
-        sequences.append(feature_matrix(run_md(spec)))
-        print(f"[{time.perf_counter() - start:5.0f} s] MD {i}/{len(specs)} {spec.source}")
-    config = TrainConfig(seed=args.seed, margin=MARGIN, max_epochs=3 if args.quick else 60)
+    config = TrainConfig(
+        scaling="stream", seed=args.seed, margin=MARGIN, max_epochs=3 if args.quick else 60
+    )
 
     def on_epoch(r: Any) -> None:
+        mark = "  *" if r.improved else ""
         print(f"[{time.perf_counter() - start:5.0f} s] epoch {r.epoch:2d}  train "
-              f"{r.train_loss:.4f}  val {r.val_loss:.4f}{'  *' if r.improved else ''}")  # fmt: skip
+              f"{r.train_loss:.4f}  val {r.val_loss:.4f}{mark}")  # fmt: skip
 
-    model = train(sequences, names, config, on_epoch=on_epoch, sources=[s.source for s in specs])
-    rows = validate(model, validation_specs(args.seed + 1000, 300 if not args.quick else 200))
+    sources = [s.source for kind, s in specs if kind == "train"]
+    model = train(sequences, names, config, on_epoch=on_epoch, sources=sources)
+    rows = validate(model, checks)
     model.info["validation"] = rows
     model.info["made_by"] = "scripts/train_default_model.py" + (" --quick" if args.quick else "")
     model.info["seconds"] = round(time.perf_counter() - start, 1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trajwatch.detectors.base import Detector, Explainer
+from trajwatch.detectors.hysteresis import Hysteresis
 from trajwatch.detectors.lstm import LSTMDetector
 from trajwatch.features.engine import FeatureEngine
 from trajwatch.frame import Frame
@@ -18,10 +19,12 @@ from trajwatch.lstm import (
     ModelFileError,
     TrainConfig,
     WindowScorer,
+    default_model_path,
     feature_matrix,
     train,
 )
 from trajwatch.lstm.calibration import Calibration
+from trajwatch.simulate import MDSpec, run_md
 
 # Tiny and quick: a few seconds of training on one core.
 SMALL = TrainConfig(window=20, hidden=12, latent=4, max_epochs=12, patience=4, seed=7)
@@ -278,3 +281,52 @@ def test_stream_scaled_model_round_trips(
     a = LSTMDetector(stream_model).score_many(clash_x)
     b = LSTMDetector(loaded).score_many(clash_x)
     assert np.array_equal(a, b)
+
+
+# -- the shipped weights ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LSTMModel:
+    return LSTMModel.load_default()
+
+
+@pytest.fixture(scope="module")
+def platinum() -> dict[str, np.ndarray]:
+    """Pt was held out of the shipped model's training: a system it has never seen."""
+    clean = MDSpec(element="Pt", repeat=2, temperature=300.0, steps=260, seed=41)
+    clash = MDSpec(element="Pt", repeat=2, temperature=300.0, steps=260, seed=42,
+                   fault="clash", fault_frame=PT_CLASH)  # fmt: skip
+    return {"clean": feature_matrix(run_md(clean)), "clash": feature_matrix(run_md(clash))}
+
+
+PT_CLASH = 180
+
+
+def _alarms(detector: LSTMDetector, X: np.ndarray) -> list[tuple[str, int]]:
+    threshold = detector.threshold
+    alarm = Hysteresis(threshold, 0.5 * threshold, release_frames=10)
+    changes = [alarm.update(s) for s in detector.score_many(X)]
+    return [(c, i) for i, c in enumerate(changes) if c is not None]
+
+
+def test_shipped_weights_match_the_feature_engine(shipped: LSTMModel) -> None:
+    assert shipped.features == tuple(FeatureEngine().names)
+    assert default_model_path().stat().st_size < 5 * 2**20
+    assert shipped.scaling == "stream" and "Pt" not in " ".join(shipped.info["sources"])
+
+
+def test_shipped_model_catches_a_clash_in_a_metal_it_never_saw(
+    shipped: LSTMModel, platinum: dict[str, np.ndarray]
+) -> None:
+    alarms = _alarms(LSTMDetector(), platinum["clash"])
+    assert alarms and alarms[0][0] == "start"
+    assert PT_CLASH <= alarms[0][1] <= PT_CLASH + 2
+
+
+def test_shipped_model_is_quiet_on_a_clean_run_of_it(
+    shipped: LSTMModel, platinum: dict[str, np.ndarray]
+) -> None:
+    detector = LSTMDetector(shipped)
+    assert _alarms(detector, platinum["clean"]) == []
+    assert detector.ready

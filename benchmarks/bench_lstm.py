@@ -34,10 +34,9 @@ from typing import Any
 import numpy as np
 
 try:
-    import trajwatch
+    import trajwatch  # noqa: F401
 except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    import trajwatch
 
 import torch
 
@@ -76,19 +75,19 @@ def load_model(names: tuple[str, ...]) -> tuple[LSTMModel, str]:
     return LSTMModel(network, scaler, calibration, names, 50), "untrained (same shape)"
 
 
+def _first_atoms(f: Frame, n: int) -> Frame:
+    velocities = None if f.velocities is None else f.velocities[:n]
+    forces = None if f.forces is None else f.forces[:n]
+    return Frame(
+        f.positions[:n], f.numbers[:n], velocities=velocities, forces=forces, energy=f.energy,
+        cell=f.cell, pbc=f.pbc, step=f.step, time=f.time, source=f.source,
+    )  # fmt: skip
+
+
 def frames_100_atoms(steps: int) -> list[Frame]:
     """Real EMT Cu frames (108 atoms) cut to their first 100 atoms."""
-    out = []
-    for f in run_md(MDSpec(element="Cu", repeat=3, steps=steps, seed=5, source="bench")):
-        out.append(
-            Frame(
-                f.positions[:100], f.numbers[:100], velocities=f.velocities[:100]
-                if f.velocities is not None else None, forces=f.forces[:100]
-                if f.forces is not None else None, energy=f.energy, cell=f.cell, pbc=f.pbc,
-                step=f.step, time=f.time, source=f.source,
-            )
-        )  # fmt: skip
-    return out
+    spec = MDSpec(element="Cu", repeat=3, steps=steps, seed=5, source="bench")
+    return [_first_atoms(f, 100) for f in run_md(spec)]
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -207,6 +207,56 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(command=_run_train)
 
 
+def _add_imd_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "imd-bridge",
+        help="receive an IMDv3 stream (LAMMPS, GROMACS, NAMD) and publish it as frames",
+        description="Connect to an engine's IMDv3 port, convert its units and publish protocol "
+        "v1 frames. IMD sends no elements: give them with --elements or --topology. With "
+        "--detect, the pipeline also runs here and --on-alarm can pause or end the engine.",
+        epilog=_examples(
+            "trajwatch imd-bridge 127.0.0.1:8888 --engine lammps:metal --elements Ar*500",
+            "trajwatch imd-bridge 8888 --engine gromacs --topology conf.pdb",
+            "trajwatch imd-bridge 8888 --engine namd --topology sys.pdb --detect "
+            "--on-alarm pause --dump-dir alarms --events events.jsonl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("address", metavar="HOST:PORT", help="where the engine listens")
+    p.add_argument(
+        "--engine",
+        required=True,
+        metavar="NAME",
+        help="units on the wire: gromacs, namd, imdv3 or lammps:STYLE (e.g. lammps:metal)",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--elements", metavar="SPEC", help='e.g. "Ar*500" or "(O,H,H)*216"')
+    what.add_argument(
+        "--topology", type=Path, metavar="FILE", help=".xyz/.extxyz, .pdb or LAMMPS data file"
+    )
+    p.add_argument("--types", metavar="MAP", help='LAMMPS type -> element, e.g. "1=Ar,2=O"')
+    p.add_argument("--lj", metavar="SIGMA,EPS,MASS", help="for lammps:lj (Å, eV, amu)")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="default: %(default)s")
+    p.add_argument("--connect", action="store_true", help="connect instead of binding")
+    p.add_argument("--source", default="imd", help="stream name (default: %(default)s)")
+    p.add_argument("--detect", action="store_true", help="also run the pipeline here")
+    p.add_argument("--events", type=Path, metavar="PATH", help="with --detect: JSONL log")
+    p.add_argument(
+        "--on-alarm",
+        choices=("none", "pause", "kill", "detach"),
+        default="none",
+        help="with --detect: what to ask of the engine on alarm (default: %(default)s)",
+    )
+    p.add_argument("--stop-on", default="high", help="lowest severity that acts (default: high)")
+    p.add_argument("--dump-dir", type=Path, metavar="DIR", help="with --detect: flagged frames")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the engine")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
+    )
+    p.set_defaults(command=_run_imd_bridge)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trajwatch",
@@ -220,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_replay, _add_monitor, _add_scan, _add_train):
+    for add in (_add_replay, _add_monitor, _add_scan, _add_train, _add_imd_bridge):
         add(sub)
     return parser
 
@@ -385,6 +435,72 @@ def _run_scan(args: argparse.Namespace) -> int:
     finally:
         for sink in sinks:
             sink.close()
+    return 0
+
+
+def _run_imd_bridge(args: argparse.Namespace) -> int:
+    from trajwatch.adapters.imd import ImdClient, parse_address, run_bridge
+    from trajwatch.adapters.inprocess import FrameTarget, Watch
+    from trajwatch.adapters.topology import numbers_from_file, numbers_from_spec, parse_types
+    from trajwatch.adapters.units import imd_units
+    from trajwatch.sinks import JsonlSink, Sink, StreamSink
+    from trajwatch.streaming import Publisher
+
+    host, port = parse_address(args.address)
+    lj = None
+    if args.lj:
+        sigma, epsilon, mass = (float(v) for v in args.lj.split(","))  # ValueError if not 3
+        lj = (sigma, epsilon, mass)
+    units = imd_units(args.engine, lj)
+    types = parse_types(args.types) if args.types else None
+    if args.elements:
+        numbers = numbers_from_spec(args.elements)
+    else:
+        numbers = numbers_from_file(args.topology, types)
+    with Publisher(
+        args.endpoint, bind=not args.connect, topic=args.source, allow_remote=args.allow_remote
+    ) as publisher:
+        target: FrameTarget = publisher
+        watch = None
+        if args.detect:
+            sinks: list[Sink] = [JsonlSink(args.events) if args.events else StreamSink(sys.stdout)]
+            target = watch = Watch(
+                sinks=sinks, stop_on=args.stop_on, dump_dir=args.dump_dir, publish=publisher
+            )
+        print(f"trajwatch imd-bridge: connecting to {host}:{port} ...", file=sys.stderr)
+        client = ImdClient(
+            host,
+            port,
+            numbers=numbers,
+            units=units,
+            source=args.source,
+            connect_timeout=args.timeout,
+        )
+        _stop_on_sigterm()
+        try:
+            stats = run_bridge(
+                client,
+                target,
+                on_alarm=args.on_alarm if args.detect else "none",
+                max_frames=args.max_frames,
+            )
+            if stats.stopped == "pause":
+                print(
+                    "trajwatch imd-bridge: engine paused; Ctrl-C resumes it and detaches",
+                    file=sys.stderr,
+                )
+                try:
+                    signal.pause()
+                except KeyboardInterrupt:
+                    client.resume()
+        except KeyboardInterrupt:
+            stats = None
+        finally:
+            client.close()
+            if watch is not None:
+                watch.close()
+    if stats is not None:
+        print(f"trajwatch imd-bridge: {stats.line()}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,337 @@
+"""Engine overhead of publishing every step: steps/s of a 500-atom run without and with the
+trajwatch adapter attached, measured in one run.
+
+Engines: ASE (EMT copper, 500 atoms), OpenMM (Lennard-Jones argon, 500 atoms, CPU platform,
+one thread), LAMMPS (the same argon, ``lj/cut``), each skipped when it cannot be loaded;
+OpenMM and LAMMPS also publishing every 10th step (``/10``).
+The adapter publishes every step to a Publisher on tcp://127.0.0.1 whose frames a
+subscriber in another process drains (as a monitor would).
+
+Blocks of steps without and with the adapter are interleaved (the order alternates) and
+each figure is the median over the pairs; the ratio is taken per pair. This machine is
+shared, so the primary figure is the engine process's CPU time per step (all its threads,
+which includes ZeroMQ's I/O thread, not the subscriber's process); wall-clock steps/s are
+shown too.
+
+    python benchmarks/bench_adapters.py --quick --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+try:
+    import trajwatch
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import trajwatch
+
+from trajwatch.streaming import Publisher
+
+N_ATOMS = 500
+_DRAIN = """
+import sys, zmq
+s = zmq.Context().socket(zmq.SUB)
+s.setsockopt(zmq.SUBSCRIBE, b"")
+s.connect(sys.argv[1])
+while True:
+    s.recv_multipart()
+"""
+
+
+class Engine:
+    """One engine run: ``step(n)`` advances it; attach/detach toggle the adapter."""
+
+    name = ""
+    detail = ""
+
+    def step(self, n: int) -> None:
+        raise NotImplementedError
+
+    def attach(self, publisher: Publisher) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        raise NotImplementedError
+
+
+class AseEngine(Engine):
+    name = "ASE"
+    detail = "EMT Cu fcc 5x5x5, Langevin, 2 fs"
+
+    def __init__(self) -> None:
+        from ase import units
+        from ase.build import bulk
+        from ase.calculators.emt import EMT
+        from ase.md.langevin import Langevin
+
+        atoms = bulk("Cu", cubic=True).repeat(5)
+        atoms.rattle(0.02, seed=0)
+        atoms.calc = EMT()
+        rng = np.random.default_rng(0)
+        masses = atoms.get_masses()[:, None]
+        atoms.set_momenta(rng.normal(size=(len(atoms), 3)) * np.sqrt(masses * units.kB * 300))
+        self.dyn = Langevin(
+            atoms, 2 * units.fs, temperature_K=300, friction=0.02 / units.fs, fixcm=False, rng=rng
+        )
+        assert len(atoms) == N_ATOMS
+
+    def step(self, n: int) -> None:
+        self.dyn.run(n)
+
+    def attach(self, publisher: Publisher) -> None:
+        from trajwatch.adapters.ase import AseObserver
+
+        self.dyn.attach(AseObserver(self.dyn, publisher, source="ase"), interval=1)
+
+    def detach(self) -> None:
+        self.dyn.observers.clear()
+
+
+class OpenMMEngine(Engine):
+    name = "OpenMM"
+    detail = "LJ argon 500, CPU platform 1 thread, LangevinMiddle 4 fs"
+
+    def __init__(self, forces_and_energy: bool = False, every: int = 1) -> None:
+        import openmm as mm
+        from openmm import app, unit
+
+        cells = 5
+        a = 0.526
+        basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+        grid = np.array(
+            [[i, j, k] for i in range(cells) for j in range(cells) for k in range(cells)]
+        )
+        positions = ((grid[:, None, :] + basis[None]).reshape(-1, 3) * a)[:N_ATOMS]
+        side = cells * a
+        system = mm.System()
+        system.setDefaultPeriodicBoxVectors(
+            mm.Vec3(side, 0, 0), mm.Vec3(0, side, 0), mm.Vec3(0, 0, side)
+        )
+        lj = mm.NonbondedForce()
+        lj.setNonbondedMethod(mm.NonbondedForce.CutoffPeriodic)
+        lj.setCutoffDistance(0.85)
+        topology = app.Topology()
+        chain = topology.addChain()
+        argon = app.Element.getBySymbol("Ar")
+        for _ in range(N_ATOMS):
+            system.addParticle(39.948)
+            lj.addParticle(0.0, 0.3405, 0.996)
+            topology.addAtom("Ar", argon, topology.addResidue("AR", chain))
+        system.addForce(lj)
+        integrator = mm.LangevinMiddleIntegrator(80 * unit.kelvin, 2 / unit.picosecond, 0.004)
+        self.simulation = app.Simulation(
+            topology,
+            system,
+            integrator,
+            mm.Platform.getPlatformByName("CPU"),
+            {"Threads": "1"},
+        )
+        self.simulation.context.setPositions(positions)
+        self.simulation.context.setVelocitiesToTemperature(80 * unit.kelvin, 1)
+        self.full = forces_and_energy
+        self.every = every
+        if every > 1:
+            self.name = f"OpenMM /{every}"
+            self.detail = f"same, publishing every {every} steps"
+        if forces_and_energy:
+            self.name = "OpenMM +F,E"
+            self.detail = "same, reporter also asks forces and energy (an extra evaluation)"
+
+    def step(self, n: int) -> None:
+        self.simulation.step(n)
+
+    def attach(self, publisher: Publisher) -> None:
+        from trajwatch.adapters.openmm import OpenMMReporter
+
+        reporter = OpenMMReporter(
+            publisher, self.every, forces=self.full, energy=self.full, source="openmm"
+        )
+        self.simulation.reporters.append(reporter)
+
+    def detach(self) -> None:
+        self.simulation.reporters.clear()
+
+
+class LammpsEngine(Engine):
+    name = "LAMMPS"
+    detail = "LJ argon 500 (lj/cut 8 Å), metal units, Langevin + nve, 4 fs"
+
+    def __init__(self, every: int = 1) -> None:
+        from trajwatch.adapters.lammps import open_lammps
+
+        self.every = every
+        if every > 1:
+            self.name = f"LAMMPS /{every}"
+            self.detail = f"same, publishing every {every} steps"
+
+        self.lmp = open_lammps()
+        self.lmp.commands_string(
+            """
+            units metal
+            boundary p p p
+            atom_style atomic
+            lattice fcc 5.26
+            region box block 0 5 0 5 0 5
+            create_box 1 box
+            create_atoms 1 box
+            mass 1 39.948
+            pair_style lj/cut 8.0
+            pair_coeff 1 1 0.0103 3.405
+            velocity all create 80 12345
+            fix 1 all langevin 80 80 0.2 4242
+            fix 2 all nve
+            timestep 0.004
+            """
+        )
+        self.watcher: Any = None
+
+    def step(self, n: int) -> None:
+        self.lmp.command(f"run {n}")
+
+    def attach(self, publisher: Publisher) -> None:
+        from trajwatch.adapters.lammps import LammpsWatcher
+
+        self.watcher = LammpsWatcher(self.lmp, publisher, every=self.every, source="lammps")
+
+    def detach(self) -> None:
+        if self.watcher is not None:
+            self.watcher.detach()
+            self.watcher = None
+
+
+def _measure(engine: Engine, publisher: Publisher, steps: int, pairs: int) -> dict[str, Any]:
+    engine.step(max(5, steps // 4))  # warm up: first-call costs, caches
+    engine.attach(publisher)
+    engine.step(2)  # the adapter's own first-call costs
+    engine.detach()
+    cpu: dict[bool, list[float]] = {False: [], True: []}
+    wall: dict[bool, list[float]] = {False: [], True: []}
+    ratios_cpu, ratios_wall = [], []
+    sent_before = publisher.sent
+    for pair in range(pairs):
+        results = {}
+        for attached in (False, True) if pair % 2 == 0 else (True, False):
+            if attached:
+                engine.attach(publisher)
+            c0, w0 = time.process_time(), time.perf_counter()
+            engine.step(steps)
+            c1, w1 = time.process_time(), time.perf_counter()
+            if attached:
+                engine.detach()
+            results[attached] = ((c1 - c0) / steps, (w1 - w0) / steps)
+            cpu[attached].append(results[attached][0])
+            wall[attached].append(results[attached][1])
+        ratios_cpu.append(results[True][0] / results[False][0])
+        ratios_wall.append(results[True][1] / results[False][1])
+    without_cpu, with_cpu = statistics.median(cpu[False]), statistics.median(cpu[True])
+    ratio = statistics.median(ratios_cpu)
+    return {
+        "engine": engine.name,
+        "detail": engine.detail,
+        "steps_per_block": steps,
+        "pairs": pairs,
+        "frames_published": publisher.sent - sent_before,
+        "publish_every": getattr(engine, "every", 1),
+        "cpu_ms_per_step_without": without_cpu * 1e3,
+        "cpu_ms_per_step_with": with_cpu * 1e3,
+        "steps_per_cpu_s_without": 1 / without_cpu,
+        "steps_per_cpu_s_with": 1 / with_cpu,
+        "steps_per_s_without": 1 / statistics.median(wall[False]),
+        "steps_per_s_with": 1 / statistics.median(wall[True]),
+        "ratio_cpu": ratio,
+        "ratio_wall": statistics.median(ratios_wall),
+        "overhead_pct": (ratio - 1) * 100,
+        "adapter_us_per_frame": (with_cpu - without_cpu) * 1e6,
+        "meets_2pct": ratio <= 1.02,
+    }
+
+
+def _engines() -> list[tuple[str, Callable[[], Engine]]]:
+    return [
+        ("ase", AseEngine),
+        ("openmm", OpenMMEngine),
+        ("openmm+fe", lambda: OpenMMEngine(forces_and_energy=True)),
+        ("lammps", LammpsEngine),
+        ("openmm/10", lambda: OpenMMEngine(every=10)),
+        ("lammps/10", lambda: LammpsEngine(every=10)),
+    ]
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure every engine that loads here; returns the figures (see ``main``)."""
+    plan = {  # steps per block, pairs (slow engines get fewer steps per block)
+        "ase": (10, 5) if quick else (30, 9),
+        "openmm": (300, 5) if quick else (1000, 9),
+        "openmm+fe": (300, 5) if quick else (1000, 9),
+        "lammps": (300, 5) if quick else (1000, 9),
+        "openmm/10": (300, 5) if quick else (1000, 9),
+        "lammps/10": (300, 5) if quick else (1000, 9),
+    }
+    results: dict[str, Any] = {"n_atoms": N_ATOMS, "quick": quick, "engines": {}, "skipped": {}}
+    with Publisher("tcp://127.0.0.1:*", hwm=10_000) as publisher:
+        drain = subprocess.Popen([sys.executable, "-c", _DRAIN, publisher.endpoint])
+        try:
+            if not publisher.wait_for_subscriber(30.0):
+                raise RuntimeError("the draining subscriber did not join")
+            for key, make in _engines():
+                try:
+                    engine = make()
+                except (ImportError, OSError) as error:
+                    results["skipped"][key] = f"{type(error).__name__}: {error}"
+                    continue
+                steps, pairs = plan[key]
+                results["engines"][key] = _measure(engine, publisher, steps, pairs)
+                results["engines"][key]["dropped"] = publisher.dropped
+        finally:
+            drain.kill()
+            drain.wait()
+    results["trajwatch_version"] = trajwatch.__version__
+    return results
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"Engine overhead, {results['n_atoms']} atoms, publishing every step")
+    header = (
+        f"{'engine':<12} {'ms/step off':>11} {'ms/step on':>10} {'steps/s off':>11} "
+        f"{'steps/s on':>10} {'ratio cpu':>9} {'ratio wall':>10} {'us/frame':>8} {'<=2%':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results["engines"].values():
+        print(
+            f"{r['engine']:<12} {r['cpu_ms_per_step_without']:>11.3f} "
+            f"{r['cpu_ms_per_step_with']:>10.3f} {r['steps_per_cpu_s_without']:>11.0f} "
+            f"{r['steps_per_cpu_s_with']:>10.0f} {r['ratio_cpu']:>9.3f} "
+            f"{r['ratio_wall']:>10.3f} {r['adapter_us_per_frame']:>8.1f} "
+            f"{'yes' if r['meets_2pct'] else 'no':>5}"
+        )
+    for key, why in results["skipped"].items():
+        print(f"{key:<12} skipped: {why}")
+    print("(ms/step and steps/s: engine process CPU time; ratio: median of interleaved pairs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter blocks, fewer pairs")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    results = run(quick=args.quick)
+    print_table(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

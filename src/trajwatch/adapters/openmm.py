@@ -1,0 +1,186 @@
+"""OpenMM: a reporter that sends a Frame every ``interval`` steps, in Å, Å/fs, eV/Å, eV, fs.
+
+Append it to ``simulation.reporters``; it asks OpenMM only for what it sends. Positions
+and velocities are cheap to get; **forces and energy are not**: asking for them makes
+OpenMM evaluate the forces once more for that step, so they are off by default (turn
+them on, or use a larger ``interval``, when the extra cost is fine).
+
+>>> import openmm as mm, numpy as np
+>>> from openmm import app, unit
+>>> system = mm.System()
+>>> for _ in range(2):
+...     _ = system.addParticle(39.948)
+>>> simulation = app.Simulation(app.Topology(), system, mm.VerletIntegrator(0.002),
+...                             mm.Platform.getPlatformByName("Reference"))
+>>> simulation.context.setPositions(np.array([[0.0, 0, 0], [0.4, 0, 0]]))
+>>> received = []
+>>> class Keep:
+...     def send(self, frame):
+...         received.append(frame)
+...         return True
+>>> simulation.reporters.append(OpenMMReporter(Keep(), 2, numbers=[18, 18]))
+>>> simulation.step(4)
+>>> [(f.step, f.time) for f in received], received[0].positions[1].tolist()
+([(2, 4.0), (4, 8.0)], [4.0, 0.0, 0.0])
+
+On alarm (the target is a :class:`~trajwatch.adapters.inprocess.Watch`), ``report``
+raises :class:`~trajwatch.adapters.inprocess.AlarmStop` out of ``simulation.step(n)``:
+the step is complete and the context consistent. With ``raise_on_alarm=False``, step in
+chunks and check ``watch.stop_requested`` between them (see ``docs/engines.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from trajwatch.adapters.inprocess import FrameTarget, stop_event
+from trajwatch.adapters.units import IMD_PROFILES
+from trajwatch.frame import Frame
+
+__all__ = ["OpenMMReporter", "numbers_from_topology"]
+
+_NM = 10.0  # nm -> Å
+_NM_PER_PS = 0.01  # nm/ps -> Å/fs
+_PS = 1000.0  # ps -> fs
+_KJ_PER_MOL = IMD_PROFILES["gromacs"].energy  # kJ/mol -> eV
+_KJ_PER_MOL_NM = _KJ_PER_MOL / _NM  # kJ/(mol·nm) -> eV/Å
+
+
+def numbers_from_topology(topology: Any) -> NDArray[np.int32]:
+    """Atomic numbers of an OpenMM ``Topology`` (0 for particles without an element)."""
+    return np.array(
+        [0 if a.element is None else a.element.atomic_number for a in topology.atoms()],
+        dtype=np.int32,
+    )
+
+
+class OpenMMReporter:
+    """Send the simulation's state every ``interval`` steps to ``target``.
+
+    ``target`` is a :class:`~trajwatch.streaming.Publisher` or a
+    :class:`~trajwatch.adapters.inprocess.Watch`. ``numbers`` defaults to the elements of
+    ``simulation.topology`` (give them when the topology has none, e.g. a bare System).
+    ``velocities`` (cheap) default on; ``forces`` and ``energy`` (an extra force
+    evaluation per report) default off.
+    """
+
+    def __init__(
+        self,
+        target: FrameTarget,
+        interval: int = 1,
+        *,
+        numbers: ArrayLike | None = None,
+        velocities: bool = True,
+        forces: bool = False,
+        energy: bool = False,
+        source: str = "openmm",
+        raise_on_alarm: bool = True,
+    ) -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1, not {interval}")
+        self.target = target
+        self.interval = int(interval)
+        self.source = source
+        self.raise_on_alarm = raise_on_alarm
+        self.sent = 0
+        self._velocities = velocities
+        self._forces = forces
+        self._energy = energy
+        include = ["positions"]
+        if velocities:
+            include.append("velocities")
+        if forces:
+            include.append("forces")
+        if energy:
+            include.append("energy")
+        self._include = include
+        self._numbers: NDArray[np.int32] | None = (
+            None if numbers is None else np.array(numbers, dtype=np.int32)
+        )
+        self._n = 0
+        self._periodic = False
+        self._pbc = np.zeros(3, dtype=bool)
+        self._kinds: Sequence[Any] = ()
+        self._fast = True
+
+    def describeNextReport(self, simulation: Any) -> dict[str, Any]:  # noqa: N802 - OpenMM API
+        steps = self.interval - simulation.currentStep % self.interval
+        # periodic None: wrapped like the other reporters want, so they share one getState
+        return {"steps": steps, "periodic": None, "include": self._include}
+
+    def report(self, simulation: Any, state: Any) -> None:
+        if not self._n:
+            self._setup(simulation)
+        n = self._n
+        positions = self._vector(state, 0, n, _NM)
+        velocities = self._vector(state, 1, n, _NM_PER_PS) if self._velocities else None
+        forces = self._vector(state, 2, n, _KJ_PER_MOL_NM) if self._forces else None
+        energy = None
+        if self._energy:
+            energy = state.getPotentialEnergy()._value * _KJ_PER_MOL
+        cell = None
+        if self._periodic:
+            a, b, c = state.getPeriodicBoxVectors()._value
+            cell = np.array([[a[0], a[1], a[2]], [b[0], b[1], b[2]], [c[0], c[1], c[2]]])
+            cell *= _NM
+        assert self._numbers is not None
+        # fresh arrays in exactly the Frame's layout: the trusted constructor, no re-checks
+        frame = Frame._from_owned(
+            positions,
+            self._numbers,  # shared by every frame, read-only
+            velocities,
+            forces,
+            energy,
+            cell,
+            self._pbc,  # shared, read-only
+            state.getStepCount(),
+            state.getTime()._value * _PS,
+            self.sent,
+            self.source,
+        )
+        self.target.send(frame)
+        self.sent += 1
+        if self.raise_on_alarm:
+            stop = stop_event(self.target)
+            if stop is not None:
+                raise stop
+
+    def _setup(self, simulation: Any) -> None:
+        import openmm
+
+        system = simulation.system
+        n = system.getNumParticles()
+        if self._numbers is None:
+            numbers = numbers_from_topology(simulation.topology)
+            if numbers.shape != (n,):
+                raise ValueError(
+                    f"the topology has {numbers.size} atoms, the system {n} particles: "
+                    "pass numbers=[...] to OpenMMReporter"
+                )
+            self._numbers = numbers
+        elif self._numbers.shape != (n,):
+            raise ValueError(f"numbers has {self._numbers.size} entries, the system {n}")
+        self._numbers.setflags(write=False)
+        self._periodic = bool(system.usesPeriodicBoundaryConditions())
+        self._pbc = np.array([self._periodic] * 3)
+        self._pbc.setflags(write=False)
+        state_kind = openmm.State
+        self._kinds = (state_kind.Positions, state_kind.Velocities, state_kind.Forces)
+        self._fast = hasattr(state_kind, "_getVectorAsNumpy")
+        self._n = n
+
+    def _vector(self, state: Any, kind: int, n: int, scale: float) -> NDArray[np.float64]:
+        """One per-particle array, converted in place with a single multiply."""
+        if self._fast:
+            # straight into a fresh array: no Quantity, no unit bookkeeping
+            out = np.empty((n, 3), dtype=np.float64)
+            state._getVectorAsNumpy(self._kinds[kind], out)
+        else:  # pragma: no cover - OpenMM builds without the private fast path
+            getter = (state.getPositions, state.getVelocities, state.getForces)[kind]
+            out = np.array(getter(asNumpy=True)._value, dtype=np.float64)
+        out *= scale
+        return out

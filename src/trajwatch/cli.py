@@ -521,6 +521,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from trajwatch.features.engine import FeatureEngine
     from trajwatch.lstm.config import TrainConfig
     from trajwatch.lstm.training import EpochReport, train
+    from trajwatch.pipeline import PipelineConfig
     from trajwatch.replay.xyz import XYZReader
 
     config = TrainConfig(
@@ -537,17 +538,16 @@ def _run_train(args: argparse.Namespace) -> int:
     with Progress(*columns, TextColumn("{task.fields[info]}"), console=console,
                   disable=args.quiet, transient=True) as progress:  # fmt: skip
         for path in args.files:
-            engine = FeatureEngine(window=args.window)
+            engine = FeatureEngine(window=PipelineConfig().window)  # as the pipeline's
             names = tuple(engine.names)
             rows = []
             with XYZReader(path, skip_bad=args.skip_bad) as reader:
-                task = progress.add_task(path.name, total=path.stat().st_size, info="")
-                n = 0
-                for n, frame in enumerate(reader, 1):
+                task = progress.add_task(path.name, total=None, info="")
+                for frame in reader:
                     rows.append(engine.update(frame))
-                    if n % 64 == 0:
-                        progress.update(task, completed=reader.tell(), info=f"{n} frames")
-                progress.update(task, completed=path.stat().st_size, info=f"{n} frames")
+                    if len(rows) % 64 == 0:
+                        progress.update(task, info=f"{len(rows)} frames")
+            progress.update(task, total=1, completed=1, info=f"{len(rows)} frames")
             sequences.append(np.vstack(rows) if rows else np.zeros((0, len(names))))
             console.print(f"{path}: {len(rows)} frames")
 

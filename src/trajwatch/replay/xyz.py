@@ -713,6 +713,13 @@ class XYZReader:
     def closed(self) -> bool:
         return self._file is None
 
+    def tell(self) -> int:
+        """Bytes of the file on disk (compressed, if it is) read so far: for progress bars."""
+        try:
+            return int(self._raw.tell())
+        except (OSError, ValueError, AttributeError):
+            return 0
+
     # -- buffer ------------------------------------------------------------------------
 
     def _fill(self, need: int = 0) -> bool:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     )
     from trajwatch.lstm.network import LSTMAutoencoder
     from trajwatch.lstm.scaler import Scaler
-    from trajwatch.lstm.scorer import WindowScorer, WindowScores
+    from trajwatch.lstm.scorer import WindowScorer, WindowScores, window_errors
     from trajwatch.lstm.training import EpochReport, feature_matrix, train
 
 _HOME = {
@@ -41,6 +41,7 @@ _HOME = {
     "default_model_path": "model",
     "feature_matrix": "training",
     "train": "training",
+    "window_errors": "scorer",
 }
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "default_model_path",
     "feature_matrix",
     "train",
+    "window_errors",
 ]
 
 

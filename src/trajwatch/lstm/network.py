@@ -15,10 +15,9 @@ torch.Size([2, 50, 4])
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-__all__ = ["LSTMAutoencoder", "masked_errors"]
+__all__ = ["LSTMAutoencoder"]
 
 
 class LSTMAutoencoder(nn.Module):
@@ -47,26 +46,3 @@ class LSTMAutoencoder(nn.Module):
         decoded, _ = self.decoder(z.unsqueeze(1).expand(-1, windows.shape[1], -1))
         out: Tensor = self.readout(decoded)
         return out
-
-
-def masked_errors(
-    windows: Tensor, mask: Tensor, reconstruction: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-window score, per-feature error and per-feature mean residual, over available entries.
-
-    ``mask`` is True where a feature was available. The score is the mean squared error over
-    the available (time, feature) entries of each window (NaN if none are); the per-feature
-    error is the mean squared error of each feature over the window's available steps, and
-    the residual its mean signed error (input - reconstruction), both NaN where a feature
-    was never available in the window.
-    """
-    weight = mask.to(windows.dtype)
-    residual = (windows - reconstruction) * weight
-    squared = residual * residual
-    per_step = weight.sum(dim=1)
-    nan = torch.tensor(float("nan"), dtype=windows.dtype)
-    feature_error = torch.where(per_step > 0, squared.sum(dim=1) / per_step, nan)
-    feature_residual = torch.where(per_step > 0, residual.sum(dim=1) / per_step, nan)
-    total = per_step.sum(dim=1)
-    score = torch.where(total > 0, squared.sum(dim=(1, 2)) / total, nan)
-    return score, feature_error, feature_residual

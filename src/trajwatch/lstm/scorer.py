@@ -34,7 +34,6 @@ import torch
 from numpy.typing import NDArray
 
 from trajwatch.lstm.model import LSTMModel
-from trajwatch.lstm.network import masked_errors
 from trajwatch.lstm.scaler import Scaler
 
 __all__ = ["WindowScorer", "WindowScores"]
@@ -83,9 +82,11 @@ class WindowScorer:
         if threads is not None:
             torch.set_num_threads(threads)
         n = len(model.features)
-        self._keep = model.window - 1
-        self._z = np.zeros((0, n), dtype=np.float32)
-        self._mask = np.zeros((0, n), dtype=np.bool_)
+        w = model.window
+        # Each standardised row is written twice, at t % w and t % w + w, so that the last
+        # w rows are always one contiguous slice: no shifting, no copying per frame.
+        self._ring = np.zeros((2 * w, n), dtype=np.float32)
+        self._ring_mask = np.zeros((2 * w, n), dtype=np.bool_)
         self._pending = np.zeros((0, n))
         self.scaler: Scaler | None = model.scaler if model.stream_scaling is None else None
         """The standardisation in use (None until a stream-scaled model has seen enough)."""
@@ -99,9 +100,7 @@ class WindowScorer:
         return self.model.window
 
     def reset(self) -> None:
-        """Forget the history (the next score comes ``window`` frames later)."""
-        self._z = self._z[:0]
-        self._mask = self._mask[:0]
+        """Forget the stream (the next score comes ``window`` frames later)."""
         self._pending = self._pending[:0]
         if self.model.stream_scaling is not None:
             self.scaler = None
@@ -115,40 +114,88 @@ class WindowScorer:
         if self._index is not None:
             X = X[:, self._index]
         n_rows, n_features = X.shape
-        if n_features != self._z.shape[1]:
-            raise ValueError(f"expected {self._z.shape[1]} features per frame, got {n_features}")
-        first = self.frames
-        self.frames += n_rows
+        if n_features != self._ring.shape[1]:
+            raise ValueError(f"expected {self._ring.shape[1]} features, got {n_features}")
         if self.scaler is None:  # stream scaling: wait for the stream's first frames
             policy = self.model.stream_scaling
             assert policy is not None
             self._pending = np.concatenate([self._pending, X])
             if self._pending.shape[0] < policy.frames:
+                self.frames += n_rows
                 return _nothing(n_rows, n_features)
             self.scaler = policy.fit(self._pending[: policy.frames], self.model.scaler)
+            # Score from the stream's frame 0 on, now that its scale is known.
             X, self._pending = self._pending, self._pending[:0]
+            self.frames = 0
         z, mask = self.scaler.transform(X)
-        z_seq = np.concatenate([self._z, z])
-        mask_seq = np.concatenate([self._mask, mask])
-        offset = self.frames - z_seq.shape[0]  # stream index of z_seq[0]
-        self._z = z_seq[-self._keep :].copy() if self._keep else z_seq[:0]
-        self._mask = mask_seq[-self._keep :].copy() if self._keep else mask_seq[:0]
+        if z.shape[0] == 1 and self.frames >= self.window - 1:
+            return self._push_one(z[0], mask[0])
+        return self._push_many(z, mask, n_rows)
 
+    def _history(self, h: int) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """The last ``h`` (< window) standardised rows and their masks."""
+        start = (self.frames - h) % self.window
+        return self._ring[start : start + h], self._ring_mask[start : start + h]
+
+    def _write(self, z: NDArray[np.float32], mask: NDArray[np.bool_]) -> None:
+        """Append rows to the ring (only the last ``window`` of them matter)."""
         w = self.window
-        ends = np.arange(max(first, self.model.first_scored_frame), self.frames)
+        keep = min(z.shape[0], w)
+        for t, row, m in zip(
+            range(self.frames - keep, self.frames), z[-keep:], mask[-keep:], strict=True
+        ):
+            slot = t % w
+            self._ring[slot] = self._ring[slot + w] = row
+            self._ring_mask[slot] = self._ring_mask[slot + w] = m
+
+    def _push_one(self, z: NDArray[np.float32], mask: NDArray[np.bool_]) -> WindowScores:
+        """One new row with a full history: the window is a view of the ring."""
+        t = self.frames
+        self.frames += 1
+        w = self.window
+        slot = t % w
+        self._ring[slot] = self._ring[slot + w] = z
+        self._ring_mask[slot] = self._ring_mask[slot + w] = mask
+        n = z.size
+        if t < self.model.first_scored_frame or (t - (w - 1)) % self.stride:
+            return _nothing(1, n)
+        windows = self._ring[slot + 1 : slot + 1 + w][None]
+        masks = self._ring_mask[slot + 1 : slot + 1 + w][None]
+        s, fe, r = self._score(windows, masks)
+        self.windows += 1
+        return WindowScores(np.ones(1, dtype=np.bool_), s, fe, r)
+
+    def _push_many(
+        self, z: NDArray[np.float32], mask: NDArray[np.bool_], n_out: int
+    ) -> WindowScores:
+        """Rows ``z`` (the last ``n_out`` of them are the caller's), windows in batches."""
+        w = self.window
+        h = min(self.frames, w - 1)
+        hz, hm = self._history(h)
+        z_seq = np.concatenate([hz, z])
+        mask_seq = np.concatenate([hm, mask])
+        first = self.frames  # stream index of z[0]
+        self.frames += z.shape[0]
+        self._write(z, mask)
+        n_features = z.shape[1]
+        out_first = self.frames - n_out  # stream index of the caller's first row
+        ends = np.arange(max(out_first, self.model.first_scored_frame), self.frames)
         ends = ends[(ends - (w - 1)) % self.stride == 0]
-        scores = np.full(n_rows, np.nan)
-        feature_errors = np.full((n_rows, n_features), np.nan)
-        residuals = np.full((n_rows, n_features), np.nan)
-        scored = np.zeros(n_rows, dtype=np.bool_)
+        scores = np.full(n_out, np.nan)
+        feature_errors = np.full((n_out, n_features), np.nan)
+        residuals = np.full((n_out, n_features), np.nan)
+        scored = np.zeros(n_out, dtype=np.bool_)
         if ends.size:
-            starts = torch.from_numpy(ends - offset - (w - 1))
-            z_windows = torch.from_numpy(z_seq).unfold(0, w, 1).transpose(1, 2)
-            m_windows = torch.from_numpy(mask_seq).unfold(0, w, 1).transpose(1, 2)
-            rows = ends - first
+            starts = ends - (first - h) - (w - 1)  # window starts within z_seq
+            z_windows = np.lib.stride_tricks.sliding_window_view(z_seq, w, axis=0)
+            m_windows = np.lib.stride_tricks.sliding_window_view(mask_seq, w, axis=0)
+            rows = ends - out_first
             for lo in range(0, ends.size, self.max_batch):
                 pick = starts[lo : lo + self.max_batch]
-                s, fe, r = self._score(z_windows[pick], m_windows[pick])
+                # sliding_window_view puts the window axis last: (k, F, w) -> (k, w, F)
+                s, fe, r = self._score(
+                    z_windows[pick].transpose(0, 2, 1), m_windows[pick].transpose(0, 2, 1)
+                )
                 at = rows[lo : lo + self.max_batch]
                 scores[at] = s
                 feature_errors[at] = fe
@@ -158,13 +205,35 @@ class WindowScorer:
         return WindowScores(scored, scores, feature_errors, residuals)
 
     def _score(
-        self, windows: torch.Tensor, mask: torch.Tensor
+        self, windows: NDArray[np.float32], masks: NDArray[np.bool_]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        windows = np.ascontiguousarray(windows)
         with torch.inference_mode():
-            windows = windows.contiguous()
-            reconstruction = self.model.network(windows)
-            s, fe, r = masked_errors(windows, mask, reconstruction)
-        return s.double().numpy(), fe.double().numpy(), r.double().numpy()
+            reconstruction = self.model.network(torch.from_numpy(windows)).numpy()
+        return window_errors(windows, masks, reconstruction)
+
+
+def window_errors(
+    windows: NDArray[np.float32], masks: NDArray[np.bool_], reconstruction: NDArray[np.float32]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Per-window score, per-feature error and per-feature mean residual, over available entries.
+
+    ``masks`` is True where a feature was available. The score is the mean squared error
+    over the available (time, feature) entries of each window (NaN if none are); the
+    per-feature error is the mean squared error of each feature over the window's
+    available steps, and the residual its mean signed error (input - reconstruction),
+    both NaN where a feature was never available in the window.
+    """
+    weight = masks.astype(np.float64)
+    residual = (windows.astype(np.float64) - reconstruction) * weight
+    squared = residual * residual
+    per_feature = weight.sum(axis=1)
+    total = per_feature.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = squared.sum(axis=(1, 2)) / total
+        feature_error = squared.sum(axis=1) / per_feature
+        feature_residual = residual.sum(axis=1) / per_feature
+    return score, feature_error, feature_residual
 
 
 def _nothing(rows: int, features: int) -> WindowScores:

@@ -36,8 +36,9 @@ from trajwatch.frame import Frame
 from trajwatch.lstm.calibration import Calibration
 from trajwatch.lstm.config import TrainConfig
 from trajwatch.lstm.model import LSTMModel
-from trajwatch.lstm.network import LSTMAutoencoder, masked_errors
+from trajwatch.lstm.network import LSTMAutoencoder
 from trajwatch.lstm.scaler import Scaler, StreamScaling
+from trajwatch.lstm.scorer import window_errors
 
 __all__ = ["EpochReport", "TrainConfig", "feature_matrix", "train"]
 
@@ -128,9 +129,9 @@ def _errors(
     with torch.inference_mode():
         for lo in range(0, len(data), batch_size):
             z, m = data.batch(torch.arange(lo, min(lo + batch_size, len(data))))
-            s, fe, _ = masked_errors(z, m, net(z))
-            scores.append(s.double().numpy())
-            features.append(fe.double().numpy())
+            s, fe, _ = window_errors(z.numpy(), m.numpy(), net(z).numpy())
+            scores.append(s)
+            features.append(fe)
     return np.concatenate(scores), np.concatenate(features)
 
 

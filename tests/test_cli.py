@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,11 +31,11 @@ def _start_monitor(endpoint: str, events: Path, *extra: str) -> subprocess.Popen
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("replay", "monitor", "scan"):
+    for command in ("demo", "replay", "monitor", "scan"):
         assert command in out
 
 
-@pytest.mark.parametrize("command", ["replay", "monitor", "scan"])
+@pytest.mark.parametrize("command", ["demo", "replay", "monitor", "scan"])
 def test_each_command_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([command, "--help"]) == 0
     assert f"trajwatch {command}" in capsys.readouterr().out.split("examples:")[1]
@@ -96,3 +98,104 @@ def test_paced_replay_over_pub_sub_is_caught_live(
     anomalies = [e for e in _events(live) if e["event"] == "anomaly"]
     assert len(anomalies) == 1, stderr
     assert clash_at <= anomalies[0]["frame"] <= clash_at + 3  # type: ignore[operator]
+
+
+# -- scan reports ----------------------------------------------------------------------
+
+
+def test_scan_writes_plot_feature_table_and_summary(
+    clash_file: Path, clash_at: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trajwatch.features.engine import FeatureEngine
+
+    png, table, dump = tmp_path / "clash.png", tmp_path / "clash.csv", tmp_path / "flagged"
+    events = tmp_path / "events.jsonl"
+    code = main(["scan", str(clash_file), "--events", str(events), "--plot", str(png),
+                 "--features", str(table), "--dump", str(dump), "--context", "2"])  # fmt: skip
+    assert code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    rows = table.read_text().splitlines()
+    header = rows[0].split(",")
+    assert header == ["frame", "step", "time", "source", "score", *FeatureEngine().names]
+    assert len(rows) == 1 + 300
+    first = rows[1].split(",")
+    assert first[:4] == ["0", "0", "0.0", "clash"]
+    alarm = next(e for e in _events(events) if e["event"] == "anomaly")
+    assert float(rows[1 + alarm["frame"]].split(",")[4]) == pytest.approx(alarm["score"])  # type: ignore[arg-type, call-overload]
+    assert [p.name for p in dump.iterdir()] == [f"clash_{alarm['frame']:06d}_critical.extxyz"]
+    err = capsys.readouterr().err
+    assert "clash.extxyz" in err and "300" in err
+    assert f"frame {alarm['frame']}" in err and "critical" in err
+
+
+def test_scan_of_several_files_plots_each(
+    clean_file: Path, clash_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run.png"
+    assert main(["scan", str(clean_file), str(clash_file), "--events", str(tmp_path / "e"),
+                 "--plot", str(out), "--quiet"]) == 0  # fmt: skip
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["run-clash.png", "run-clean.png"]
+    assert capsys.readouterr().err.count("plot: ") == 2
+
+
+def test_scan_plot_without_matplotlib_is_a_clear_error(clash_file: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from trajwatch.cli import main; "
+        f"sys.exit(main(['scan', {str(clash_file)!r}, '--plot', {str(tmp_path / 'p.png')!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'trajwatch[plot]'" in done.stderr
+    assert not (tmp_path / "p.png").exists()
+
+
+# -- monitor: the alarm sinks through the command line ---------------------------------
+
+
+@pytest.mark.slow
+def test_monitor_alerts_dump_and_on_alarm_command(
+    clash_file: Path, clash_at: int, free_endpoint: str, tmp_path: Path
+) -> None:
+    import zmq
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        alerts = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    hook = tmp_path / "hook.jsonl"
+    monitor = _start_monitor(
+        free_endpoint, tmp_path / "live.jsonl", "--lossless", "--bind",
+        "--alerts", alerts, "--dump", str(tmp_path / "flagged"), "--context", "3",
+        "--on-alarm", f"cat >> {hook}",
+    )  # fmt: skip
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, 60_000)
+    events = sub.get_monitor_socket(zmq.EVENT_CONNECTED)
+    events.setsockopt(zmq.RCVTIMEO, 60_000)
+    sub.connect(alerts)
+    sub.subscribe(b"anomaly/")
+    try:
+        # the monitor binds its alert socket before it takes frames: once connected, the
+        # subscription travels ahead of any frame the replay sends
+        events.recv_multipart()
+        code = main(["replay", str(clash_file), "--endpoint", free_endpoint, "--max",
+                     "--lossless", "--connect", "--wait", "30"])  # fmt: skip
+        assert code == 0
+        topic, body = sub.recv_multipart()
+        _, stderr = monitor.communicate(timeout=60)
+    finally:
+        sub.disable_monitor()
+        events.close()
+        sub.close()
+        monitor.kill()
+    assert monitor.returncode == 0, stderr
+    alarm = json.loads(body)
+    assert topic == b"anomaly/clash" and clash_at <= alarm["frame"] <= clash_at + 3
+    assert alarm == _events(tmp_path / "live.jsonl")[0]
+    deadline = time.monotonic() + 10
+    while not hook.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert json.loads(hook.read_text()) == alarm
+    dumped = list((tmp_path / "flagged").iterdir())
+    assert [p.name for p in dumped] == [f"clash_{alarm['frame']:06d}_critical.extxyz"]
+    assert dumped[0].read_text().count("Properties=") == 7

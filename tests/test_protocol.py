@@ -84,7 +84,7 @@ def assert_owned(frame: Frame) -> None:
 def test_round_trip(frame: Frame, wire: type) -> None:
     parts = encode(frame, dtype=wire)
     assert len(parts) == 4 + (frame.velocities is not None) + (frame.forces is not None)
-    assert len(parts[1]) == proto.HEADER_SIZE == 128
+    assert len(parts[1]) == proto.HEADER_SIZE == 136
     back = decode(as_bytes(parts))
     assert_same(back, frame, wire)
     assert_owned(back)
@@ -128,6 +128,18 @@ def test_encode_normalises_foreign_arrays(make: Callable[[np.ndarray], np.ndarra
         np.testing.assert_array_equal(back.positions, ref.positions)
 
 
+def test_wall_time_travels_as_sent_ns() -> None:
+    frame = Frame(np.zeros((1, 3)), [1], wall_time=1_700_000_000.25)
+    header = encode(frame)[1]
+    # float seconds since the epoch resolve ~0.2 µs: far below any latency we measure
+    assert abs(struct.unpack_from("<Q", header, 128)[0] - 1_700_000_000_250_000_000) < 1000
+    assert decode(as_bytes(encode(frame))).wall_time == pytest.approx(1_700_000_000.25, abs=1e-6)
+    assert decode(as_bytes(encode(frame, sent_ns=5 * 10**9))).wall_time == 5.0
+    # unknown is 0 on the wire and None in the Frame, never a fake time
+    assert decode(as_bytes(encode(Frame(np.zeros((1, 3)), [1])))).wall_time is None
+    assert decode(as_bytes(encode(frame, sent_ns=0))).wall_time is None
+
+
 def test_decoded_frame_does_not_alias_the_buffers() -> None:
     frame = Frame(np.arange(30.0).reshape(10, 3), np.full(10, 6))
     parts = [bytearray(p) for p in as_bytes(encode(frame))]
@@ -152,8 +164,10 @@ def test_header_layout_matches_docs() -> None:
         time=1.25,
         velocities=np.zeros((3, 3)),
     )
-    header = encode(frame, seq=2**40 + 3, stream_id=0xDEADBEEF, dtype=np.float32)[1]
-    assert len(header) == 128
+    header = encode(
+        frame, seq=2**40 + 3, stream_id=0xDEADBEEF, dtype=np.float32, sent_ns=2**62 + 9
+    )[1]
+    assert len(header) == 136
     assert header[0:4] == b"TRJW"
     assert header[4] == 1  # version
     assert header[5] == 2  # dtype code: float32
@@ -172,6 +186,7 @@ def test_header_layout_matches_docs() -> None:
     assert struct.unpack_from("<9d", header, 48) == (10.0, 0, 0, 0, 11.0, 0, 0, 0, 12.0)
     assert header[120] == 0b101  # pbc bits
     assert header[121:128] == bytes(7)
+    assert struct.unpack_from("<Q", header, 128)[0] == 2**62 + 9  # sent_ns
 
 
 def test_hand_built_message_decodes() -> None:
@@ -191,10 +206,12 @@ def test_hand_built_message_decodes() -> None:
         )
         + bytes(72)
         + bytes(8)
+        + bytes.fromhex("00E40B5402000000")
     )
     assert header == struct.pack(
-        "<4sBBHIIQqdd9dB7x", b"TRJW", 1, 1, 0x14, 3, 0, 5, 100, 50.0, -1000.0, *[0.0] * 9, 0
-    )
+        "<4sBBHIIQqdd9dB7xQ",
+        b"TRJW", 1, 1, 0x14, 3, 0, 5, 100, 50.0, -1000.0, *[0.0] * 9, 0, 10**10,
+    )  # fmt: skip
     positions = struct.pack("<9d", 0, 0, 0, 0.96, 0, 0, -0.24, 0.93, 0)
     numbers = bytes.fromhex("080000000100000001000000")
     frame = decode([b"h2o", header, positions, numbers])
@@ -206,6 +223,7 @@ def test_hand_built_message_decodes() -> None:
         50.0,
     )
     assert frame.numbers.tolist() == [8, 1, 1]
+    assert frame.wall_time == 10.0  # sent_ns 10^10
     assert frame.cell is None and not frame.pbc.any() and frame.velocities is None
     assert frame.positions[2].tolist() == [-0.24, 0.93, 0.0]
 
@@ -236,7 +254,7 @@ MALFORMED: dict[str, tuple[Callable[[list[bytes]], list[Any]], str]] = {
     "three parts": (lambda p: p[:3], "3 parts"),
     "empty header": (lambda p: [p[0], b"", *p[2:]], "header has 0 bytes"),
     "truncated header": (lambda p: [p[0], p[1][:100], *p[2:]], "header has 100 bytes"),
-    "long header": (lambda p: [p[0], p[1] + b"\0", *p[2:]], "header has 129 bytes"),
+    "long header": (lambda p: [p[0], p[1] + b"\0", *p[2:]], "header has 137 bytes"),
     "wrong magic": (lambda p: patch(p, 0, "4s", b"XXXX"), "magic"),
     "wrong version": (lambda p: patch(p, 4, "B", 2), "version 2"),
     "dtype code": (lambda p: patch(p, 5, "B", 9), "dtype code 9"),

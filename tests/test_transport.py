@@ -111,6 +111,19 @@ def test_round_trip_over_pub_sub(pair: tuple[Publisher, Subscriber]) -> None:
     assert sub.recv(0.05) is None
 
 
+def test_publisher_stamps_the_send_time(pair: tuple[Publisher, Subscriber]) -> None:
+    pub, sub = pair
+    before = time.time()
+    assert pub.send(make_frame(2))
+    forwarded = make_frame(2)
+    forwarded.wall_time = 1234.5  # a frame passed on keeps its origin's stamp
+    assert pub.send(forwarded)
+    first, second = sub.recv(TIMEOUT), sub.recv(TIMEOUT)
+    assert first is not None and second is not None
+    assert first.wall_time is not None and before - 1e-3 <= first.wall_time <= time.time()
+    assert second.wall_time == 1234.5
+
+
 # -- the fused socket receive path agrees with decode(), over random frames -----------
 
 

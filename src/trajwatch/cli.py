@@ -8,14 +8,24 @@ trajwatch ...
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from trajwatch import __version__
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from trajwatch.frame import Frame
+    from trajwatch.monitor.state import MonitorState
+    from trajwatch.pipeline import Pipeline
+    from trajwatch.sinks import Sink
 
 __all__ = ["entry_point", "main"]
 
@@ -81,14 +91,64 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.set_defaults(command=_run_replay)
 
 
+def _add_outputs(p: argparse.ArgumentParser, *, live: bool = True) -> None:
+    """Where events go, besides the screen: shared by monitor, demo and scan."""
+    p.add_argument(
+        "--events",
+        type=Path,
+        metavar="PATH",
+        help="JSONL event log, one line per event, flushed as written (overwritten)",
+    )
+    p.add_argument("--fsync", action="store_true", help="fsync the event log after each event")
+    p.add_argument(
+        "--dump",
+        type=Path,
+        metavar="DIR",
+        help="write each flagged frame with --context frames around it to DIR/*.extxyz",
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=10,
+        metavar="N",
+        help="frames before and after a flagged frame in a dump (default: %(default)s)",
+    )
+    if not live:
+        return
+    p.add_argument(
+        "--alerts",
+        metavar="ENDPOINT",
+        help="re-publish events as JSON on a ZeroMQ PUB socket bound here "
+        "(e.g. tcp://127.0.0.1:5556; topic '<kind>/<source>')",
+    )
+    p.add_argument(
+        "--on-alarm",
+        metavar="CMD",
+        help="run this shell command once per anomaly, without waiting; the event is "
+        "on its stdin as JSON and in $TRAJWATCH_EVENT",
+    )
+    p.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="print events as JSON lines on stdout instead of the live view "
+        "(also the case when stdout is not a terminal)",
+    )
+
+
 def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "monitor",
         help="watch live frames from an engine or a replay and raise alarms",
         description="Subscribe to frames over ZeroMQ, run the detection pipeline per source "
-        "and write events. With --no-tui, events go to stdout as JSON lines.",
+        "and show a live view: per source the frame rate, end-to-end latency, lost and "
+        "malformed frames, status, sparklines of the fused score, temperature, energy, "
+        "minimum distance and maximum displacement, and the event log with evidence. "
+        "q or Ctrl-C ends with a summary. With --no-tui (or when stdout is not a "
+        "terminal), events go to stdout as JSON lines.",
         epilog=_examples(
-            "trajwatch monitor --no-tui --events events.jsonl",
+            "trajwatch monitor",
+            "trajwatch monitor --events events.jsonl --dump flagged/ --alerts tcp://127.0.0.1:5556",
+            "trajwatch monitor --on-alarm 'notify-send trajwatch \"$TRAJWATCH_SEVERITY\"'",
             "trajwatch monitor --endpoint tcp://127.0.0.1:6000 --no-tui | jq .",
             "trajwatch monitor --lossless --bind --idle-timeout 5 --events out.jsonl",
         ),
@@ -106,16 +166,7 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="PREFIX",
         help="only sources whose name starts with one of these",
     )
-    p.add_argument(
-        "--no-tui", action="store_true", help="print events as JSON lines instead of the live view"
-    )
-    p.add_argument(
-        "--events",
-        type=Path,
-        metavar="PATH",
-        help="append-free JSONL event log (flushed per event)",
-    )
-    p.add_argument("--fsync", action="store_true", help="fsync the event log after each event")
+    _add_outputs(p)
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument(
         "--idle-timeout",
@@ -134,23 +185,37 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "scan",
         help="run the detection pipeline over archived files, offline",
         description="Read trajectories frame by frame through the same pipeline as the live "
-        "monitor and write the events. Prints a summary per file.",
+        "monitor and write the events, with a progress bar per file and a summary table "
+        "(frames, alarms, first alarm, worst severity).",
         epilog=_examples(
             "trajwatch scan run.extxyz --events events.jsonl",
-            "trajwatch scan runs/*.extxyz.gz --events all.jsonl --skip-bad",
+            "trajwatch scan run.extxyz --plot run.png --features run.csv",
+            "trajwatch scan runs/*.extxyz.gz --events all.jsonl --skip-bad --dump flagged/",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _add_outputs(p, live=False)
     p.add_argument(
-        "--events", type=Path, metavar="PATH", help="JSONL event log (default: events to stdout)"
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="figure of the fused score and features over the frames, alarms marked "
+        "(needs matplotlib: the 'plot' extra); with several files, one per file: "
+        "NAME-<file>.png",
+    )
+    p.add_argument(
+        "--features",
+        type=Path,
+        metavar="CSV",
+        help="feature table: frame, step, time, source, score, then every feature",
     )
     p.add_argument(
         "--skip-bad",
         action="store_true",
         help="count and skip malformed frames instead of stopping",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     p.set_defaults(command=_run_scan)
 
 
@@ -205,6 +270,65 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="count and skip malformed frames instead of stopping")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(command=_run_train)
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from trajwatch.demo import DEMO_FAULTS, DemoSpec
+
+    defaults = DemoSpec()
+    p = sub.add_parser(
+        "demo",
+        help="a real MD run with a fault injected, caught live by the monitor",
+        description="Start an ASE EMT molecular-dynamics run of fcc copper at 300 K in a "
+        "background process, stream it over ZeroMQ, inject a fault at a random (or chosen) "
+        "frame and watch the live monitor catch it. Offline, about half a minute; needs "
+        "ASE (pip install 'trajwatch[md]').",
+        epilog=_examples(
+            "trajwatch demo",
+            "trajwatch demo --fault kick --at 220",
+            "trajwatch demo --fault heat --frames 600 --dump flagged/",
+            "trajwatch demo --no-tui --rate 200 | jq .",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--fault",
+        choices=DEMO_FAULTS,
+        default=defaults.fault,
+        help="clash: an atom pushed into its neighbour; kick: one atom gets 5 eV; heat: "
+        "the thermostat target ramps up; dt: the timestep blows up (default: %(default)s)",
+    )
+    p.add_argument(
+        "--at", type=int, metavar="FRAME", help="frame of the fault (default: random, 180-259)"
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        metavar="N",
+        help="frames to run (default: 400; for heat, 220 after the fault)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=defaults.rate,
+        metavar="FPS",
+        help="frames per second streamed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=defaults.size,
+        metavar="N",
+        help="supercell repeat: 4·N³ atoms (default: %(default)s, 108 atoms)",
+    )
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (fault frame and MD)")
+    p.add_argument(
+        "--stop-on-alarm",
+        action="store_true",
+        help="stop the MD engine as soon as the alarm is raised (the Python callback at work)",
+    )
+    _add_outputs(p)
+    p.set_defaults(command=_run_demo)
 
 
 def _add_imd_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -262,15 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trajwatch",
         description="Real-time anomaly detection for molecular-dynamics simulations.",
         epilog=_examples(
-            "trajwatch scan run.extxyz --events events.jsonl",
-            "trajwatch monitor --no-tui --events events.jsonl &   trajwatch replay run.extxyz",
+            "trajwatch demo",
+            "trajwatch scan run.extxyz --events events.jsonl --plot run.png",
+            "trajwatch monitor --events events.jsonl &   trajwatch replay run.extxyz",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_replay, _add_monitor, _add_scan, _add_train, _add_imd_bridge):
+    for add in (_add_demo, _add_replay, _add_monitor, _add_scan, _add_train, _add_imd_bridge):
         add(sub)
     return parser
 
@@ -334,108 +459,339 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_monitor(args: argparse.Namespace) -> int:
+def _compile() -> float:
+    """Compile the kernels before the first frame arrives; the seconds it took."""
     from trajwatch.features.engine import warmup
+
+    return warmup()
+
+
+def _pipeline(args: argparse.Namespace, sinks: Sequence[Sink]) -> Pipeline:
+    """The detection pipeline the options ask for (monitor, demo, and each file of scan)."""
     from trajwatch.pipeline import Pipeline
-    from trajwatch.sinks import JsonlSink, Sink, StreamSink
+
+    return Pipeline(sinks=sinks)
+
+
+def _use_tui(args: argparse.Namespace) -> bool:
+    """The live view needs a terminal; into a pipe or a file, JSON lines make sense."""
+    return not args.no_tui and sys.stdout.isatty()
+
+
+class _Outputs:
+    """The sinks (and frame observers) a live command's options ask for."""
+
+    def __init__(self, args: argparse.Namespace, *, tui: bool) -> None:
+        import subprocess
+
+        from trajwatch.sinks import (
+            AlarmCommand,
+            AlertPublisher,
+            FrameDump,
+            JsonlSink,
+            StreamSink,
+        )
+
+        self.sinks: list[Sink] = []
+        self.observers: list[FrameDump] = []
+        try:
+            if args.events:  # first: the durable record is written before anything else
+                self.sinks.append(JsonlSink(args.events, fsync=args.fsync))
+            if not tui:
+                self.sinks.append(StreamSink(sys.stdout))
+            if args.alerts:
+                allow_remote = getattr(args, "allow_remote", False)
+                self.sinks.append(AlertPublisher(args.alerts, allow_remote=allow_remote))
+            if args.on_alarm:
+                # the command's output must not draw over the view or into the JSON on stdout
+                output = subprocess.DEVNULL if tui else sys.stderr
+                self.sinks.append(AlarmCommand(args.on_alarm, output=output))
+            if args.dump:
+                dump = FrameDump(args.dump, context=args.context)
+                self.sinks.append(dump)
+                self.observers.append(dump)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        errors: list[BaseException] = []
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except OSError as error:  # noqa: PERF203 (a handful of sinks, closed once)
+                errors.append(error)
+        self.sinks.clear()
+        if errors:
+            raise errors[0]
+
+
+def _live_session(
+    state: MonitorState,
+    receive: Callable[[float], Frame | None],
+    pipeline: Pipeline,
+    outputs: _Outputs,
+    *,
+    tui: bool,
+    max_frames: int | None = None,
+    idle_timeout: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> str:
+    """Ingest until a stop condition, with the live view if ``tui``; why it stopped."""
+    from rich.console import Console
+
+    from trajwatch.monitor.live import LiveView, StateLogHandler, ingest
+
+    previous = _stop_on_sigterm()
+    package_logger = logging.getLogger("trajwatch")
+    handler = StateLogHandler(state)
+    propagate = package_logger.propagate
+    view: LiveView | None = None
+    if tui:
+        # log lines go into the view: written to stderr they would tear the picture
+        package_logger.addHandler(handler)
+        package_logger.propagate = False
+        view = LiveView(Console()).start()
+    reason = "interrupted"
+    try:
+        reason = ingest(
+            receive,
+            pipeline,
+            state,
+            view=view,
+            observers=outputs.observers,
+            max_frames=max_frames,
+            idle_timeout=idle_timeout,
+            should_stop=should_stop,
+        )
+    except KeyboardInterrupt:
+        reason = "interrupted"
+    finally:
+        state.finished = True
+        try:
+            outputs.close()
+        finally:
+            if view is not None:
+                view.stop(state.snapshot())
+                package_logger.removeHandler(handler)
+                package_logger.propagate = propagate
+            signal.signal(signal.SIGTERM, previous)
+    return reason
+
+
+def _summarise(
+    name: str, state: MonitorState, pipeline: Pipeline, seconds: float, *, tui: bool
+) -> None:
+    if tui:
+        from rich.console import Console
+
+        from trajwatch.monitor.render import render_summary
+
+        Console().print(render_summary(state.snapshot()))
+    snapshot = state.snapshot()
+    print(
+        f"trajwatch {name}: {snapshot.frames} frames from {len(snapshot.sources)} source(s) "
+        f"in {seconds:.1f} s, {len(pipeline.events)} events, "
+        f"malformed {snapshot.malformed}, lost {snapshot.lost}",
+        file=sys.stderr,
+    )
+
+
+def _run_monitor(args: argparse.Namespace) -> int:
+    from trajwatch.monitor.state import MonitorState
     from trajwatch.streaming import Subscriber
 
-    sinks: list[Sink] = []
-    if args.events:
-        sinks.append(JsonlSink(args.events, fsync=args.fsync))
-    sinks.append(StreamSink(sys.stdout))
-    pipeline = Pipeline(sinks=sinks)
-    compile_seconds = warmup()
-    frames = 0
-    start = time.perf_counter()
-    with Subscriber(
-        args.endpoint,
-        bind=args.bind,
-        topics=tuple(args.topics),
-        lossless=args.lossless,
-        allow_remote=args.allow_remote,
-    ) as subscriber:
+    tui = _use_tui(args)
+    compile_seconds = _compile()
+    outputs = _Outputs(args, tui=tui)  # ready (alert socket bound) before frames can come
+    try:
+        subscriber = Subscriber(
+            args.endpoint,
+            bind=args.bind,
+            topics=tuple(args.topics),
+            lossless=args.lossless,
+            allow_remote=args.allow_remote,
+        )
+    except BaseException:
+        outputs.close()
+        raise
+    with subscriber:
+        state = MonitorState(endpoint=subscriber.endpoint, stats=subscriber.stats)
+        pipeline = _pipeline(args, outputs.sinks)
         print(
-            f"trajwatch monitor: listening on {args.endpoint} "
+            f"trajwatch monitor: listening on {subscriber.endpoint} "
             f"(kernels compiled in {compile_seconds * 1e3:.0f} ms)",
             file=sys.stderr,
         )
-        _stop_on_sigterm()
-        try:
-            last = time.monotonic()
-            while args.max_frames is None or frames < args.max_frames:
-                frame = subscriber.recv(timeout=0.2)
-                if frame is None:
-                    idle = time.monotonic() - last
-                    if frames and args.idle_timeout is not None and idle >= args.idle_timeout:
-                        break
-                    continue
-                last = time.monotonic()
-                pipeline.process(frame)
-                frames += 1
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for sink in sinks:
-                sink.close()
-            seconds = time.perf_counter() - start
-            stats = subscriber.stats
-            print(
-                f"trajwatch monitor: {frames} frames from {len(pipeline.sources)} source(s) "
-                f"in {seconds:.1f} s, {len(pipeline.events)} events, "
-                f"malformed {stats.malformed}, lost {stats.lost}",
-                file=sys.stderr,
-            )
+        start = time.perf_counter()
+        _live_session(
+            state,
+            subscriber.recv,
+            pipeline,
+            outputs,
+            tui=tui,
+            max_frames=args.max_frames,
+            idle_timeout=args.idle_timeout,
+        )
+        _summarise("monitor", state, pipeline, time.perf_counter() - start, tui=tui)
     return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from trajwatch.demo import AlarmClock, DemoSpec, Engine, ase_missing
+    from trajwatch.monitor.state import MonitorState
+    from trajwatch.sinks import AlarmCallback
+    from trajwatch.streaming import Subscriber
+
+    missing = ase_missing()
+    if missing:
+        print(f"trajwatch: error: {missing}", file=sys.stderr)
+        return 1
+    spec = DemoSpec(
+        fault=args.fault,
+        at=args.at,
+        frames=args.frames,
+        rate=args.rate,
+        size=args.size,
+        seed=args.seed,
+    )
+    start = time.monotonic()
+    tui = _use_tui(args)
+    engine = Engine.spawn(spec)
+    print(
+        f"trajwatch demo: EMT molecular dynamics of {spec.atoms} Cu atoms at "
+        f"{spec.temperature:g} K, {spec.total_frames(engine.fault_at)} frames at "
+        f"{spec.rate:g} frames/s; "
+        f"fault '{spec.fault}' at frame {engine.fault_at}",
+        file=sys.stderr,
+    )
+    clock = AlarmClock(engine.fault_at)
+    try:
+        _compile()  # while the engine equilibrates
+        engine.wait_ready()
+        with Subscriber(engine.endpoint) as subscriber:
+            state = MonitorState(
+                title=f"trajwatch demo ({spec.fault} at frame {engine.fault_at})",
+                endpoint=engine.endpoint,
+                stats=subscriber.stats,
+            )
+            outputs = _Outputs(args, tui=tui)
+            outputs.sinks.append(clock)
+            if args.stop_on_alarm:
+                outputs.sinks.append(AlarmCallback(lambda event: engine.terminate(), once=True))
+            pipeline = _pipeline(args, outputs.sinks)
+            reason = _live_session(
+                state,
+                subscriber.recv,
+                pipeline,
+                outputs,
+                tui=tui,
+                should_stop=lambda: engine.exited_for() > 0.5,
+            )
+            seconds = time.monotonic() - start
+            _summarise("demo", state, pipeline, seconds, tui=tui)
+    finally:
+        engine.stop()
+    if state.frames == 0 and reason != "interrupted":
+        error = engine.errors or "no frames"
+        print(f"trajwatch: error: the demo engine failed: {error}", file=sys.stderr)
+        return 1
+    print(f"trajwatch demo: {clock.line(seconds)}", file=sys.stderr)
+    caught = clock.alarm is not None
+    return 0 if caught or reason in ("quit", "interrupted") else 1
 
 
 def _run_scan(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    from trajwatch.features.engine import warmup
-    from trajwatch.pipeline import Pipeline
-    from trajwatch.replay.xyz import XYZReader
-    from trajwatch.sinks import JsonlSink, Sink, StreamSink
+    from trajwatch.monitor.plot import matplotlib_missing, save_plot
+    from trajwatch.monitor.scan import FileReport, Recorder, render_scan_table, scan_file
+    from trajwatch.monitor.trace import FeatureCsv, Trace
+    from trajwatch.sinks import FrameDump, JsonlSink, StreamSink
 
-    sinks: list[Sink] = [JsonlSink(args.events) if args.events else StreamSink(sys.stdout)]
-    warmup()
+    for path in args.files:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    if args.plot and (missing := matplotlib_missing()):
+        print(f"trajwatch: error: {missing}", file=sys.stderr)
+        return 1
+    _compile()
     console = Console(stderr=True)
-    total_frames = 0
+    sinks: list[Sink] = [
+        JsonlSink(args.events, fsync=args.fsync) if args.events else StreamSink(sys.stdout)
+    ]
+    dump = FrameDump(args.dump, context=args.context) if args.dump else None
+    if dump is not None:
+        sinks.append(dump)
+    table = FeatureCsv(args.features) if args.features else None
+    reports: list[tuple[FileReport, Trace | None]] = []
     try:
         for path in args.files:
-            pipeline = Pipeline(sinks=sinks)
-            size = path.stat().st_size
-            with (
-                XYZReader(path, skip_bad=args.skip_bad) as reader,
-                Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("{task.fields[frames]} frames"),
-                    console=console,
-                    disable=args.quiet,
-                    transient=True,
-                ) as progress,
-            ):
-                task = progress.add_task(path.name, total=size, frames=0)
-                for n, frame in enumerate(reader, 1):
-                    pipeline.process(frame)
-                    if n % 64 == 0:
-                        progress.update(task, completed=reader.tell(), frames=n)
-                frames = reader.frames
-                bad = reader.bad_frames
-            total_frames += frames
-            anomalies = [e for e in pipeline.events if e.event == "anomaly"]
-            first = f", first alarm at frame {anomalies[0].frame}" if anomalies else ""
-            console.print(
-                f"{path}: {frames} frames, {len(anomalies)} alarms{first}"
-                + (f", {bad} bad frames skipped" if bad else "")
-            )
+            trace = Trace() if args.plot else None
+            recorders: list[Recorder] = []
+            if trace is not None:
+                recorders.append(trace.record)
+            if table is not None:
+                recorders.append(lambda frame, watch, events: table.write(frame, watch))
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[frames]:,} frames"),
+                TimeRemainingColumn(),
+                console=console,
+                disable=args.quiet or not console.is_terminal,
+                transient=True,
+            ) as progress:
+                task = progress.add_task(path.name, total=path.stat().st_size, frames=0)
+
+                report = scan_file(
+                    path,
+                    _pipeline(args, sinks),
+                    skip_bad=args.skip_bad,
+                    observers=[dump] if dump is not None else [],
+                    recorders=recorders,
+                    progress=functools.partial(_progress, progress, task),
+                )
+            reports.append((report, trace))
     finally:
         for sink in sinks:
             sink.close()
+        if table is not None:
+            table.close()
+    if not args.quiet:
+        console.print(render_scan_table([report for report, _ in reports]))
+    if args.features:
+        console.print(f"features: {args.features} ({table.rows if table else 0:,} rows)")
+    if dump is not None and dump.written:
+        console.print(f"flagged frames: {len(dump.written)} file(s) in {args.dump}")
+    if args.plot:
+        for report, trace in reports:
+            assert trace is not None
+            out = args.plot
+            if len(reports) > 1:
+                out = out.with_name(f"{out.stem}-{_safe_name(report.source)}{out.suffix}")
+            for source_trace in trace.sources.values():
+                save_plot(source_trace, out, title=str(report.path))
+                console.print(f"plot: {out}")
     return 0
+
+
+def _progress(progress: Progress, task: TaskID, done: int, total: int, frames: int) -> None:
+    progress.update(task, completed=done, total=total, frames=frames)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "file"
 
 
 def _run_imd_bridge(args: argparse.Namespace) -> int:
@@ -443,7 +799,7 @@ def _run_imd_bridge(args: argparse.Namespace) -> int:
     from trajwatch.adapters.inprocess import FrameTarget, Watch
     from trajwatch.adapters.topology import numbers_from_file, numbers_from_spec, parse_types
     from trajwatch.adapters.units import imd_units
-    from trajwatch.sinks import JsonlSink, Sink, StreamSink
+    from trajwatch.sinks import JsonlSink, StreamSink
     from trajwatch.streaming import Publisher
 
     host, port = parse_address(args.address)
@@ -504,13 +860,14 @@ def _run_imd_bridge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so the monitor closes its log and summarises."""
+def _stop_on_sigterm() -> Any:
+    """Turn SIGTERM into KeyboardInterrupt so the monitor closes its log and summarises;
+    returns the handler it replaced."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _run_train(args: argparse.Namespace) -> int:

@@ -3,6 +3,8 @@
 A :class:`Frame` owns its arrays: it never aliases a receive buffer, a reader's scratch
 space or an engine's live state, so a frame kept in a window stays what it was when it
 arrived. Units: positions Å, velocities Å/fs, forces eV/Å, energy eV, time fs.
+``wall_time`` is when the frame left its producer (seconds since the epoch, from the
+wire header), so a receiver can measure end-to-end latency; None when unknown.
 
 >>> import numpy as np
 >>> f = Frame(np.zeros((2, 3)), [29, 29], energy=-1.5, step=10)
@@ -53,6 +55,7 @@ class Frame:
         "step",
         "time",
         "velocities",
+        "wall_time",
     )
 
     positions: NDArray[np.float64]
@@ -67,6 +70,7 @@ class Frame:
     seq: int
     source: str
     info: dict[str, Any]
+    wall_time: float | None
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class Frame:
         source: str = "",
         info: Mapping[str, Any] | None = None,
         copy: bool = True,
+        wall_time: float | None = None,
     ) -> None:
         if copy or not _is_exact(positions, np.float64, 2):
             positions = np.array(positions, dtype=np.float64, order="C", copy=True)
@@ -125,6 +130,7 @@ class Frame:
         self.seq = int(seq)
         self.source = str(source)
         self.info = dict(info) if info else {}
+        self.wall_time = None if wall_time is None else float(wall_time)
 
     @classmethod
     def _from_owned(
@@ -141,6 +147,7 @@ class Frame:
         seq: int,
         source: str,
         info: dict[str, Any] | None = None,
+        wall_time: float | None = None,
     ) -> Frame:
         """Wrap arrays a decoder or reader has just made and checked: no copies, no checks.
 
@@ -160,6 +167,7 @@ class Frame:
         frame.seq = seq
         frame.source = source
         frame.info = info if info is not None else {}
+        frame.wall_time = wall_time
         return frame
 
     @property

@@ -1,7 +1,7 @@
 """Wire protocol v1: one ZeroMQ multipart message per :class:`~trajwatch.frame.Frame`.
 
 A message is ``[topic, header, positions, numbers, *optional arrays]``: the topic is the
-source name (UTF-8), the header one fixed 128-byte little-endian struct
+source name (UTF-8), the header one fixed 136-byte little-endian struct
 (:data:`HEADER`), the arrays raw little-endian C-order buffers. ``docs/protocol.md``
 documents every byte. Nothing is ever pickled.
 
@@ -10,7 +10,7 @@ documents every byte. Nothing is ever pickled.
 >>> frame = Frame(np.zeros((2, 3)), [1, 8], energy=-3.0, step=7)
 >>> parts = encode(frame, topic="water", seq=41)
 >>> len(parts), len(parts[1])
-(4, 128)
+(4, 136)
 >>> back = decode([bytes(memoryview(p)) for p in parts])
 >>> back.source, back.seq, back.step, back.energy, back.numbers.tolist()
 ('water', 41, 7, -3.0, [1, 8])
@@ -62,9 +62,10 @@ MAGIC: Final = b"TRJW"
 VERSION: Final = 1
 
 #: magic, version, dtype, flags, n_atoms, stream_id, seq, step, time, energy, cell[9],
-#: pbc bits, 7 reserved bytes (zero). Every field is naturally aligned.
-HEADER: Final = struct.Struct("<4sBBHIIQqdd9dB7s")
-HEADER_SIZE: Final = HEADER.size  # 128
+#: pbc bits, 7 reserved bytes (zero), sent_ns (publisher wall clock, ns since the epoch,
+#: 0 = unknown). Every field is naturally aligned.
+HEADER: Final = struct.Struct("<4sBBHIIQqdd9dB7sQ")
+HEADER_SIZE: Final = HEADER.size  # 136
 
 FLAG_VELOCITIES: Final = 0x0001  # a velocities part follows numbers
 FLAG_FORCES: Final = 0x0002  # a forces part follows (after velocities if both)
@@ -91,6 +92,7 @@ DEFAULT_MAX_ATOMS: Final = 10_000_000
 DEFAULT_MAX_BYTES: Final = 1 << 30  # 1 GiB
 
 _NO_CELL: Final = (0.0,) * 9
+_MAX_WALL: Final = 2.0**64 / 1e9  # seconds since the epoch that still fit sent_ns
 _PBC: Final[tuple[NDArray[np.bool_], ...]] = tuple(
     np.array([b & 1, b & 2, b & 4], dtype=np.bool_) for b in range(8)
 )
@@ -128,6 +130,7 @@ class Header:
         "n_parts",
         "native",
         "pbc",
+        "sent_ns",
         "seq",
         "step",
         "stream_id",
@@ -146,6 +149,7 @@ class Header:
         energy: float | None,
         cell: NDArray[np.float64] | None,
         pbc: int,
+        sent_ns: int = 0,
     ) -> None:
         self.code = code
         self.flags = flags
@@ -157,6 +161,7 @@ class Header:
         self.energy = energy
         self.cell = cell
         self.pbc = pbc
+        self.sent_ns = sent_ns
         self.dtype = DTYPE_CODES[code]
         self.float_size = self.dtype.itemsize
         self.native = _NATIVE[code]
@@ -193,10 +198,12 @@ def encode(
     dtype: DTypeLike = np.float64,
     seq: int | None = None,
     stream_id: int = 0,
+    sent_ns: int | None = None,
 ) -> list[Any]:
     """The message parts for ``frame``: ``[topic, header, positions, numbers, *optional]``.
 
-    ``topic`` defaults to ``frame.source``, ``seq`` to ``frame.seq``. Float arrays go out as
+    ``topic`` defaults to ``frame.source``, ``seq`` to ``frame.seq``, ``sent_ns`` (wall
+    clock, ns since the epoch; 0 = unknown) to ``frame.wall_time``. Float arrays go out as
     ``dtype`` (float64 or float32). Arrays that already are little-endian C-contiguous of
     the wire dtype are returned as they are (zero-copy), so do not modify a frame's arrays
     until the send has completed.
@@ -205,7 +212,7 @@ def encode(
     >>> from trajwatch.frame import Frame
     >>> parts = encode(Frame(np.ones((3, 3)), [6, 1, 1]), dtype=np.float32)
     >>> [len(memoryview(p).cast("B")) for p in parts]
-    [0, 128, 36, 12]
+    [0, 136, 36, 12]
     """
     wire = np.dtype(dtype).newbyteorder("<")
     code = _CODE_OF.get(wire)
@@ -244,6 +251,9 @@ def encode(
         flags |= FLAG_CELL
         cell = frame.cell.ravel().tolist()
     pbc = frame.pbc
+    if sent_ns is None:
+        wall = frame.wall_time
+        sent_ns = int(wall * 1e9) if wall is not None and 0 < wall < _MAX_WALL else 0
     try:
         parts[1] = _pack_header(
             MAGIC,
@@ -259,8 +269,9 @@ def encode(
             *cell,
             (1 if pbc[0] else 0) | (2 if pbc[1] else 0) | (4 if pbc[2] else 0),
             _RESERVED,
+            sent_ns,
         )
-    except struct.error as exc:  # seq/step/stream_id out of their integer ranges
+    except struct.error as exc:  # seq/step/stream_id/sent_ns out of their integer ranges
         raise ValueError(f"cannot encode frame header: {exc}") from None
     return parts
 
@@ -292,6 +303,7 @@ def parse_header(
         *cell,
         pbc,
         reserved,
+        sent_ns,
     ) = _unpack_header(data)
     if (
         magic != MAGIC
@@ -329,6 +341,7 @@ def parse_header(
         energy if flags & FLAG_ENERGY else None,
         cell_array,
         pbc,
+        sent_ns,
     )
 
 
@@ -381,6 +394,7 @@ def make_frame(
         header.time,
         header.seq,
         source,
+        wall_time=header.sent_ns * 1e-9 if header.sent_ns else None,
     )
 
 

@@ -33,6 +33,7 @@ __all__ = ["Publisher"]
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _SNDMORE = int(zmq.SNDMORE)
 _ZERO_COPY_BYTES = 1 << 16  # pyzmq's default copy_threshold
+_time_ns = time.time_ns
 
 
 class Publisher:
@@ -129,11 +130,22 @@ class Publisher:
         all, PUB semantics discard them, and they still count as sent (see
         :meth:`wait_for_subscriber`). The frame's arrays may be sent without a copy: do not change
         them in place afterwards (a Frame normally owns fresh arrays, so this holds).
+
+        The header's ``sent_ns`` is the wall clock now, or the frame's own ``wall_time``
+        when it has one (a frame passed on from another socket keeps its origin's stamp),
+        so a receiver measures latency from where the frame was first sent.
         """
         topic = self.topic or frame.source
         seq = self._seqs.get(topic, 0)
         self._seqs[topic] = seq + 1
-        parts = encode(frame, topic=topic, dtype=self._dtype, seq=seq, stream_id=self.stream_id)
+        parts = encode(
+            frame,
+            topic=topic,
+            dtype=self._dtype,
+            seq=seq,
+            stream_id=self.stream_id,
+            sent_ns=_time_ns() if frame.wall_time is None else None,
+        )
         # Part by part with plain-int flags: send_multipart's enum arithmetic and checks
         # cost more than the sends of a small frame. Arrays of 64 kB and more go out
         # zero-copy; smaller parts are copied (cheaper than tracking a shared buffer).

@@ -26,7 +26,7 @@ def test_clash_is_caught_within_a_few_frames_and_not_before(
     assert alarm.step == clash_frames[alarm.frame].step
     # The evidence names the pushed atom: it is among the atoms reported.
     names = [f.name for f in alarm.features]
-    assert "disp_max" in names or "min_interatomic_dist" in names
+    assert "step_disp_max" in names or "step_min_dist" in names
     pushed = _pushed_atom(clash_frames, clash_at)
     assert pushed in alarm.atoms
 

@@ -22,9 +22,10 @@ from trajwatch import __version__
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from trajwatch.detectors.stack import DetectorStack
     from trajwatch.frame import Frame
     from trajwatch.monitor.state import MonitorState
-    from trajwatch.pipeline import Pipeline
+    from trajwatch.pipeline import Pipeline, PipelineConfig
     from trajwatch.sinks import Sink
 
 __all__ = ["entry_point", "main"]
@@ -151,9 +152,12 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "trajwatch monitor --on-alarm 'notify-send trajwatch \"$TRAJWATCH_SEVERITY\"'",
             "trajwatch monitor --endpoint tcp://127.0.0.1:6000 --no-tui | jq .",
             "trajwatch monitor --lossless --bind --idle-timeout 5 --events out.jsonl",
+            "trajwatch monitor --reference aimd.extxyz   # judge against a trusted run",
+            "trajwatch monitor --reference aimd-model.npz",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_reference_options(p)
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="default: %(default)s")
     p.add_argument("--bind", action="store_true", help="bind instead of connecting (fan-in)")
     p.add_argument(
@@ -191,9 +195,12 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "trajwatch scan run.extxyz --events events.jsonl",
             "trajwatch scan run.extxyz --plot run.png --features run.csv",
             "trajwatch scan runs/*.extxyz.gz --events all.jsonl --skip-bad --dump flagged/",
+            "trajwatch scan mlff.extxyz --reference aimd.extxyz --save-reference aimd-model.npz",
+            "trajwatch scan mlff-*.extxyz --reference aimd-model.npz --events out.jsonl",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_reference_options(p)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     _add_outputs(p, live=False)
     p.add_argument(
@@ -270,6 +277,89 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="count and skip malformed frames instead of stopping")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(command=_run_train)
+
+
+def _add_reference_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "detection",
+        "By default each source learns its own normal from its first frames (self-baseline). "
+        "With --reference, every source is judged against a trusted run instead.",
+    )
+    g.add_argument(
+        "--reference",
+        type=Path,
+        metavar="PATH",
+        help="trusted trajectory (.xyz/.extxyz[.gz]) to fit the detectors on, or a model "
+        "saved with --save-reference (.npz/.json)",
+    )
+    g.add_argument(
+        "--save-reference",
+        type=Path,
+        metavar="PATH",
+        help="write the model fitted on --reference here (.npz, or .json) for later runs",
+    )
+    g.add_argument(
+        "--fusion",
+        choices=("cauchy", "min", "fisher", "vote"),
+        default="cauchy",
+        help="how detector p-values are combined (default: %(default)s; vote = k-of-n)",
+    )
+    g.add_argument(
+        "--vote-k",
+        type=int,
+        default=2,
+        metavar="K",
+        help="K for --fusion vote (default: %(default)s)",
+    )
+
+
+def _detection(args: argparse.Namespace) -> tuple[PipelineConfig, DetectorStack | None]:
+    """The pipeline config and the reference model (or None) the options ask for.
+
+    Fitted (or loaded) once per command: scan builds a pipeline per file.
+    """
+    cached = getattr(args, "_detection_cache", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    from dataclasses import replace
+
+    from trajwatch.pipeline import (
+        PipelineConfig,
+        fit_reference,
+        load_reference,
+        save_reference,
+    )
+
+    config = replace(
+        PipelineConfig(),
+        fusion=getattr(args, "fusion", "cauchy"),
+        vote_k=getattr(args, "vote_k", 2),
+    )
+    model = None
+    path: Path | None = getattr(args, "reference", None)
+    save: Path | None = getattr(args, "save_reference", None)
+    if path is None:
+        if save is not None:
+            raise ValueError("--save-reference needs --reference")
+    else:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        if path.suffix in (".npz", ".json"):
+            model = load_reference(path)
+        else:
+            from trajwatch.replay.xyz import iread
+
+            start = time.perf_counter()
+            model = fit_reference(iread(path), config)
+            print(
+                f"trajwatch: fitted the reference on {model.meta['frames']} frames of {path} "
+                f"in {time.perf_counter() - start:.1f} s",
+                file=sys.stderr,
+            )
+        if save is not None:
+            save_reference(model, save)
+    args._detection_cache = (config, model)
+    return config, model
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -461,16 +551,18 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 def _compile() -> float:
     """Compile the kernels before the first frame arrives; the seconds it took."""
+    from trajwatch.detectors.stack import warmup as warmup_detectors
     from trajwatch.features.engine import warmup
 
-    return warmup()
+    return warmup() + warmup_detectors()
 
 
 def _pipeline(args: argparse.Namespace, sinks: Sequence[Sink]) -> Pipeline:
     """The detection pipeline the options ask for (monitor, demo, and each file of scan)."""
     from trajwatch.pipeline import Pipeline
 
-    return Pipeline(sinks=sinks)
+    config, reference = _detection(args)
+    return Pipeline(config, sinks, reference=reference)
 
 
 def _use_tui(args: argparse.Namespace) -> bool:

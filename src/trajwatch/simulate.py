@@ -9,13 +9,21 @@ fault       what happens at ``fault_frame``                              kind
 =========== =========================================================== ========
 clash       one atom is pushed to 0.9 Å of its nearest neighbour          abrupt
 kick        one atom gets a velocity worth 5 eV of kinetic energy          abrupt
-dt          the timestep grows eightfold                                  abrupt
+dt          the timestep grows ``dt_factor`` (20) fold: the integrator    abrupt
+            blows up within a few steps
 potential   EMT is swapped for a Lennard-Jones potential that is wrong     abrupt
 frozen      the engine keeps emitting the same frame                      abrupt
 nan         positions turn to NaN (a crashed force evaluation)             abrupt
-thermostat  velocities are scaled up 2 % per step (a runaway thermostat)   gradual
-heat        the thermostat target ramps up to 4x the start temperature     gradual
+thermostat  the thermostat turns into a runaway velocity rescaler:        gradual
+            friction off, momenta x ``runaway_rate`` (1.01) per step
+heat        the thermostat target ramps linearly to ``heat_factor`` (6)   gradual
+            times the start temperature (past the melting point)
+degrade     the forces are mixed, more every frame, with a wrong          gradual
+            Lennard-Jones force field (a drifting ML potential)
 =========== =========================================================== ========
+
+The ramps of ``heat`` and ``degrade`` last ``ramp_frames`` frames (default: the rest of the
+run).
 
 >>> frames = list(run_md(MDSpec(steps=5, repeat=2)))
 >>> len(frames), frames[0].n_atoms, frames[-1].step
@@ -38,7 +46,7 @@ from trajwatch.frame import Frame
 __all__ = ["ABRUPT_FAULTS", "FAULTS", "GRADUAL_FAULTS", "MDSpec", "run_md", "write_extxyz"]
 
 ABRUPT_FAULTS = ("clash", "kick", "dt", "potential", "frozen", "nan")
-GRADUAL_FAULTS = ("thermostat", "heat")
+GRADUAL_FAULTS = ("thermostat", "heat", "degrade")
 FAULTS = ABRUPT_FAULTS + GRADUAL_FAULTS
 
 _LATTICE = {
@@ -69,6 +77,10 @@ class MDSpec:
     fault: str | None = None
     fault_frame: int = 150
     source: str = ""
+    dt_factor: float = 20.0
+    runaway_rate: float = 1.01
+    heat_factor: float = 6.0
+    ramp_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.element not in _LATTICE:
@@ -112,6 +124,7 @@ def run_md(spec: MDSpec) -> Iterator[Frame]:
 
     dyn = make_dynamics(spec.timestep_fs, spec.temperature)
     dyn.run(spec.equilibrate_steps)
+    ramp_frames = spec.ramp_frames or max(1, spec.steps - spec.fault_frame)
     source = spec.source or f"{spec.element}-{spec.fault or 'clean'}"
     timestep = spec.timestep_fs
     time = 0.0
@@ -121,14 +134,18 @@ def run_md(spec: MDSpec) -> Iterator[Frame]:
         if faulty and index == spec.fault_frame:
             dyn = _inject(spec, atoms, dyn, rng, make_dynamics)
             if spec.fault == "dt":
-                timestep = spec.timestep_fs * 8
+                timestep = spec.timestep_fs * spec.dt_factor
+        ramp = min(1.0, (index - spec.fault_frame) / ramp_frames) if faulty else 0.0
         if faulty and spec.fault == "heat":
-            ramp = (index - spec.fault_frame) / max(1, spec.steps - spec.fault_frame)
-            dyn.set_temperature(temperature_K=spec.temperature * (1 + 3 * ramp))
+            dyn.set_temperature(
+                temperature_K=spec.temperature * (1 + (spec.heat_factor - 1) * ramp)
+            )
+        if faulty and spec.fault == "degrade":
+            atoms.calc.weight = ramp
         if index > 0:
             if faulty and spec.fault == "thermostat":
                 for _ in range(spec.interval):
-                    atoms.set_momenta(atoms.get_momenta() * 1.02)
+                    atoms.set_momenta(atoms.get_momenta() * spec.runaway_rate)
                     dyn.run(1)
             else:
                 dyn.run(spec.interval)
@@ -168,12 +185,66 @@ def _inject(
         momenta[i] = direction / np.linalg.norm(direction) * math.sqrt(2 * mass * 5.0)
         atoms.set_momenta(momenta)
     elif spec.fault == "dt":
-        dyn = make_dynamics(spec.timestep_fs * 8, spec.temperature)
-    elif spec.fault == "potential":
-        from ase.calculators.lj import LennardJones
+        dyn = make_dynamics(spec.timestep_fs * spec.dt_factor, spec.temperature)
+    elif spec.fault == "thermostat":
+        from ase import units
+        from ase.md.verlet import VelocityVerlet
 
-        atoms.calc = LennardJones(sigma=2.0, epsilon=0.4, rc=5.0, smooth=True)
+        dyn = VelocityVerlet(atoms, spec.timestep_fs * units.fs)
+    elif spec.fault == "potential":
+        atoms.calc = _wrong_potential()
+    elif spec.fault == "degrade":
+        atoms.calc = _mixed(atoms, atoms.calc, _wrong_potential())
     return dyn
+
+
+def _wrong_potential() -> Any:
+    """A Lennard-Jones potential whose minimum (2.24 Å) sits well inside an fcc metal's."""
+    from ase.calculators.lj import LennardJones
+
+    return LennardJones(sigma=2.0, epsilon=0.4, rc=5.0, smooth=True)
+
+
+def _mixed(atoms: Any, good: Any, wrong: Any) -> Any:
+    """(1 - w) * good + w * wrong, with ``weight`` w set from outside as the run goes.
+
+    ``wrong`` is shifted to agree with ``good`` on the energy of ``atoms``, so the
+    energy does not jump: only the forces, and through them the dynamics, degrade.
+    """
+    from ase.calculators.calculator import Calculator, all_changes
+
+    probe = atoms.copy()
+    probe.calc = good
+    offset = probe.get_potential_energy()
+    probe.calc = wrong
+    offset -= probe.get_potential_energy()
+
+    class Mixed(Calculator):
+        implemented_properties = ["energy", "forces"]  # noqa: RUF012 (ASE's own type)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = 0.0
+
+        def calculate(
+            self,
+            atoms: Any = None,
+            properties: Any = ("energy",),
+            system_changes: Any = all_changes,
+        ) -> None:
+            super().calculate(atoms, properties, system_changes)
+            assert self.atoms is not None
+            a = self.atoms.copy()
+            w = self.weight
+            e = f = 0.0
+            for calc, share, shift in ((good, 1.0 - w, 0.0), (wrong, w, offset)):
+                if share > 0:
+                    a.calc = calc
+                    e = e + share * (a.get_potential_energy() + shift)
+                    f = f + share * a.get_forces()
+            self.results = {"energy": e, "forces": np.asarray(f) + np.zeros((len(a), 3))}
+
+    return Mixed()
 
 
 def write_extxyz(frames: Iterable[Frame], path: str | Path) -> Path:

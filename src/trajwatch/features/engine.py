@@ -1,36 +1,42 @@
 """The feature engine: one :class:`~trajwatch.frame.Frame` in, one named feature vector out.
 
+Every frame costs O(N) (plus O(W) over per-frame summaries): the engine keeps ring
+buffers of the last W frames and never recomputes a window. One Numba call per frame.
+
 >>> import numpy as np
 >>> from trajwatch.frame import Frame
 >>> engine = FeatureEngine()
 >>> cell = np.eye(3) * 5.0
 >>> x0 = engine.update(Frame([[0, 0, 0], [2.5, 0, 0]], [29, 29], cell=cell, energy=-6.0))
 >>> x1 = engine.update(Frame([[4.9, 0, 0], [2.5, 0, 0]], [29, 29], cell=cell, energy=-6.0))
->>> float(x1[engine.names.index("disp_max")].round(3))  # 0 -> 4.9 across the boundary
+>>> float(x1[engine.names.index("step_disp_max")].round(3))  # 0 -> 4.9 across the boundary
 0.1
+>>> engine.update(Frame([[0, 0, 0]], [29], cell=cell)) is not None, engine.structure_change
+(True, 'atom count changed from 2 to 1 (Cu2 -> Cu1)')
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from trajwatch.elements import MASSES
-from trajwatch.features import _kernels
+from trajwatch.elements import MASSES, SYMBOLS
+from trajwatch.features import _kernels_update as kern
+from trajwatch.features._kernels import HIST_SIZE
+from trajwatch.features.catalogue import FEATURE_NAMES, lag_set
+from trajwatch.features.reference import tagged_atoms
 from trajwatch.frame import Frame
-from trajwatch.units import AMU_A2_PER_FS2_IN_EV, KB_EV_PER_K
 
 __all__ = ["FEATURE_NAMES", "Attribution", "FeatureEngine", "warmup"]
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "disp_max",
-    "min_interatomic_dist",
-    "kinetic_temperature",
-    "energy_per_atom",
-)
+_EMPTY3 = np.empty((0, 3))
+_EYE = np.eye(3)
 
 
 @dataclass(frozen=True)
@@ -38,111 +44,259 @@ class Attribution:
     """Which atoms explain the latest frame's features."""
 
     moved_most: NDArray[np.intp]
-    """Indices of the atoms with the largest displacement, largest first."""
+    """Indices of the atoms with the largest displacement, largest first (for a frame with
+    non-finite positions: the atoms that are not finite)."""
     closest_pair: tuple[int, int]
     """The two atoms at the minimum interatomic distance (-1, -1 if undefined)."""
 
 
 class FeatureEngine:
-    """Per-source feature state: feed frames in order with :meth:`update`."""
+    """Per-source feature state: feed frames in order with :meth:`update`.
 
-    def __init__(self, window: int = 50, top_atoms: int = 5) -> None:
+    ``window`` frames are kept (W >= 4). MSD, VACF and the RDF use every s-th atom,
+    s = ceil(N / ``sample_atoms``), so their cost stops growing past that many atoms. The
+    RDF, the expensive one (pairs within ``rdf_cutoff`` Å in ``rdf_bins`` bins), is spread
+    out: each frame counts the pairs of 1/``rdf_stride`` of its centres. ``skin`` (Å) is
+    the Verlet-list margin. Formulas and algorithms: ``docs/features.md``.
+
+    After :meth:`update`, :attr:`structure_change` says what changed if the atom count or
+    the species differ from the previous frame (the window state was reset), else None.
+    """
+
+    def __init__(
+        self,
+        window: int = 50,
+        top_atoms: int = 5,
+        *,
+        sample_atoms: int = 250,
+        rdf_stride: int = 20,
+        rdf_cutoff: float = 5.0,
+        rdf_bins: int = 100,
+        skin: float = 0.5,
+    ) -> None:
+        if window < 4:
+            raise ValueError(f"window must be at least 4 frames, not {window}")
+        if top_atoms < 0 or sample_atoms < 1 or rdf_stride < 1 or rdf_bins < 1:
+            raise ValueError("top_atoms >= 0, sample_atoms >= 1, rdf_stride >= 1, rdf_bins >= 1")
+        if not (rdf_cutoff > 0 and skin > 0 and math.isfinite(rdf_cutoff + skin)):
+            raise ValueError(f"rdf_cutoff and skin must be positive, not {rdf_cutoff}, {skin}")
         self.window = window
         self.top_atoms = top_atoms
-        self.names = FEATURE_NAMES
-        self._previous: NDArray[np.float64] | None = None
-        self._previous_time: float | None = None
+        self.sample_atoms = sample_atoms
+        self.rdf_stride = rdf_stride
+        self.rdf_cutoff = float(rdf_cutoff)
+        self.rdf_bins = rdf_bins
+        self.skin = float(skin)
+        self.names: tuple[str, ...] = FEATURE_NAMES
+        self.lags = lag_set(window)
+        self.structure_change: str | None = None
         self._numbers: NDArray[np.int32] | None = None
-        self._unwrapped = np.empty((0, 3))
-        self._step = np.empty((0, 3))
-        self._displacement = np.empty(0)
-        self._closest = (-1, -1)
+        self._last: Frame | None = None
+        self._state: tuple[Any, ...] = ()
+        self._allocate(0)
+
+    # ------------------------------------------------------------------ state
+
+    def _allocate(self, n: int) -> None:
+        """Preallocate every buffer for ``n`` atoms; nothing is allocated per frame."""
+        w = self.window
+        tagged = tagged_atoms(n, self.sample_atoms)
+        m = len(tagged)
+        lags = len(self.lags)
+        self._tagged = tagged
+        self._ibuf = np.zeros(kern.N_IBUF + w, dtype=np.int64)
+        self._fbuf = np.zeros(kern.N_FBUF)
+        self._geom = np.zeros((kern.N_GEOM, 3, 3))
+        self._geom[kern.G_EYE] = np.eye(3)
+        self._atoms = np.zeros((kern.N_ATOMS_ROWS, n, 3))
+        self._disp = np.zeros(n)
+        self._masses = np.zeros(n)
+        self._numbers0 = np.zeros(n, dtype=np.int32)
+        self._ring = np.zeros((w, kern.R_LAGS + 2 * lags))
+        self._ring_u = np.zeros((w, m, 3))
+        self._ring_v = np.zeros((w, m, 3))
+        self._ring_bins = np.zeros((w, n), dtype=np.int32)
+        self._hist = np.zeros(HIST_SIZE, dtype=np.int64)
+        self._rdf_ring = np.zeros((w + 2, self.rdf_bins))
+        self._cpairs = np.zeros((8 * n + 16, 2), dtype=np.int64)
+        self._cshift = np.zeros((8 * n + 16, 3))
+        self._rpairs = np.zeros((64 * m + 16, 2), dtype=np.int64)
+        self._rshift = np.zeros((64 * m + 16, 3))
+        self._rstart = np.zeros(m + 1, dtype=np.int64)
+        self._dft = np.zeros((3, w), dtype=np.complex128)
+        self._dft[2] = np.exp(-2j * np.pi * np.arange(w) / w)
+        self._work = np.zeros((11, max(w, 16)))
+        self._pack()
+        self._n = n
+        self.reset()
+
+    def _pack(self) -> None:
+        self._state = (
+            self._ibuf, self._fbuf, self._geom, self._atoms, self._disp, self._masses,
+            self._numbers0, self._tagged, self.lags, self._ring, self._ring_u, self._ring_v,
+            self._ring_bins, self._hist, self._rdf_ring, self._cpairs, self._cshift,
+            self._rpairs, self._rshift, self._rstart, self._dft, self._work,
+        )
 
     def reset(self) -> None:
-        """Forget all history (e.g. after the atom count changed)."""
-        self._previous = None
-        self._previous_time = None
+        """Forget all history: the next frame starts a new segment (no change reported)."""
+        self._ibuf[:] = 0
+        self._ibuf[kern.I_NCONTACT] = -1
+        self._ibuf[kern.I_NRDF] = -1
+        self._ibuf[kern.I_CLOSEST_I] = -1
+        self._ibuf[kern.I_CLOSEST_J] = -1
+        self._ibuf[kern.I_RDF_STRIDE] = self.rdf_stride
+        self._fbuf[:] = math.nan
+        self._fbuf[kern.F_SKIN] = self.skin
+        self._fbuf[kern.F_RDF_CUTOFF] = self.rdf_cutoff
+        self._hist[:] = 0
+        self._rdf_ring[:] = 0.0
+        self._dft[:2] = 0
         self._numbers = None
+        self._last = None
+
+    def _start(self, frame: Frame) -> None:
+        """Begin a segment with ``frame``'s atoms."""
+        n = frame.n_atoms
+        if n != self._n:
+            self._allocate(n)
+        else:
+            self.reset()
+        numbers = frame.numbers
+        self._numbers = numbers
+        self._numbers0[:] = numbers
+        known = (numbers >= 0) & (numbers < len(MASSES))
+        self._masses[:] = np.where(known, MASSES[np.where(known, numbers, 0)], math.nan)
+
+    # ---------------------------------------------------------------- updates
 
     def update(self, frame: Frame) -> NDArray[np.float64]:
-        """Features of ``frame`` given the frames before it (NaN where unavailable)."""
+        """Features of ``frame`` given the frames before it (NaN where unavailable).
+
+        Returns a fresh array in the order of :attr:`names`.
+        """
+        self.structure_change = None
         positions = frame.positions
-        n = frame.n_atoms
-        if self._numbers is None or not np.array_equal(self._numbers, frame.numbers):
-            self.reset()
-            self._numbers = frame.numbers
-            self._unwrapped = positions.copy()
-            self._step = np.zeros((n, 3))
-            self._displacement = np.zeros(n)
-        if frame.has_cell:
-            cell = frame.cell
-            assert cell is not None
-            inv_cell = np.linalg.inv(cell)
-            pbc = frame.pbc
-        else:
-            cell = inv_cell = np.eye(3)
-            pbc = np.zeros(3, dtype=np.bool_)
-
-        x = np.full(len(self.names), math.nan)
-        if self._previous is not None:
-            _kernels._step_displacements(
-                positions,
-                self._previous,
-                self._unwrapped,
-                cell,
-                inv_cell,
-                pbc,
-                self._step,
-                self._displacement,
+        n = positions.shape[0]
+        if self._numbers is None:
+            self._start(frame)
+        elif n != self._n:
+            self.structure_change = (
+                f"atom count changed from {self._n} to {n} "
+                f"({_formula(self._numbers)} -> {_formula(frame.numbers)})"
             )
-            x[0] = self._displacement.max() if n else math.nan
-        if n >= 2:
-            closest = _kernels._closest_pair(positions, cell, inv_cell, pbc)
-            x[1] = closest[0]
-            self._closest = (int(closest[1]), int(closest[2]))
-        masses = MASSES[frame.numbers] if n else np.empty(0)
-        velocities = frame.velocities
-        if velocities is None and self._previous is not None:
-            velocities = self._finite_difference_velocities(frame)
-        if velocities is not None and n:
-            kinetic = _kernels._kinetic_energy(velocities, masses) * AMU_A2_PER_FS2_IN_EV
-            x[2] = 2.0 * kinetic / (3.0 * n * KB_EV_PER_K)
-        if frame.energy is not None and n:
-            x[3] = frame.energy / n
-        self._previous = positions
-        self._previous_time = frame.time
-        return x
+            self._start(frame)
+        out = np.empty(kern.N_FEATURES)
+        if n == 0:
+            out[:] = math.nan
+            broken = frame.energy is not None and not math.isfinite(frame.energy)
+            out[kern.O_NONFINITE] = float(broken)
+            self._last = frame
+            return out
+        v = frame.velocities
+        f = frame.forces
+        cell = frame.cell
+        pbc = frame.pbc
+        energy = frame.energy
+        t = frame.time
+        # Numba compiles read-only arrays separately; cell and pbc are often shared constants.
+        if not pbc.flags.writeable:
+            pbc = pbc.copy()
+        if cell is not None and not cell.flags.writeable:
+            cell = cell.copy()
+        while True:
+            status = kern._update(
+                positions, frame.numbers,
+                _EMPTY3 if v is None else v, _EMPTY3 if f is None else f,
+                _EYE if cell is None else cell, pbc,
+                math.nan if energy is None else energy, math.nan if t is None else t,
+                float(frame.step),
+                v is not None, f is not None, cell is not None, energy is not None, t is not None,
+                out, *self._state,
+            )
+            if status == kern.OK:
+                break
+            self._handle(status, frame)
+        self._last = frame
+        return out
 
-    def _finite_difference_velocities(self, frame: Frame) -> NDArray[np.float64] | None:
-        if frame.time is None or self._previous_time is None:
-            return None
-        dt = frame.time - self._previous_time
-        if not dt > 0:
-            return None
-        return self._step / dt
+    def _handle(self, status: int, frame: Frame) -> None:
+        """Answer a request from the kernel before it is called again."""
+        need = int(self._ibuf[kern.I_NEED])
+        if status == kern.SPECIES_CHANGED:
+            assert self._numbers is not None
+            self.structure_change = _species_change(self._numbers, frame.numbers)
+            self._start(frame)
+        elif status == kern.GROW_CONTACT:
+            self._cpairs = np.zeros((2 * need, 2), dtype=np.int64)
+            self._cshift = np.zeros((2 * need, 3))
+        elif status == kern.GROW_RDF:
+            self._rpairs = np.zeros((2 * need, 2), dtype=np.int64)
+            self._rshift = np.zeros((2 * need, 3))
+        else:  # pragma: no cover - the kernel has no other codes
+            raise RuntimeError(f"feature kernel returned unknown status {status}")
+        self._pack()
+
+    # ------------------------------------------------------------- reporting
 
     def attribution(self) -> Attribution:
         """Atoms behind the latest frame's features (largest movers, closest pair)."""
-        k = min(self.top_atoms, self._displacement.size)
-        moved = np.argsort(self._displacement)[::-1][:k]
-        return Attribution(moved_most=moved, closest_pair=self._closest)
+        closest = (int(self._ibuf[kern.I_CLOSEST_I]), int(self._ibuf[kern.I_CLOSEST_J]))
+        last = self._last
+        if last is None or last.n_atoms == 0:
+            return Attribution(np.empty(0, dtype=np.intp), (-1, -1))
+        if self._ibuf[kern.I_LAST_BAD]:
+            bad = np.flatnonzero(~np.isfinite(last.positions).all(axis=1))
+            return Attribution(bad[: self.top_atoms].astype(np.intp), (-1, -1))
+        if self._ibuf[kern.I_PUSHED] < 2:  # the segment's first frame has no displacement
+            return Attribution(np.empty(0, dtype=np.intp), closest)
+        k = min(self.top_atoms, self._disp.size)
+        order = np.argsort(-self._disp, kind="stable")[:k]
+        return Attribution(order.astype(np.intp), closest)
+
+    @property
+    def neighbor_list_builds(self) -> tuple[int, int]:
+        """How often the contact list and the RDF list were built in this segment."""
+        return int(self._ibuf[kern.I_CONTACT_BUILDS]), int(self._ibuf[kern.I_RDF_BUILDS])
+
+
+def _formula(numbers: NDArray[np.int32]) -> str:
+    counts = Counter(int(z) for z in numbers)
+    return "".join(f"{_symbol(z)}{c}" for z, c in sorted(counts.items())) or "nothing"
+
+
+def _symbol(z: int) -> str:
+    return SYMBOLS[z] if 0 <= z < len(SYMBOLS) else f"Z{z}"
+
+
+def _species_change(before: NDArray[np.int32], after: NDArray[np.int32]) -> str:
+    changed = np.flatnonzero(before != after)
+    i = int(changed[0])
+    return (
+        f"species changed for {changed.size} atom(s), first atom {i}: "
+        f"{_symbol(int(before[i]))} -> {_symbol(int(after[i]))}"
+    )
 
 
 def warmup() -> float:
-    """Compile every kernel on a tiny input before the first real frame; returns seconds."""
-    import time
+    """Compile every kernel on tiny inputs before the first real frame; returns seconds.
 
+    Runs the code paths a stream can take (periodic and open cells, missing data, a
+    non-finite frame, list growth, a species change) so the first real frame does not
+    compile. With ``cache=True`` later processes load the compiled code from disk.
+    """
     start = time.perf_counter()
-    engine = FeatureEngine()
-    cell = np.eye(3) * 4.0
-    for shift in (0.0, 0.1):
-        engine.update(
-            Frame(
-                np.array([[shift, 0.0, 0.0], [2.0, 0.0, 0.0]]),
-                [29, 29],
-                velocities=np.zeros((2, 3)),
-                cell=cell,
-                energy=-1.0,
-            )
-        )
+    rng = np.random.default_rng(0)
+    cell = np.eye(3) * 6.0
+    engine = FeatureEngine(window=4, rdf_stride=2, rdf_cutoff=2.5, rdf_bins=4)
+    base = rng.uniform(0, 6, size=(4, 3))
+    numbers = [29, 29, 29, 29]
+    for k in range(6):
+        positions = base + 0.05 * k
+        moving = np.full((4, 3), 0.1 * k)
+        engine.update(Frame(positions, numbers, velocities=moving, forces=moving, energy=-1.0,
+                            cell=cell, step=k, time=2.0 * k))
+        engine.update(Frame(positions, numbers, step=k))
+    engine.update(Frame(np.full((4, 3), np.nan), numbers, energy=math.nan))
+    engine.update(Frame(base, [29, 29, 29, 47], cell=cell))
     return time.perf_counter() - start

@@ -1,0 +1,382 @@
+"""Feature-engine benchmark: incremental vs batch, per-frame cost and scaling, end to end.
+
+Frames come from an fcc Cu crystal whose atoms follow an Ornstein-Uhlenbeck process with
+the thermal amplitude of Cu at 300 K (0.084 Å per axis, 50 fs memory, 2 fs frames), with
+velocities, forces and energy, in a periodic cell. The stream plays a pool of frames
+forwards then backwards, so it can run as long as needed without a jump.
+
+* incremental vs batch: ``FeatureEngine.update`` (one frame into the window) against
+  recomputing the same window (W = 50, 100 atoms) from scratch, two ways: the plain NumPy
+  reference (``features.reference.features``) and a fresh engine fed the window's W + 1
+  frames (the same compiled kernels, so only the incremental bookkeeping differs).
+* per-frame cost at 100 / 1,000 / 10,000 atoms: CPU time of ``update`` per frame over a
+  long run (neighbour-list rebuilds and RDF frames included), best of the repeats, and
+  the scaling ratio cost(10,000) / cost(1,000).
+* end to end: a publisher process sends the frames (lossless PUSH/PULL over tcp) to this
+  process, which receives them with a ``Subscriber`` and runs ``Pipeline.process`` (the
+  feature engine and the z-score detector) on one core. Baselines in the same run: the
+  same Subscriber receiving and decoding only, and a bare pyzmq ``recv_multipart`` loop.
+
+    python benchmarks/bench_features.py --quick --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+try:
+    import trajwatch
+except ImportError:  # running from a source checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    import trajwatch
+
+from trajwatch.features import reference
+from trajwatch.features.engine import FeatureEngine, warmup
+from trajwatch.frame import Frame
+from trajwatch.pipeline import Pipeline
+from trajwatch.streaming import Publisher, Subscriber
+
+SIZES = (100, 1000, 10000)
+REPEATS = {100: (3, 3, 3), 1000: (10, 5, 5), 10000: (25, 10, 10)}  # fcc cells per axis
+LATTICE = 3.61  # Cu, Å
+SIGMA = 0.084  # thermal amplitude per axis, Å
+POOL = 64
+HWM = 1000
+
+
+def crystal(n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """fcc positions (the first ``n_atoms``: 100 is 3x3x3 with 8 vacancies) and the cell."""
+    reps = np.array(REPEATS[n_atoms])
+    basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) * LATTICE
+    grid = np.stack(np.meshgrid(*[np.arange(r) for r in reps], indexing="ij"), -1)
+    sites = (grid.reshape(-1, 1, 3) * LATTICE + basis).reshape(-1, 3)
+    return sites[:n_atoms], np.diag(reps * LATTICE)
+
+
+def pool(n_atoms: int, seed: int = 0) -> list[Frame]:
+    """``POOL`` consecutive frames of thermal motion (Ornstein-Uhlenbeck, 2 fs apart)."""
+    rng = np.random.default_rng(seed)
+    sites, cell = crystal(n_atoms)
+    phi = np.exp(-2.0 / 50.0)
+    x = rng.normal(scale=SIGMA, size=sites.shape)
+    frames = []
+    for _ in range(POOL):
+        new = phi * x + np.sqrt(1 - phi**2) * SIGMA * rng.normal(size=sites.shape)
+        velocities = (new - x) / 2.0
+        x = new
+        frames.append(
+            Frame(sites + x, np.full(n_atoms, 29), velocities=velocities, forces=-5.0 * x,
+                  energy=-3.5 * n_atoms + 2.5 * float((x * x).sum()), cell=cell,
+                  source="bench")
+        )  # fmt: skip
+    return frames
+
+
+def stream(frames: list[Frame], count: int) -> Iterator[Frame]:
+    """``count`` frames: the pool forwards, then backwards (velocities flipped), again."""
+    order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))
+    for t in range(count):
+        k = order[t % len(order)]
+        backwards = t % len(order) >= len(frames)
+        f = frames[k]
+        assert f.velocities is not None
+        velocities = -f.velocities if backwards else f.velocities
+        yield Frame(f.positions, f.numbers, velocities=velocities,
+                    forces=f.forces, energy=f.energy, cell=f.cell, step=t, time=2.0 * t,
+                    source="bench", copy=False)  # fmt: skip
+
+
+# -- incremental vs batch ---------------------------------------------------------------
+
+
+def bench_incremental(quick: bool) -> dict[str, Any]:
+    window, n = 50, 100
+    frames = list(stream(pool(n), 140))
+    engine = FeatureEngine(window=window)
+    for f in frames[:100]:
+        engine.update(f)
+    probes = range(100, 140 if not quick else 110)
+    best_update = min(_cpu(lambda f=f: engine.update(f)) for f in frames[100:140])
+    ref_times = [_cpu(lambda t=t: reference.features(frames[: t + 1], window=window))
+                 for t in probes[:3]]  # fmt: skip
+
+    def replay(t: int) -> None:
+        fresh = FeatureEngine(window=window)
+        for f in frames[t - window : t + 1]:
+            fresh.update(f)
+
+    replay_times = [_cpu(lambda t=t: replay(t)) for t in probes]
+    best_ref, best_replay = min(ref_times), min(replay_times)
+    return {
+        "atoms": n,
+        "window": window,
+        "update_us": best_update * 1e6,
+        "numpy_batch_us": best_ref * 1e6,
+        "compiled_replay_us": best_replay * 1e6,
+        "ratio_vs_numpy_batch": best_ref / best_update,
+        "ratio_vs_compiled_replay": best_replay / best_update,
+    }
+
+
+def _cpu(body: Any) -> float:
+    t0 = time.thread_time()
+    body()
+    return time.thread_time() - t0
+
+
+# -- per-frame cost ----------------------------------------------------------------------
+
+
+def bench_per_frame(quick: bool) -> list[dict[str, Any]]:
+    counts = {100: 3000, 1000: 800, 10000: 240}
+    repeats = 2 if quick else 3
+    rows = []
+    for n in SIZES:
+        count = counts[n] // (2 if quick else 1)
+        frames = list(stream(pool(n), count + 60))
+        best = float("inf")
+        builds = (0, 0)
+        for _ in range(repeats):
+            engine = FeatureEngine()
+            for f in frames[:60]:  # fill the window first
+                engine.update(f)
+            t0 = time.thread_time()
+            for f in frames[60:]:
+                engine.update(f)
+            best = min(best, (time.thread_time() - t0) / count)
+            builds = engine.neighbor_list_builds
+        rows.append({"atoms": n, "frames": count, "us_per_frame": best * 1e6,
+                     "us_per_atom": best * 1e6 / n, "contact_list_builds": builds[0],
+                     "rdf_list_builds": builds[1]})  # fmt: skip
+    return rows
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+def _child(n_atoms: int, count: int) -> int:
+    """Publish ``count`` frames as fast as the lossless socket takes them."""
+    with Publisher("tcp://127.0.0.1:*", topic="bench", lossless=True, hwm=HWM) as pub:
+        print(pub.endpoint, flush=True)
+        if not pub.wait_for_subscriber(30.0):
+            return 1
+        for frame in stream(pool(n_atoms), count):
+            pub.send(frame)
+        pub.close(linger=60.0)
+    return 0
+
+
+def _receive(endpoint: str, count: int, mode: str) -> tuple[float, float]:
+    """Frames per second between the first and the last frame, receiving with ``mode``,
+    and the receiving thread's CPU time per frame (seconds)."""
+    got = 0
+    t_first = t_last = 0.0
+    cpu_first = 0.0
+    if mode == "raw":
+        ctx: zmq.Context[Any] = zmq.Context()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.RCVTIMEO, 5000)
+        sock.connect(endpoint)
+        try:
+            while got < count:
+                try:
+                    sock.recv_multipart(copy=False)
+                except zmq.Again:
+                    break
+                t_last = time.perf_counter()
+                if not got:
+                    t_first, cpu_first = t_last, time.thread_time()
+                got += 1
+        finally:
+            sock.close()
+            ctx.term()
+    else:
+        pipeline = Pipeline() if mode == "pipeline" else None
+        with Subscriber(endpoint, lossless=True, hwm=HWM) as sub:
+            while got < count:
+                frame = sub.recv(5.0)
+                if frame is None:
+                    break
+                if pipeline is not None:
+                    pipeline.process(frame)
+                t_last = time.perf_counter()
+                if not got:
+                    t_first, cpu_first = t_last, time.thread_time()
+                got += 1
+    cpu = time.thread_time() - cpu_first
+    if got < count:
+        raise RuntimeError(f"{mode}: received {got} of {count} frames")
+    return (got - 1) / (t_last - t_first), cpu / (got - 1)
+
+
+def _one_run(n_atoms: int, count: int, mode: str) -> tuple[float, float]:
+    env = dict(os.environ)
+    src = str(Path(trajwatch.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child", str(n_atoms), str(count)],
+        stdout=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        endpoint = child.stdout.readline().strip()
+        if not endpoint:
+            raise RuntimeError("publisher process did not start")
+        return _receive(endpoint, count, mode)
+    finally:
+        try:
+            child.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def bench_end_to_end(quick: bool) -> list[dict[str, Any]]:
+    counts = {100: 30_000, 1000: 8_000, 10000: 1_500}
+    repeats = 2 if quick else 3
+    rows = []
+    for n in SIZES:
+        count = counts[n] // (3 if quick else 1)
+        runs: dict[str, list[float]] = {"pipeline": [], "subscriber": [], "raw": []}
+        cpus: dict[str, list[float]] = {mode: [] for mode in runs}
+        for _ in range(repeats):  # interleaved, best of: the machine is shared
+            for mode in runs:
+                fps, cpu = _one_run(n, count, mode)
+                runs[mode].append(fps)
+                cpus[mode].append(cpu)
+        best = {mode: max(values) for mode, values in runs.items()}
+        cpu_us = {mode: min(values) * 1e6 for mode, values in cpus.items()}
+        rows.append({
+            "atoms": n,
+            "frames": count,
+            "pipeline_fps": best["pipeline"],
+            "subscriber_fps": best["subscriber"],
+            "raw_fps": best["raw"],
+            "ratio_vs_subscriber": best["pipeline"] / best["subscriber"],
+            "ratio_vs_raw": best["pipeline"] / best["raw"],
+            "pipeline_cpu_us": cpu_us["pipeline"],
+            "subscriber_cpu_us": cpu_us["subscriber"],
+            "raw_cpu_us": cpu_us["raw"],
+            "pipeline_capacity_fps": 1e6 / cpu_us["pipeline"],
+            "capacity_ratio_vs_subscriber": cpu_us["subscriber"] / cpu_us["pipeline"],
+            "runs": runs,
+            "cpu_runs_us": {mode: [c * 1e6 for c in v] for mode, v in cpus.items()},
+        })  # fmt: skip
+    return rows
+
+
+# -- the benchmark ----------------------------------------------------------------------
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run the whole benchmark; the results as a JSON-able dict."""
+    t0 = time.perf_counter()
+    compile_seconds = warmup()
+    incremental = bench_incremental(quick)
+    per_frame = bench_per_frame(quick)
+    end_to_end = bench_end_to_end(quick)
+    cost = {r["atoms"]: r["us_per_frame"] for r in per_frame}
+    e2e = {r["atoms"]: r for r in end_to_end}
+    scaling = cost[10000] / cost[1000]
+    checks = {
+        "incremental_vs_batch_min_50x": incremental["ratio_vs_numpy_batch"] >= 50,
+        "incremental_vs_compiled_replay_min_50x": incremental["ratio_vs_compiled_replay"] >= 50,
+        "scaling_10000_over_1000_max_12": scaling <= 12,
+        "e2e_100_atoms_min_20000fps": e2e[100]["pipeline_fps"] >= 20_000,
+        "e2e_100_atoms_min_0.6x_bare": e2e[100]["ratio_vs_subscriber"] >= 0.6,
+        "e2e_10000_atoms_min_1000fps": e2e[10000]["pipeline_fps"] >= 1_000,
+    }
+    return {
+        "benchmark": "features",
+        "quick": quick,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg": list(os.getloadavg()),
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+            "pyzmq": zmq.__version__,
+        },
+        "warmup_seconds": compile_seconds,
+        "incremental": incremental,
+        "per_frame": per_frame,
+        "scaling_10000_over_1000": scaling,
+        "end_to_end": end_to_end,
+        "checks": checks,
+        "pass": all(checks.values()),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"feature benchmark ({'quick' if result['quick'] else 'full'}); "
+          f"load average {result['machine']['loadavg'][0]:.2f} on {result['machine']['cpus']} "
+          f"cpus; warmup {result['warmup_seconds']:.2f} s")  # fmt: skip
+    inc = result["incremental"]
+    print()
+    print(f"incremental vs batch, W={inc['window']}, {inc['atoms']} atoms (CPU time)")
+    print(f"  update            {inc['update_us']:>12,.1f} us")
+    print(f"  NumPy batch       {inc['numpy_batch_us']:>12,.1f} us   "
+          f"ratio {inc['ratio_vs_numpy_batch']:>9,.0f}x")  # fmt: skip
+    print(f"  compiled replay   {inc['compiled_replay_us']:>12,.1f} us   "
+          f"ratio {inc['ratio_vs_compiled_replay']:>9,.1f}x")  # fmt: skip
+    print()
+    print("per-frame cost (CPU time, rebuilds and RDF frames included)")
+    print(f"{'atoms':>6} {'us/frame':>9} {'ns/atom':>8} {'list builds':>12}")
+    for r in result["per_frame"]:
+        builds = f"{r['contact_list_builds']}+{r['rdf_list_builds']}"
+        print(f"{r['atoms']:>6} {r['us_per_frame']:>9.1f} {r['us_per_atom'] * 1e3:>8.1f} "
+              f"{builds:>12}")  # fmt: skip
+    print(f"  scaling cost(10000) / cost(1000) = {result['scaling_10000_over_1000']:.2f}")
+    print()
+    print("end to end, publisher process -> tcp -> Subscriber -> Pipeline (best of repeats)")
+    print("wall clock: frames/s received; ratios to the Subscriber-only and raw pyzmq loops")
+    print(f"{'atoms':>6} {'pipeline f/s':>13} {'subscriber f/s':>15} {'raw f/s':>9} "
+          f"{'vs sub':>7} {'vs raw':>7}")  # fmt: skip
+    for r in result["end_to_end"]:
+        print(f"{r['atoms']:>6} {r['pipeline_fps']:>13,.0f} {r['subscriber_fps']:>15,.0f} "
+              f"{r['raw_fps']:>9,.0f} {r['ratio_vs_subscriber']:>7.2f} "
+              f"{r['ratio_vs_raw']:>7.2f}")  # fmt: skip
+    print("receiving thread's CPU per frame (us) and what one core could sustain")
+    print(f"{'atoms':>6} {'pipeline':>9} {'subscriber':>11} {'raw':>6} {'capacity f/s':>13} "
+          f"{'vs sub':>7}")  # fmt: skip
+    for r in result["end_to_end"]:
+        print(f"{r['atoms']:>6} {r['pipeline_cpu_us']:>9.1f} {r['subscriber_cpu_us']:>11.1f} "
+              f"{r['raw_cpu_us']:>6.1f} {r['pipeline_capacity_fps']:>13,.0f} "
+              f"{r['capacity_ratio_vs_subscriber']:>7.2f}")  # fmt: skip
+    print()
+    for name, ok in result["checks"].items():
+        print(f"  {'pass' if ok else 'FAIL'}  {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--child"]:
+        return _child(int(argv[1]), int(argv[2]))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer frames, fewer repeats")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick)
+    print_table(result)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

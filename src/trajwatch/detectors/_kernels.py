@@ -1,0 +1,910 @@
+"""Private Numba kernels of the detectors: arrays in, arrays out, no Python objects.
+
+The public classes in :mod:`trajwatch.detectors` own the arrays and validate input; these
+trust them. Each kernel has a plain NumPy reference in ``tests/test_kernels_detectors.py``
+and is tested against it with and without ``NUMBA_DISABLE_JIT=1``. All state lives in
+fixed-size arrays allocated once, so no call ever allocates a tree, a window or a list.
+
+Conventions: ``d`` features; a Welford block ``stats`` is ``(4, d)`` with rows count,
+mean, M2 (sum of squared deviations) and the current streak of finite values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_LN10 = math.log(10.0)
+
+# --------------------------------------------------------------------------- Welford
+
+
+@njit(cache=True, nogil=True)
+def _welford_learn(x: np.ndarray, stats: np.ndarray) -> None:
+    """Add ``x`` to the running count/mean/M2; non-finite entries reset their streak."""
+    for k in range(x.size):
+        v = x[k]
+        if math.isfinite(v):
+            c = stats[0, k] + 1.0
+            delta = v - stats[1, k]
+            stats[1, k] += delta / c
+            stats[2, k] += delta * (v - stats[1, k])
+            stats[0, k] = c
+            stats[3, k] += 1.0
+        else:
+            stats[3, k] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _spread_floor(center: float, rel_floor: float, abs_floor: float) -> float:
+    return rel_floor * abs(center) + abs_floor
+
+
+@njit(cache=True, nogil=True)
+def _deviation(
+    v: float, center: float, spread: float, count: float, streak: float, min_streak: float
+) -> float:
+    """Signed z of one value; NaN when unknown, +-inf for a value gone non-finite."""
+    if count < 2.0:
+        return math.nan
+    if math.isfinite(v):
+        return (v - center) / spread
+    if math.isnan(v):
+        # NaN is "unavailable" unless the feature has been finite for a long while.
+        return math.inf if streak >= min_streak else math.nan
+    return v  # +-inf
+
+
+@njit(cache=True, nogil=True)
+def _welford_z(
+    x: np.ndarray,
+    stats: np.ndarray,
+    rel_floor: float,
+    abs_floor: float,
+    min_streak: float,
+    quantum: np.ndarray,
+    z: np.ndarray,
+) -> float:
+    """Write signed z per feature into ``z``; return max |z| over known features.
+
+    The std is floored by the feature's resolution ``quantum[k, 1]`` (its smallest
+    non-zero change, :func:`_quantum_learn`; 0 = none), so a discrete feature that sat
+    still for a while does not turn its next step into an alarm.
+    """
+    best = 0.0
+    for k in range(x.size):
+        c = stats[0, k]
+        mean = stats[1, k]
+        var = stats[2, k] / (c - 1.0) if c > 1.0 else 0.0
+        spread = max(math.sqrt(max(var, 0.0)), _spread_floor(mean, rel_floor, abs_floor))
+        spread = max(spread, quantum[k, 1])
+        zk = _deviation(x[k], mean, spread, c, stats[3, k], min_streak)
+        z[k] = zk
+        if not math.isnan(zk) and abs(zk) > best:
+            best = abs(zk)
+    return best
+
+
+@njit(cache=True, nogil=True)
+def _standardise(
+    x: np.ndarray, stats: np.ndarray, rel_floor: float, abs_floor: float, z: np.ndarray
+) -> None:
+    """z = (x - mean) / std with unknown or non-finite entries set to 0 (neutral)."""
+    for k in range(x.size):
+        c = stats[0, k]
+        v = x[k]
+        if c < 2.0 or not math.isfinite(v):
+            z[k] = 0.0
+            continue
+        mean = stats[1, k]
+        var = stats[2, k] / (c - 1.0)
+        spread = max(math.sqrt(max(var, 0.0)), _spread_floor(mean, rel_floor, abs_floor))
+        z[k] = (v - mean) / spread
+
+
+@njit(cache=True, nogil=True)
+def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
+    """Track each feature's smallest non-zero change between learned values.
+
+    ``quantum`` is ``(d, 3)``: last value, smallest non-zero |change| (0 until one is
+    seen), and whether a last value exists.
+    """
+    for k in range(x.size):
+        v = x[k]
+        if not math.isfinite(v):
+            continue
+        if quantum[k, 2] > 0.0:
+            step = abs(v - quantum[k, 0])
+            if step > 0.0 and (quantum[k, 1] == 0.0 or step < quantum[k, 1]):
+                quantum[k, 1] = step
+        quantum[k, 0] = v
+        quantum[k, 2] = 1.0
+
+
+# ------------------------------------------------------------- per-feature tail scale
+
+
+@njit(cache=True, nogil=True)
+def _tail_learn(z: np.ndarray, ring: np.ndarray, srt: np.ndarray, meta: np.ndarray) -> None:
+    """Slide |z_k| into feature k's window of recent |z| (``(d, W)``, arrival order and
+    sorted; ``meta`` ``(d, 2)`` fill and head). Non-finite z are skipped."""
+    d, w = ring.shape
+    for k in range(d):
+        v = z[k]
+        if not math.isfinite(v):
+            continue
+        a = abs(v)
+        n = int(meta[k, 0])
+        head = int(meta[k, 1])
+        if n == w:
+            _sorted_replace(srt[k], n, ring[k, head], a)
+        else:
+            _sorted_insert(srt[k], n, a)
+            meta[k, 0] = n + 1
+        ring[k, head] = a
+        meta[k, 1] = (head + 1) % w
+
+
+@njit(cache=True, nogil=True)
+def _tail_scaled_max(
+    z: np.ndarray, srt: np.ndarray, meta: np.ndarray, q: float, reference: float, min_n: int
+) -> float:
+    """max_k |z_k| * reference / max(reference, q-quantile of feature k's recent |z|).
+
+    For a feature with normal tails the quantile is about ``reference`` (2.576 for
+    q = 0.99) and |z| passes unchanged; a heavy-tailed one (a kurtosis, an integer lag)
+    is measured in units of its own tail. Features with fewer than ``min_n`` recent
+    values, and non-finite z (+inf for a feature gone non-finite), pass unchanged.
+    """
+    best = 0.0
+    for k in range(z.size):
+        v = z[k]
+        if math.isnan(v):
+            continue
+        a = abs(v)
+        n = int(meta[k, 0])
+        if n >= min_n and math.isfinite(a):
+            rank = min(n - 1, max(0, math.ceil(q * n) - 1))
+            tau = srt[k, rank]
+            if tau > reference:
+                a = a * reference / tau
+        if a > best:
+            best = a
+    return best
+
+
+# ------------------------------------------------------------------- robust (median/MAD)
+
+
+@njit(cache=True, nogil=True)
+def _bisect_left(a: np.ndarray, n: int, value: float) -> int:
+    """First index i in the sorted ``a[:n]`` with a[i] >= value (n if none)."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _sorted_replace(a: np.ndarray, n: int, old: float, new: float) -> None:
+    """Replace one ``old`` by ``new`` in the sorted prefix ``a[:n]``, moving only the
+    values between the two positions."""
+    i = _bisect_left(a, n, old)
+    if i >= n:
+        i = n - 1
+    j = _bisect_left(a, n, new)
+    if j > i:
+        for m in range(i, j - 1):
+            a[m] = a[m + 1]
+        a[j - 1] = new
+    else:
+        for m in range(i, j, -1):
+            a[m] = a[m - 1]
+        a[j] = new
+
+
+@njit(cache=True, nogil=True)
+def _sorted_insert(a: np.ndarray, n: int, value: float) -> None:
+    """Insert ``value`` into the sorted prefix ``a[:n]`` (``a`` has room for n + 1)."""
+    i = _bisect_left(a, n, value)
+    for j in range(n, i, -1):
+        a[j] = a[j - 1]
+    a[i] = value
+
+
+@njit(cache=True, nogil=True)
+def _median_sorted(a: np.ndarray, n: int) -> float:
+    if n == 0:
+        return math.nan
+    h = n // 2
+    return float(a[h]) if n % 2 else 0.5 * float(a[h - 1] + a[h])
+
+
+@njit(cache=True, nogil=True)
+def _mad_sorted(a: np.ndarray, n: int, center: float) -> tuple[float, float]:
+    """Median and mean of |a - center| over the sorted ``a[:n]``, in O(n).
+
+    The deviations are read in increasing order by walking outwards from the center.
+    """
+    if n == 0:
+        return math.nan, math.nan
+    right = _bisect_left(a, n, center)
+    left = right - 1
+    lo_rank = (n - 1) // 2
+    hi_rank = n // 2
+    lo = hi = 0.0
+    total = 0.0
+    for r in range(n):
+        if left >= 0 and (right >= n or center - a[left] <= a[right] - center):
+            dev = center - a[left]
+            left -= 1
+        else:
+            dev = a[right] - center
+            right += 1
+        total += dev
+        if r == lo_rank:
+            lo = dev
+        if r == hi_rank:
+            hi = dev
+    return 0.5 * (lo + hi), total / n
+
+
+@njit(cache=True, nogil=True)
+def _robust_learn(
+    x: np.ndarray,
+    ring: np.ndarray,
+    srt: np.ndarray,
+    meta: np.ndarray,
+    center: np.ndarray,
+    spread: np.ndarray,
+    refresh_per_call: int,
+    quantum: np.ndarray,
+) -> None:
+    """Slide ``x`` into each feature's window; update medians, refresh some spreads.
+
+    ``ring``/``srt`` are ``(d, W)``: the window in arrival order and sorted. ``meta`` is
+    ``(d + 1, 3)``: per feature fill, head and finite streak; the last row holds the
+    round-robin cursor of the spread refresh, so no call ever costs more than
+    ``refresh_per_call`` O(W) passes. Also updates the resolution ``quantum``.
+    """
+    _quantum_learn(x, quantum)
+    d, w = ring.shape
+    for k in range(d):
+        v = x[k]
+        if not math.isfinite(v):
+            meta[k, 2] = 0.0
+            continue
+        meta[k, 2] += 1.0
+        n = int(meta[k, 0])
+        head = int(meta[k, 1])
+        row = srt[k]
+        if n == w:
+            _sorted_replace(row, n, ring[k, head], v)
+        else:
+            _sorted_insert(row, n, v)
+            n += 1
+        ring[k, head] = v
+        meta[k, 0] = n
+        meta[k, 1] = (head + 1) % w
+        center[k] = _median_sorted(row, n)
+    cursor = int(meta[d, 0])
+    for _ in range(min(refresh_per_call, d)):
+        k = cursor
+        n = int(meta[k, 0])
+        if n > 0:
+            mad, mean_abs = _mad_sorted(srt[k], n, center[k])
+            # 1.4826 MAD and 1.2533 mean |dev| both estimate sigma for a normal sample;
+            # the second keeps a feature that is mostly constant from having zero spread.
+            spread[k] = 1.4826 * mad if mad > 0.0 else 1.2533 * mean_abs
+        cursor = (cursor + 1) % d
+    meta[d, 0] = cursor
+
+
+@njit(cache=True, nogil=True)
+def _robust_z(
+    x: np.ndarray,
+    meta: np.ndarray,
+    center: np.ndarray,
+    spread: np.ndarray,
+    quantum: np.ndarray,
+    rel_floor: float,
+    abs_floor: float,
+    min_streak: float,
+    z: np.ndarray,
+) -> float:
+    """Like :func:`_welford_z` with median and scaled MAD, floored by the feature's
+    resolution ``quantum[k, 1]`` (see :func:`_quantum_learn`)."""
+    best = 0.0
+    for k in range(x.size):
+        s = max(spread[k], _spread_floor(center[k], rel_floor, abs_floor))
+        # A discrete feature (a binned peak position, an integer lag) that sat on one
+        # value for a whole window has MAD 0: one step of its resolution is one spread.
+        s = max(s, quantum[k, 1])
+        zk = _deviation(x[k], center[k], s, meta[k, 0], meta[k, 2], min_streak)
+        z[k] = zk
+        if not math.isnan(zk) and abs(zk) > best:
+            best = abs(zk)
+    return best
+
+
+# ------------------------------------------------------- fused z-detector steps (speed)
+
+
+@njit(cache=True, nogil=True)
+def _zscore_score(
+    x: np.ndarray,
+    stats: np.ndarray,
+    rel_floor: float,
+    abs_floor: float,
+    min_streak: float,
+    quantum: np.ndarray,
+    z: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+    q: float,
+    reference: float,
+    min_n: int,
+) -> float:
+    """:func:`_welford_z`, then :func:`_tail_scaled_max` if a tail window exists."""
+    best = _welford_z(x, stats, rel_floor, abs_floor, min_streak, quantum, z)
+    if tail_srt.shape[0] == 0:
+        return best
+    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+
+
+@njit(cache=True, nogil=True)
+def _zscore_learn(
+    x: np.ndarray,
+    z: np.ndarray,
+    stats: np.ndarray,
+    quantum: np.ndarray,
+    tail_ring: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+) -> None:
+    """Learn ``x`` whose z under the current statistics is ``z``."""
+    if tail_srt.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    _welford_learn(x, stats)
+    _quantum_learn(x, quantum)
+
+
+@njit(cache=True, nogil=True)
+def _robust_score(
+    x: np.ndarray,
+    meta: np.ndarray,
+    center: np.ndarray,
+    spread: np.ndarray,
+    quantum: np.ndarray,
+    rel_floor: float,
+    abs_floor: float,
+    min_streak: float,
+    z: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+    q: float,
+    reference: float,
+    min_n: int,
+) -> float:
+    """:func:`_robust_z`, then :func:`_tail_scaled_max` if a tail window exists."""
+    best = _robust_z(x, meta, center, spread, quantum, rel_floor, abs_floor, min_streak, z)
+    if tail_srt.shape[0] == 0:
+        return best
+    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+
+
+@njit(cache=True, nogil=True)
+def _robust_learn_scored(
+    x: np.ndarray,
+    z: np.ndarray,
+    ring: np.ndarray,
+    srt: np.ndarray,
+    meta: np.ndarray,
+    center: np.ndarray,
+    spread: np.ndarray,
+    refresh_per_call: int,
+    quantum: np.ndarray,
+    tail_ring: np.ndarray,
+    tail_srt: np.ndarray,
+    tail_meta: np.ndarray,
+) -> None:
+    """Learn ``x`` whose robust z under the current window is ``z``."""
+    if tail_srt.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    _robust_learn(x, ring, srt, meta, center, spread, refresh_per_call, quantum)
+
+
+# ------------------------------------------------------------------- half-space trees
+
+
+@njit(cache=True, nogil=True)
+def _hst_learn(
+    z: np.ndarray, feature: np.ndarray, split: np.ndarray, mass: np.ndarray, state: np.ndarray
+) -> None:
+    """Add standardised ``z`` to the latest window's masses; swap windows when full.
+
+    ``mass`` is ``(2, trees, nodes)``; ``state`` is ``[latest, count, window, swaps]``.
+    A swap flips which half is the reference and zeroes the other: O(trees * nodes),
+    a few microseconds, never a rebuild.
+    """
+    latest = state[0]
+    trees, internal = feature.shape
+    for t in range(trees):
+        node = 0
+        mass[latest, t, 0] += 1.0
+        while node < internal:
+            node = 2 * node + 1 if z[feature[t, node]] < split[t, node] else 2 * node + 2
+            mass[latest, t, node] += 1.0
+    state[1] += 1
+    if state[1] >= state[2]:
+        state[0] = 1 - latest
+        mass[1 - latest] = 0.0
+        state[1] = 0
+        state[3] += 1
+
+
+@njit(cache=True, nogil=True)
+def _hst_score(
+    z: np.ndarray,
+    feature: np.ndarray,
+    split: np.ndarray,
+    mass: np.ndarray,
+    state: np.ndarray,
+    size_limit: float,
+) -> float:
+    """Mean over trees of r * 2^depth at the deepest node whose reference mass r is at
+    least ``size_limit`` (Tan, Ting & Liu 2011): large for dense regions, 0 when empty."""
+    ref = 1 - state[0]
+    trees, internal = feature.shape
+    total = 0.0
+    for t in range(trees):
+        node = 0
+        depth = 0
+        while node < internal and mass[ref, t, node] >= size_limit:
+            node = 2 * node + 1 if z[feature[t, node]] < split[t, node] else 2 * node + 2
+            depth += 1
+        total += mass[ref, t, node] * 2.0**depth
+    return float(total / trees)
+
+
+@njit(cache=True, nogil=True)
+def _hst_learn_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    feature: np.ndarray,
+    split: np.ndarray,
+    mass: np.ndarray,
+    state: np.ndarray,
+) -> None:
+    """Standardise ``x`` (before learning it), learn it into the standardiser and trees."""
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    _welford_learn(x, stats)
+    _hst_learn(z, feature, split, mass, state)
+
+
+@njit(cache=True, nogil=True)
+def _hst_score_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    feature: np.ndarray,
+    split: np.ndarray,
+    mass: np.ndarray,
+    state: np.ndarray,
+    size_limit: float,
+) -> float:
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    return _hst_score(z, feature, split, mass, state, size_limit)
+
+
+# ------------------------------------------------------------------------------- LODA
+
+
+@njit(cache=True, nogil=True)
+def _loda_project(z: np.ndarray, index: np.ndarray, weight: np.ndarray, out: np.ndarray) -> None:
+    for p in range(index.shape[0]):
+        s = 0.0
+        for j in range(index.shape[1]):
+            s += weight[p, j] * z[index[p, j]]
+        out[p] = s
+
+
+@njit(cache=True, nogil=True)
+def _loda_bin(value: float, mean: float, sd: float, bins: int, half_range: float) -> int:
+    """Bin 1..bins inside mean +- half_range * sd; 0 and bins + 1 are the overflow bins."""
+    u = (value - mean) / sd
+    if u < -half_range:
+        return 0
+    if u >= half_range:
+        return bins + 1
+    b = int((u + half_range) / (2.0 * half_range) * bins)
+    return 1 + min(b, bins - 1)
+
+
+@njit(cache=True, nogil=True)
+def _loda_learn(
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    pstats: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+) -> None:
+    """Count the projections ``proj`` in the latest window's histograms.
+
+    ``counts`` is ``(2, P, bins + 2)``, ``scale`` ``(2, P, 2)`` (mean, sd the histograms
+    were binned with), ``pstats`` ``(P, 3)`` a Welford block of the projections seen in
+    the latest window, ``state`` ``[latest, count, window, swaps]``. When the window is
+    full the latest histograms become the reference and a fresh window starts, binned
+    with the mean and sd of the projections of the window just closed.
+    """
+    latest = state[0]
+    bins = counts.shape[2] - 2
+    for p in range(proj.size):
+        v = proj[p]
+        b = _loda_bin(v, scale[latest, p, 0], scale[latest, p, 1], bins, half_range)
+        counts[latest, p, b] += 1.0
+        c = pstats[p, 0] + 1.0
+        delta = v - pstats[p, 1]
+        pstats[p, 1] += delta / c
+        pstats[p, 2] += delta * (v - pstats[p, 1])
+        pstats[p, 0] = c
+    state[1] += 1
+    if state[1] >= state[2]:
+        fresh = 1 - latest
+        counts[fresh] = 0.0
+        for p in range(proj.size):
+            c = pstats[p, 0]
+            sd = math.sqrt(pstats[p, 2] / (c - 1.0)) if c > 1.0 else 1.0
+            scale[fresh, p, 0] = pstats[p, 1]
+            scale[fresh, p, 1] = sd if sd > 1e-12 else 1.0
+            pstats[p, 0] = 0.0
+            pstats[p, 1] = 0.0
+            pstats[p, 2] = 0.0
+        state[0] = fresh
+        state[1] = 0
+        state[3] += 1
+
+
+@njit(cache=True, nogil=True)
+def _loda_score(
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+    alpha: float,
+) -> float:
+    """Mean over projections of -log(histogram density) under the reference window."""
+    ref = 1 - state[0]
+    bins = counts.shape[2] - 2
+    n = float(state[2])
+    width = 2.0 * half_range / bins
+    total = 0.0
+    for p in range(proj.size):
+        b = _loda_bin(proj[p], scale[ref, p, 0], scale[ref, p, 1], bins, half_range)
+        density = (counts[ref, p, b] + alpha) / (n + alpha * (bins + 2))
+        if 1 <= b <= bins:
+            density /= width
+        total -= math.log(density)
+    return total / proj.size
+
+
+@njit(cache=True, nogil=True)
+def _loda_learn_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    index: np.ndarray,
+    weight: np.ndarray,
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    pstats: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+) -> None:
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    _welford_learn(x, stats)
+    _loda_project(z, index, weight, proj)
+    _loda_learn(proj, counts, scale, pstats, state, half_range)
+
+
+@njit(cache=True, nogil=True)
+def _loda_score_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    index: np.ndarray,
+    weight: np.ndarray,
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+    alpha: float,
+) -> float:
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    _loda_project(z, index, weight, proj)
+    return _loda_score(proj, counts, scale, state, half_range, alpha)
+
+
+# --------------------------------------------------------------- conformal calibration
+
+
+@njit(cache=True, nogil=True)
+def _calib_add(score: float, ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> None:
+    """Add a normal frame's score to the calibration set; refit the tail now and then.
+
+    ``ring`` is ``(2, size)``: the scores in arrival order and the same scores sorted
+    (kept sorted by moving only the values between the old and new positions).
+    ``state`` is ``[n, head, since_refit, refit_every]``; ``tail`` is
+    ``[u, beta, k or fraction, base]``: the k-th largest score u, the (inflated) mean
+    excess beta of the k largest over u, and base = -log10((k + 1) / (n + 1)).
+    """
+    size = ring.shape[1]
+    n = state[0]
+    head = state[1]
+    if n == size:
+        _sorted_replace(ring[1], n, ring[0, head], score)
+    else:
+        _sorted_insert(ring[1], n, score)
+        n += 1
+        state[0] = n
+    ring[0, head] = score
+    state[1] = (head + 1) % size
+    state[2] += 1
+    if state[2] >= state[3] or n < 64:
+        _calib_refit(ring, state, tail)
+        state[2] = 0
+
+
+@njit(cache=True, nogil=True)
+def _calib_refit(ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> None:
+    n = state[0]
+    if n == 0:
+        return
+    k = max(10, int(tail[2] * n)) if tail[2] < 1.0 else int(tail[2])
+    k = min(k, n)
+    srt = ring[1]
+    u = srt[n - k]
+    excess = 0.0
+    for i in range(n - k, n):
+        excess += srt[i] - u
+    # The mean excess of k points is uncertain by ~1/sqrt(k); erring on the heavy side
+    # keeps a small calibration set from promising p-values it cannot back.
+    beta = excess / k * (1.0 + 2.0 / math.sqrt(k))
+    # A tail of near-ties (a discrete feature dominating the score) has a tiny mean
+    # excess; never assume a lighter tail than the exponential through the median and u.
+    if n >= 4 * k:
+        beta = max(beta, (u - srt[n // 2]) / math.log(n / (2.0 * k)))
+    floor = 1e-9 + 1e-6 * abs(u)
+    tail[0] = u
+    tail[1] = beta if beta > floor else floor
+    tail[3] = -math.log10((k + 1.0) / (n + 1.0))
+
+
+@njit(cache=True, nogil=True)
+def _calib_surprise(score: float, ring: np.ndarray, state: np.ndarray, tail: np.ndarray) -> float:
+    """-log10 of the conformal p-value of ``score``, (1 + #{calibration >= s}) / (n + 1);
+    beyond the k-th largest calibration score the empirical tail is replaced by an
+    exponential fit (peaks over threshold). O(log n)."""
+    n = state[0]
+    if n == 0:
+        return 0.0
+    if math.isnan(score) or score == math.inf:
+        return math.inf
+    u = tail[0]
+    if score > u:
+        return float(tail[3] + (score - u) / (tail[1] * _LN10))
+    above = n - _bisect_left(ring[1], n, score)
+    return -math.log10((above + 1.0) / (n + 1.0))
+
+
+@njit(cache=True, nogil=True)
+def _calib_surprise_all(
+    scores: np.ndarray,
+    rings: np.ndarray,
+    states: np.ndarray,
+    tails: np.ndarray,
+    min_n: int,
+    out: np.ndarray,
+) -> None:
+    """:func:`_calib_surprise` for every detector at once (0 below ``min_n`` scores)."""
+    for j in range(scores.size):
+        if states[j, 0] >= min_n:
+            out[j] = _calib_surprise(scores[j], rings[j], states[j], tails[j])
+        else:
+            out[j] = 0.0
+
+
+@njit(cache=True, nogil=True)
+def _calib_add_all(
+    scores: np.ndarray, ready: np.ndarray, rings: np.ndarray, states: np.ndarray, tails: np.ndarray
+) -> None:
+    """:func:`_calib_add` for every detector that is ready and scored a finite value."""
+    for j in range(scores.size):
+        if ready[j] and math.isfinite(scores[j]):
+            _calib_add(scores[j], rings[j], states[j], tails[j])
+
+
+@njit(cache=True, nogil=True)
+def _calib_quantile(ring: np.ndarray, state: np.ndarray, q: float) -> float:
+    """The q-quantile (nearest rank) of the calibration scores."""
+    n = state[0]
+    if n == 0:
+        return math.inf
+    rank = min(n - 1, max(0, math.ceil(q * n) - 1))
+    return float(ring[1, rank])
+
+
+# ------------------------------------------------------------------------------ fusion
+
+
+@njit(cache=True, nogil=True)
+def _cauchy_surprise(surprise: np.ndarray, weight: np.ndarray) -> float:
+    """Cauchy combination (Liu & Xie 2020) of p-values given as s = -log10 p.
+
+    t = sum_i w_i cot(pi p_i) / sum w (cot(pi p) = tan((1/2 - p) pi), exact for small
+    p), p = atan(1 / t) / pi for t > 0. Each p_i is capped at 0.9 first: a p-value near 1
+    maps to a huge negative variate that would otherwise cancel a real signal (the usual
+    truncation of the method). Beyond s = 300, p underflows and the exact tail form
+    p = 1 / sum_i (w_i / sum w) / p_i is summed in the log domain.
+    """
+    wsum = 0.0
+    big = 0.0
+    for i in range(surprise.size):
+        wsum += weight[i]
+        if weight[i] > 0.0 and surprise[i] > big:
+            big = surprise[i]
+    if big == math.inf:
+        return math.inf
+    if big < 300.0:
+        t = 0.0
+        for i in range(surprise.size):
+            p = min(10.0 ** -surprise[i], 0.9)
+            t += weight[i] / math.tan(math.pi * p)
+        t /= wsum
+        p = math.atan(1.0 / t) / math.pi if t > 0.0 else 0.5 - math.atan(t) / math.pi
+        return -math.log10(min(1.0, p))
+    acc = 0.0
+    for i in range(surprise.size):
+        if weight[i] > 0.0:
+            acc += weight[i] / wsum * 10.0 ** (surprise[i] - big)
+    return big + math.log10(acc)
+
+
+# ------------------------------------------------------------------------------- drift
+
+
+@njit(cache=True, nogil=True)
+def _block_add(z: np.ndarray, total: np.ndarray, count: np.ndarray, clip: float) -> None:
+    """Add z (clipped to +-clip, non-finite skipped) to a block's running sums."""
+    for k in range(z.size):
+        v = z[k]
+        if math.isfinite(v):
+            total[k] += min(max(v, -clip), clip)
+            count[k] += 1.0
+
+
+@njit(cache=True, nogil=True)
+def _page_hinkley(
+    x: np.ndarray,
+    state: np.ndarray,
+    delta: float,
+    threshold: float,
+    min_samples: float,
+    stat: np.ndarray,
+) -> int:
+    """Two-sided Page-Hinkley test per feature; returns how many features fired.
+
+    ``state`` is ``(d, 6)``: n, running mean, the cumulative sums m_up = sum(x - mean -
+    delta) and m_down = sum(x - mean + delta), min(m_up) and max(m_down). A feature
+    fires when m_up - min(m_up) or max(m_down) - m_down exceeds ``threshold`` after
+    ``min_samples``; ``stat[k]`` gets the signed statistic (positive for an increase,
+    kept at its firing value) and a feature that fires is reset. Non-finite x is skipped.
+    """
+    fired = 0
+    for k in range(x.size):
+        v = x[k]
+        if not math.isfinite(v):
+            stat[k] = 0.0
+            continue
+        n = state[k, 0] + 1.0
+        mean = state[k, 1] + (v - state[k, 1]) / n
+        up = state[k, 2] + v - mean - delta
+        down = state[k, 3] + v - mean + delta
+        up_min = min(state[k, 4], up)
+        down_max = max(state[k, 5], down)
+        rise = up - up_min
+        fall = down_max - down
+        stat[k] = rise if rise >= fall else -fall
+        if n >= min_samples and max(rise, fall) > threshold:
+            fired += 1
+            state[k, :] = 0.0
+            continue
+        state[k, 0] = n
+        state[k, 1] = mean
+        state[k, 2] = up
+        state[k, 3] = down
+        state[k, 4] = up_min
+        state[k, 5] = down_max
+    return fired
+
+
+@njit(cache=True, nogil=True)
+def _adwin(
+    x: np.ndarray,
+    ring: np.ndarray,
+    meta: np.ndarray,
+    delta: float,
+    min_window: int,
+    check: bool,
+    shift: np.ndarray,
+) -> int:
+    """ADWIN over a bounded window per feature; returns how many features cut.
+
+    ``ring`` is ``(d, W)``, ``meta`` ``(d, 2)`` (fill, head). When ``check`` is set,
+    every split of each window into an older part W0 and a newer part W1 (each at least
+    ``min_window`` long) is tested as in Bifet & Gavalda (2007) with the variance-aware
+    bound of their ADWIN2 (as River computes it): |mu0 - mu1| > sqrt(2 v L / m) +
+    2 L / (3 m), m = 1 / (1/n0 + 1/n1), L = ln(2 ln(n) / delta), v the window's
+    variance. On a cut the older part is dropped and
+    ``shift[k]`` gets mu1 - mu0 (else 0). O(W) per feature per check.
+    """
+    d, w = ring.shape
+    cut = 0
+    for k in range(d):
+        shift[k] = 0.0
+        v = x[k]
+        if not math.isfinite(v):
+            continue
+        n = int(meta[k, 0])
+        head = int(meta[k, 1])
+        ring[k, head] = v
+        meta[k, 1] = (head + 1) % w
+        if n < w:
+            n += 1
+            meta[k, 0] = n
+        if not check or n < 2 * min_window:
+            continue
+        start = (head + 1 - n) % w  # oldest element
+        total = 0.0
+        total2 = 0.0
+        for i in range(n):
+            e = ring[k, (start + i) % w]
+            total += e
+            total2 += e * e
+        mean = total / n
+        var = max(total2 / n - mean * mean, 0.0)
+        log_term = math.log(2.0 * math.log(n) / delta)
+        s0 = 0.0
+        best = 0.0
+        best_i = 0
+        for i in range(n - 1):
+            s0 += ring[k, (start + i) % w]
+            n0 = i + 1
+            n1 = n - n0
+            if n0 < min_window or n1 < min_window:
+                continue
+            mu0 = s0 / n0
+            mu1 = (total - s0) / n1
+            m = 1.0 / (1.0 / n0 + 1.0 / n1)
+            eps = math.sqrt(2.0 * var * log_term / m) + 2.0 * log_term / (3.0 * m)
+            gap = abs(mu1 - mu0) - eps
+            if gap > best:
+                best = gap
+                best_i = n0
+                shift[k] = mu1 - mu0
+        if best_i > 0:
+            cut += 1
+            meta[k, 0] = n - best_i
+    return cut

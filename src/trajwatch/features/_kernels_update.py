@@ -1,0 +1,794 @@
+"""The per-frame driver: one call takes a frame and updates every feature (private).
+
+:func:`_update` reads the frame's arrays and the engine's preallocated state, and writes
+the feature vector. It returns a status: ``OK``, or a request the engine answers before
+calling again (the atoms changed species, a pair list needs more room). Until the commit
+point it changes nothing but scratch space, so a retry is safe.
+
+The index constants below say where each piece of state lives. They are literals in this
+module on purpose: Numba's on-disk cache only notices edits to the module that holds a
+kernel, so a layout defined elsewhere could go stale in the cache.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from trajwatch.features._kernels import (
+    _anisotropy,
+    _central_moments,
+    _combine_moments,
+    _dft_direct,
+    _dft_slide,
+    _first_peak,
+    _hist_add,
+    _hist_bins,
+    _hist_quantile,
+    _inv3,
+    _minimum_image,
+    _slope,
+    _spectral,
+    _zero_crossing,
+)
+from trajwatch.features._kernels_neighbors import (
+    _closest_pair,
+    _list_min,
+    _list_rdf,
+    _pairs_within,
+    _rebase,
+)
+
+# --- kernel return codes
+OK = 0
+SPECIES_CHANGED = 1
+GROW_CONTACT = 2
+GROW_RDF = 3
+
+# --- positions of the features in the output vector (tests check the catalogue order)
+O_STEP_DISP_MAX = 0  # step_disp_max
+O_STEP_MIN_DIST = 1  # step_min_dist
+O_TEMPERATURE = 2  # kinetic_temperature
+O_ENERGY = 3  # energy_per_atom
+O_DRIFT = 4  # energy_drift
+O_MAX_FORCE = 5  # max_force
+O_NONFINITE = 6  # nonfinite_count
+O_DISP_MEAN = 7  # disp_mean
+O_DISP_STD = 8  # disp_std
+O_DISP_SKEW = 9  # disp_skew
+O_DISP_KURT = 10  # disp_kurtosis
+O_DISP_MAX = 11  # disp_max
+O_DISP_MEDIAN = 12  # disp_median
+O_DISP_P95 = 13  # disp_p95
+O_RMS_V = 14  # rms_velocity
+O_CREST = 15  # crest_factor
+O_IMPULSE = 16  # impulse_factor
+O_FRAME_VAR = 17  # frame_variance
+O_ANISO = 18  # anisotropy
+O_FREQ = 19  # dominant_freq
+O_ENTROPY = 20  # spectral_entropy
+O_PEAK_RATIO = 21  # spectral_peak_ratio
+O_MSD_MEAN = 22  # msd_mean
+O_MSD_STD = 23  # msd_std
+O_MSD_FINAL = 24  # msd_final
+O_MSD_SLOPE = 25  # msd_slope
+O_E_MEAN = 26  # energy_mean
+O_E_STD = 27  # energy_std
+O_E_TREND = 28  # energy_trend
+O_MIN_DIST = 29  # min_interatomic_dist
+O_RDF_POS = 30  # rdf_first_peak_pos
+O_RDF_HEIGHT = 31  # rdf_first_peak_height
+O_VACF_DECAY = 32  # vacf_initial_decay
+O_VACF_ZERO = 33  # vacf_zero_crossing
+N_FEATURES = 34
+
+# --- integer scalars (ibuf)
+I_HEAD = 0  # ring slot the next frame goes to
+I_COUNT = 1  # frames in the window (<= W)
+I_PUSHED = 2  # frames taken since the last reset
+I_UCUR = 3  # which of the two unwrapped-position buffers is current
+I_HAVE_PREV = 4
+I_NCONTACT = 5  # pairs in the contact list, -1: must be built
+I_NRDF = 6  # pairs in the RDF list, -1: must be built
+I_NEED = 7  # pairs a list needs when the kernel asks for room
+I_CLOSEST_I = 8
+I_CLOSEST_J = 9
+I_HAVE_E0 = 10
+I_LAST_BAD = 12  # the latest frame had non-finite positions
+I_CONTACT_BUILDS = 13
+I_RDF_BUILDS = 14
+I_CONTACT_PBC = 15  # 3 entries: pbc when the contact list was built
+I_RDF_PBC = 18  # 3 entries
+I_RDF_STRIDE = 21
+I_ORDER = 22  # W entries: the window's ring slots, oldest first (scratch)
+N_IBUF = 22  # plus W for I_ORDER
+
+# --- float scalars (fbuf)
+F_E0 = 0  # total energy at the drift origin (eV)
+F_PREV_TIME = 1  # NaN when the previous frame had no time
+F_CONTACT_R = 2  # contact list radius
+F_CONTACT_D = 3  # minimum distance when the contact list was built
+F_SKIN = 6
+F_RDF_CUTOFF = 7
+N_FBUF = 8
+
+# --- 3x3 matrices (geom)
+G_INV = 0  # inverse of the current cell
+G_CONTACT = 1  # cell when the contact list was built
+G_RDF = 2  # cell when the RDF list was built
+G_EYE = 3  # the identity, for frames without a usable cell
+N_GEOM = 4
+
+# --- per-atom vectors (atoms)
+A_PREV = 0  # previous frame's positions, as given
+A_U = 1  # two buffers (1, 2) of unwrapped positions, swapped each frame
+A_STEP = 3  # minimum-image step since the previous frame
+A_BUILD = 4  # unwrapped positions when the contact list was built
+A_RBUILD = 5  # unwrapped positions when the RDF list was built
+A_VEL = 6  # finite-difference velocities
+N_ATOMS_ROWS = 7
+
+# --- columns of the per-frame ring (one row per window slot)
+R_CLOCK = 0  # time in fs, or the step when frames carry no time
+R_HAS_DISP = 1
+R_DN = 2  # R_DN .. R_DN + 4: n, mean, M2, M3, M4 of this frame's displacements
+R_DMEAN = 3
+R_DMAX = 7
+R_DSQ = 8  # sum of squared displacements
+R_T = 9  # 6 entries: sum of step tensor xx, yy, zz, xy, xz, yz
+R_HAS_V = 15
+R_V2SUM = 16  # sum over all atoms of |v|²
+R_C0 = 17  # mean over tagged atoms of |v|²
+R_E = 18  # energy per atom, NaN if missing
+R_DMIN = 19  # minimum interatomic distance, NaN if undefined
+R_HAS_RDF = 20
+R_RDF_NORM = 21  # this frame's RDF centres times the pair density (N - 1) / V
+R_LAGS = 22  # then one MSD column per lag, then one VACF column per lag
+
+# Values whose spread is below this fraction of their mean count as constant: skew,
+# kurtosis and the spectrum of a constant are NaN, not rounding noise.
+FLAT = 1e-12
+
+# Kinetic energy of 1 amu at 1 Å/fs in eV, and kB in eV/K (trajwatch.units, as literals).
+_AMU_A2_PER_FS2_IN_EV = 103.6426957
+_KB_EV_PER_K = 8.617330337217213e-05
+
+
+@njit(cache=True, nogil=True)
+def _count_nonfinite(a: np.ndarray) -> int:
+    bad = 0
+    for i in range(a.shape[0]):
+        for k in range(a.shape[1]):
+            if not math.isfinite(a[i, k]):
+                bad += 1
+    return bad
+
+
+@njit(cache=True, nogil=True)
+def _moved(u: np.ndarray, ref: np.ndarray) -> float:
+    """Sum of the two largest |u_i - ref_i|: how much closer any pair can have come."""
+    a = 0.0
+    b = 0.0
+    for i in range(u.shape[0]):
+        dx = u[i, 0] - ref[i, 0]
+        dy = u[i, 1] - ref[i, 1]
+        dz = u[i, 2] - ref[i, 2]
+        d2 = dx * dx + dy * dy + dz * dz
+        if d2 > a:
+            b = a
+            a = d2
+        elif d2 > b:
+            b = d2
+    return math.sqrt(a) + math.sqrt(b)
+
+
+@njit(cache=True, nogil=True)
+def _same_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray,
+               at: int) -> bool:
+    for a in range(3):
+        if (1 if pbc[a] else 0) != ibuf[at + a]:
+            return False
+        for k in range(3):
+            if cell[a, k] != built[a, k]:
+                return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _remember_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray,
+                   at: int) -> None:
+    for a in range(3):
+        ibuf[at + a] = 1 if pbc[a] else 0
+        for k in range(3):
+            built[a, k] = cell[a, k]
+
+
+@njit(cache=True, nogil=True)
+def _geometry(cell: np.ndarray, pbc: np.ndarray, has_cell: bool, geom: np.ndarray):  # type: ignore[no-untyped-def]
+    """The cell to use (the identity for none or a flat one), its pbc, and its volume."""
+    inv = geom[G_INV]
+    det = _inv3(cell, inv) if has_cell else 0.0
+    if det == 0.0:
+        inv[:, :] = geom[G_EYE]
+        return geom[G_EYE], np.zeros(3, dtype=np.bool_), 0.0
+    return cell, pbc, abs(det)
+
+
+@njit(cache=True, nogil=True)
+def _advance(positions: np.ndarray, atoms: np.ndarray, have_prev: bool, u_old: np.ndarray,
+             u_new: np.ndarray, h: np.ndarray, inv: np.ndarray, per: np.ndarray) -> None:
+    """Step since the previous frame (minimum image) and the new unwrapped positions."""
+    n = positions.shape[0]
+    steps = atoms[A_STEP]
+    if not have_prev:
+        u_new[:n] = positions
+        return
+    previous = atoms[A_PREV]
+    for i in range(n):
+        for k in range(3):
+            steps[i, k] = positions[i, k] - previous[i, k]
+    if per[0] or per[1] or per[2]:
+        _minimum_image(steps, h, inv, per)
+    for i in range(n):
+        for k in range(3):
+            u_new[i, k] = u_old[i, k] + steps[i, k]
+
+
+@njit(cache=True, nogil=True)
+def _contact(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.ndarray,
+             per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
+             atoms: np.ndarray, cpairs: np.ndarray, cshift: np.ndarray, out: np.ndarray) -> int:
+    """``out[:3]`` = closest pair from the contact list, rebuilt only when it could be wrong."""
+    n = positions.shape[0]
+    skin = fbuf[F_SKIN]
+    need = ibuf[I_NCONTACT] < 0 or not _same_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC)
+    guess = fbuf[F_CONTACT_D] + skin
+    if not need:
+        _list_min(u_new, cpairs, cshift, ibuf[I_NCONTACT], out)
+        # A pair outside the list was >= R apart at the build and has closed by at most
+        # the two largest moves since: the list minimum is exact if below that.
+        need = out[0] > fbuf[F_CONTACT_R] - _moved(u_new, atoms[A_BUILD])
+        guess = out[0]
+    if not need:
+        return OK
+    # Built from the frame's positions (see _rebase), evaluated on u from then on.
+    _closest_pair(positions, h, inv, per, guess if math.isfinite(guess) else 0.0, out)
+    radius = out[0] + 2.0 * skin
+    half = n >= 2  # a runtime bool: literals True/False would each compile a copy
+    count = _pairs_within(positions, h, inv, per, radius, np.arange(n), half, cpairs, cshift,
+                          out[3:], np.empty(0, dtype=np.int64))
+    _rebase(cpairs, cshift, count, positions, u_new)
+    if count > cpairs.shape[0]:
+        ibuf[I_NCONTACT] = -1
+        ibuf[I_NEED] = count
+        return GROW_CONTACT
+    ibuf[I_NCONTACT] = count
+    fbuf[F_CONTACT_R] = radius
+    fbuf[F_CONTACT_D] = out[0]
+    atoms[A_BUILD, :n] = u_new[:n]
+    _remember_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC)
+    ibuf[I_CONTACT_BUILDS] += 1
+    _list_min(u_new, cpairs, cshift, count, out)
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.ndarray,
+              per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
+              atoms: np.ndarray, tagged: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray,
+              rstart: np.ndarray, scratch: np.ndarray) -> int:
+    """Rebuild the RDF pair list if a pair could have come within the cutoff unseen.
+
+    Its skin is twice the contact list's: it holds more pairs per atom, so rebuilding it
+    is dearer, and a centre's pairs are counted only every ``rdf_stride`` frames.
+    """
+    n = positions.shape[0]
+    skin = 2.0 * fbuf[F_SKIN]
+    if (
+        ibuf[I_NRDF] >= 0
+        and _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
+        and _moved(u_new, atoms[A_RBUILD]) <= skin
+    ):
+        return OK
+    full = n < 2  # False, as a runtime bool (see _contact)
+    count = _pairs_within(positions, h, inv, per, fbuf[F_RDF_CUTOFF] + skin, tagged, full,
+                          rpairs, rshift, scratch, rstart)
+    _rebase(rpairs, rshift, count, positions, u_new)
+    if count > rpairs.shape[0]:
+        ibuf[I_NRDF] = -1
+        ibuf[I_NEED] = count
+        return GROW_RDF
+    ibuf[I_NRDF] = count
+    atoms[A_RBUILD, :n] = u_new[:n]
+    _remember_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
+    ibuf[I_RDF_BUILDS] += 1
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def _push_displacements(steps: np.ndarray, disp: np.ndarray, row: np.ndarray, bins: np.ndarray,
+                        hist: np.ndarray) -> None:
+    """This frame's displacements: moments, maximum, step tensor, histogram bins."""
+    dmax = 0.0
+    dsq = 0.0
+    txx = tyy = tzz = txy = txz = tyz = 0.0
+    for i in range(steps.shape[0]):
+        sx = steps[i, 0]
+        sy = steps[i, 1]
+        sz = steps[i, 2]
+        d2 = sx * sx + sy * sy + sz * sz
+        d = math.sqrt(d2)
+        disp[i] = d
+        dsq += d2
+        dmax = max(dmax, d)
+        txx += sx * sx
+        tyy += sy * sy
+        tzz += sz * sz
+        txy += sx * sy
+        txz += sx * sz
+        tyz += sy * sz
+    row[R_T + 0] = txx
+    row[R_T + 1] = tyy
+    row[R_T + 2] = tzz
+    row[R_T + 3] = txy
+    row[R_T + 4] = txz
+    row[R_T + 5] = tyz
+    n = steps.shape[0]
+    _hist_bins(disp[:n], disp[:n].view(np.int64), bins)
+    for i in range(n):
+        _hist_add(hist, bins[i], 1)
+    _central_moments(disp, row[R_DN : R_DN + 5])
+    row[R_DMAX] = dmax
+    row[R_DSQ] = dsq
+
+
+@njit(cache=True, nogil=True)
+def _push_velocities(v: np.ndarray, masses: np.ndarray, tagged: np.ndarray, row: np.ndarray,
+                     ring_v_slot: np.ndarray) -> float:
+    """Record |v|² sums and the tagged atoms' velocities; returns the kinetic energy (eV)."""
+    v2sum = 0.0
+    mv2 = 0.0
+    for i in range(v.shape[0]):
+        vv = v[i, 0] * v[i, 0] + v[i, 1] * v[i, 1] + v[i, 2] * v[i, 2]
+        v2sum += vv
+        mv2 += masses[i] * vv
+    row[R_HAS_V] = 1.0
+    row[R_V2SUM] = v2sum
+    c0 = 0.0
+    for m in range(tagged.shape[0]):
+        i = tagged[m]
+        for k in range(3):
+            ring_v_slot[m, k] = v[i, k]
+        c0 += v[i, 0] * v[i, 0] + v[i, 1] * v[i, 1] + v[i, 2] * v[i, 2]
+    row[R_C0] = c0 / tagged.shape[0]
+    return 0.5 * mv2 * _AMU_A2_PER_FS2_IN_EV
+
+
+@njit(cache=True, nogil=True)
+def _push_lags(u_new: np.ndarray, tagged: np.ndarray, ring: np.ndarray, ring_u: np.ndarray,
+               ring_v: np.ndarray, lags: np.ndarray, slot: int, n_window: int) -> None:
+    """MSD and VACF of the tagged atoms between this frame and each lag back."""
+    W = ring.shape[0]
+    M = tagged.shape[0]
+    L = lags.shape[0]
+    row = ring[slot]
+    for m in range(M):
+        i = tagged[m]
+        for k in range(3):
+            ring_u[slot, m, k] = u_new[i, k]
+    now_u = ring_u[slot]
+    now_v = ring_v[slot]
+    for li in range(L):
+        lag = lags[li]
+        if lag > n_window - 1:
+            break
+        back = (slot - lag) % W
+        then_u = ring_u[back]
+        msd = 0.0
+        for m in range(M):
+            dx = now_u[m, 0] - then_u[m, 0]
+            dy = now_u[m, 1] - then_u[m, 1]
+            dz = now_u[m, 2] - then_u[m, 2]
+            msd += dx * dx + dy * dy + dz * dz
+        row[R_LAGS + li] = msd / M
+        if row[R_HAS_V] > 0.0 and ring[back, R_HAS_V] > 0.0:
+            then_v = ring_v[back]
+            dot = 0.0
+            for m in range(M):
+                dot += (now_v[m, 0] * then_v[m, 0] + now_v[m, 1] * then_v[m, 1]
+                        + now_v[m, 2] * then_v[m, 2])
+            row[R_LAGS + L + li] = dot / M
+
+
+@njit(cache=True, nogil=True)
+def _push_rdf(u_new: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray, rstart: np.ndarray,
+              phase: int, stride: int, cutoff: float, counts: np.ndarray) -> int:
+    """Pair counts of this frame's share of the RDF centres (every ``stride``-th from
+    ``phase``) into ``counts``; returns how many centres that was."""
+    counts[:] = 0.0
+    centres = 0
+    for m in range(phase, rstart.shape[0] - 1, stride):
+        _list_rdf(u_new, rpairs, rshift, rstart[m], rstart[m + 1], cutoff, counts)
+        centres += 1
+    return centres
+
+
+@njit(cache=True, nogil=True)
+def _push_signal(ring: np.ndarray, dft: np.ndarray, work: np.ndarray, head: int, n_window: int,
+                 pushed: int, old: float, old_present: bool, new: float,
+                 new_present: bool) -> None:
+    """Slide the DFT of the frame signal (each frame's mean displacement) by one frame."""
+    W = ring.shape[0]
+    K = W // 2 + 1
+    if pushed % W != 0:
+        _dft_slide(dft[0, :K], dft[1, :K], dft[2], old, old_present, new, new_present)
+        return
+    # Every W frames: recompute from the ring, so rounding cannot pile up.
+    values = work[9]
+    present = work[10]
+    values[:] = 0.0
+    present[:] = 0.0
+    for k in range(n_window):
+        s = (head - n_window + k) % W
+        if ring[s, R_HAS_DISP] > 0.0:
+            values[W - n_window + k] = ring[s, R_DMEAN]
+            present[W - n_window + k] = 1.0
+    _dft_direct(values[:W], present[:W], dft[2], dft[0, :K], dft[1, :K])
+
+
+@njit(cache=True, nogil=True)
+def _update(
+    positions: np.ndarray,
+    numbers: np.ndarray,
+    velocities: np.ndarray,
+    forces: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    energy: float,
+    time: float,
+    step: float,
+    has_velocities: bool,
+    has_forces: bool,
+    has_cell: bool,
+    has_energy: bool,
+    has_time: bool,
+    out: np.ndarray,
+    ibuf: np.ndarray,
+    fbuf: np.ndarray,
+    geom: np.ndarray,
+    atoms: np.ndarray,
+    disp: np.ndarray,
+    masses: np.ndarray,
+    numbers0: np.ndarray,
+    tagged: np.ndarray,
+    lags: np.ndarray,
+    ring: np.ndarray,
+    ring_u: np.ndarray,
+    ring_v: np.ndarray,
+    ring_bins: np.ndarray,
+    hist: np.ndarray,
+    rdf_ring: np.ndarray,
+    cpairs: np.ndarray,
+    cshift: np.ndarray,
+    rpairs: np.ndarray,
+    rshift: np.ndarray,
+    rstart: np.ndarray,
+    dft: np.ndarray,
+    work: np.ndarray,
+) -> int:
+    """Take one frame: update the state and write every feature into ``out``."""
+    n = positions.shape[0]
+    for i in range(n):
+        if numbers[i] != numbers0[i]:
+            return SPECIES_CHANGED
+    out[:] = np.nan
+
+    # --- what is usable in this frame
+    bad_positions = _count_nonfinite(positions)
+    bad_velocities = _count_nonfinite(velocities) if has_velocities else 0
+    bad_forces = _count_nonfinite(forces) if has_forces else 0
+    energy_ok = has_energy and math.isfinite(energy)
+    out[O_NONFINITE] = bad_positions + bad_velocities + bad_forces + (has_energy and not energy_ok)
+    if bad_positions > 0:  # the frame is not taken; the window stays what it was
+        ibuf[I_LAST_BAD] = 1
+        _window(out, ibuf, fbuf, ring, hist, rdf_ring, dft, lags, work, n)
+        return OK
+
+    # --- step, unwrapped positions, velocities (the frame's own, else finite differences)
+    h, per, volume = _geometry(cell, pbc, has_cell, geom)
+    inv = geom[G_INV]
+    periodic = per[0] or per[1] or per[2]
+    cur = ibuf[I_UCUR]
+    u_new = atoms[A_U + 1 - cur]
+    have_prev = ibuf[I_HAVE_PREV] == 1
+    _advance(positions, atoms, have_prev, atoms[A_U + cur], u_new, h, inv, per)
+    v = velocities
+    v_avail = has_velocities and bad_velocities == 0
+    prev_time = fbuf[F_PREV_TIME]
+    if not has_velocities and have_prev and has_time and time > prev_time:  # NaN: False
+        v = atoms[A_VEL]
+        v[:n] = atoms[A_STEP, :n] * (1.0 / (time - prev_time))
+        v_avail = True
+
+    # --- pair lists (may ask for room and be called again: nothing committed yet)
+    tmp = work[0]
+    tmp[:3] = np.nan
+    if n >= 2:
+        status = _contact(positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, cpairs, cshift,
+                          tmp)
+        if status != OK:
+            return status
+    dmin = tmp[0]
+    closest_i = int(tmp[1]) if n >= 2 else -1
+    closest_j = int(tmp[2]) if n >= 2 else -1
+    pushed = ibuf[I_PUSHED]
+    rdf_on = periodic and n >= 2  # g(r) needs a volume
+    if rdf_on:
+        status = _rdf_list(positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, tagged, rpairs,
+                           rshift, rstart, tmp[3:])
+        if status != OK:
+            return status
+
+    # ================================ commit: from here on the state changes
+    W = ring.shape[0]
+    head = ibuf[I_HEAD]
+    count = ibuf[I_COUNT]
+    slot = head
+    old_present = False
+    old_value = 0.0
+    if count == W:  # evict the oldest frame
+        if ring[slot, R_HAS_DISP] > 0.0:
+            old_present = True
+            old_value = ring[slot, R_DMEAN]
+            for i in range(n):
+                _hist_add(hist, ring_bins[slot, i], -1)
+        if ring[slot, R_HAS_RDF] > 0.0:
+            rdf_ring[W] -= rdf_ring[slot]  # counts are integers: the running sum is exact
+    row = ring[slot]
+    row[:] = np.nan
+    row[R_CLOCK] = time if has_time else step
+    row[R_HAS_DISP] = 1.0 if have_prev else 0.0
+    row[R_HAS_V] = 0.0
+    row[R_HAS_RDF] = 0.0
+    if have_prev:
+        _push_displacements(atoms[A_STEP, :n], disp, row, ring_bins[slot], hist)
+    else:
+        disp[:] = 0.0
+    kinetic = _push_velocities(v, masses, tagged, row, ring_v[slot]) if v_avail else np.nan
+    if energy_ok:
+        row[R_E] = energy / n
+    row[R_DMIN] = dmin
+    n_window = min(count + 1, W)
+    _push_lags(u_new, tagged, ring, ring_u, ring_v, lags, slot, n_window)
+    if rdf_on:  # this frame's share of the RDF centres (spread so g(r) moves smoothly)
+        stride = ibuf[I_RDF_STRIDE]
+        centres = _push_rdf(u_new, rpairs, rshift, rstart, pushed % stride, stride,
+                            fbuf[F_RDF_CUTOFF], rdf_ring[slot])
+        if centres > 0:
+            row[R_HAS_RDF] = 1.0
+            row[R_RDF_NORM] = centres * (n - 1) / volume
+            rdf_ring[W] += rdf_ring[slot]
+    head = (head + 1) % W
+    ibuf[I_HEAD] = head
+    ibuf[I_COUNT] = n_window
+    ibuf[I_PUSHED] = pushed + 1
+    new_value = row[R_DMEAN] if have_prev else 0.0
+    _push_signal(ring, dft, work, head, n_window, pushed + 1, old_value, old_present, new_value,
+                 have_prev)
+    atoms[A_PREV, :n] = positions
+    ibuf[I_UCUR] = 1 - cur
+    ibuf[I_HAVE_PREV] = 1
+    ibuf[I_LAST_BAD] = 0
+    ibuf[I_CLOSEST_I] = closest_i
+    ibuf[I_CLOSEST_J] = closest_j
+    fbuf[F_PREV_TIME] = time if has_time else np.nan
+
+    # --- per-frame features
+    if have_prev:
+        out[O_STEP_DISP_MAX] = row[R_DMAX]
+    out[O_STEP_MIN_DIST] = dmin
+    if v_avail:
+        out[O_TEMPERATURE] = 2.0 * kinetic / (3.0 * n * _KB_EV_PER_K)
+    if energy_ok:
+        out[O_ENERGY] = energy / n
+        if v_avail:
+            total = energy + kinetic
+            if ibuf[I_HAVE_E0] == 0:
+                fbuf[F_E0] = total
+                ibuf[I_HAVE_E0] = 1
+            out[O_DRIFT] = (total - fbuf[F_E0]) / n
+    if has_forces and bad_forces == 0:
+        fmax = 0.0
+        for i in range(n):
+            fmax = max(fmax, forces[i, 0] ** 2 + forces[i, 1] ** 2 + forces[i, 2] ** 2)
+        out[O_MAX_FORCE] = math.sqrt(fmax)
+    _window(out, ibuf, fbuf, ring, hist, rdf_ring, dft, lags, work, n)
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def _window(
+    out: np.ndarray,
+    ibuf: np.ndarray,
+    fbuf: np.ndarray,
+    ring: np.ndarray,
+    hist: np.ndarray,
+    rdf_ring: np.ndarray,
+    dft: np.ndarray,
+    lags: np.ndarray,
+    work: np.ndarray,
+    n_atoms: int,
+) -> None:
+    """Write the window features from the per-frame summaries in the ring: O(W) each."""
+    W = ring.shape[0]
+    L = lags.shape[0]
+    count = ibuf[I_COUNT]
+    head = ibuf[I_HEAD]
+    if count == 0 or n_atoms == 0:
+        return
+    order = ibuf[I_ORDER : I_ORDER + count]  # slots oldest first: no modulo in the loops
+    s = head - count + W if head < count else head - count
+    for k in range(count):
+        order[k] = s
+        s = s + 1 if s + 1 < W else 0
+    acc = work[0, 0:5]
+    tensor = work[0, 8:14]
+    tensor[:] = 0.0
+    _combine_moments(ring[:, R_DN : R_DN + 5], order, acc)
+    signal = work[1]
+    clocks = work[2]
+    energies = work[3]
+    eclocks = work[4]
+    ns = 0
+    ne = 0
+    nv = 0
+    dmax = 0.0
+    dsq = 0.0
+    v2 = 0.0
+    c0 = 0.0
+    dmin = np.inf
+    for k in range(count):
+        row = ring[order[k]]
+        clocks[k] = row[R_CLOCK]
+        if row[R_HAS_DISP] > 0.0:
+            dmax = max(dmax, row[R_DMAX])
+            dsq += row[R_DSQ]
+            for c in range(6):
+                tensor[c] += row[R_T + c]
+            signal[ns] = row[R_DMEAN]
+            ns += 1
+        if row[R_HAS_V] > 0.0:
+            nv += 1
+            v2 += row[R_V2SUM]
+            c0 += row[R_C0]
+        if not math.isnan(row[R_E]):
+            energies[ne] = row[R_E]
+            eclocks[ne] = row[R_CLOCK]
+            ne += 1
+        if row[R_DMIN] < dmin:
+            dmin = row[R_DMIN]
+    dt = (clocks[count - 1] - clocks[0]) / (count - 1) if count > 1 else np.nan
+
+    # displacement distribution (moments merged frame by frame, quantiles from the histogram)
+    total = acc[0]
+    if total > 0.0:
+        mean = acc[1]
+        m2 = acc[2] / total
+        out[O_DISP_MEAN] = mean
+        out[O_DISP_STD] = math.sqrt(m2)
+        if m2 > (FLAT * mean) ** 2 and m2 > 0.0:
+            out[O_DISP_SKEW] = acc[3] / total / m2**1.5
+            out[O_DISP_KURT] = acc[4] / total / (m2 * m2) - 3.0
+        out[O_DISP_MAX] = dmax
+        out[O_DISP_MEDIAN] = _hist_quantile(hist, int(total), 0.5)
+        out[O_DISP_P95] = _hist_quantile(hist, int(total), 0.95)
+        if dmax > 0.0:
+            out[O_CREST] = dmax / math.sqrt(dsq / total)
+            out[O_IMPULSE] = dmax / mean
+        out[O_ANISO] = _anisotropy(tensor)
+    if ns >= 2:
+        smean = 0.0
+        for k in range(ns):
+            smean += signal[k]
+        smean /= ns
+        var = 0.0
+        for k in range(ns):
+            var += (signal[k] - smean) ** 2
+        out[O_FRAME_VAR] = var / ns
+        if var / ns > (FLAT * smean) ** 2:
+            K = W // 2 + 1
+            spec = work[8]
+            _spectral(dft[0, :K], dft[1, :K], smean, W, dt, spec)
+            out[O_FREQ] = spec[0]
+            out[O_ENTROPY] = spec[1]
+            out[O_PEAK_RATIO] = spec[2]
+    if nv > 0:
+        out[O_RMS_V] = math.sqrt(v2 / (n_atoms * nv))
+
+    # MSD(lag), averaged over every origin in the window
+    msd = work[5]
+    lag_time = work[6]
+    nl = 0
+    for li in range(L):
+        lag = lags[li]
+        if lag > count - 1:
+            break
+        total_msd = 0.0
+        for k in range(lag, count):
+            total_msd += ring[order[k], R_LAGS + li]
+        msd[nl] = total_msd / (count - lag)
+        lag_time[nl] = lag * dt
+        nl += 1
+    if nl >= 1:
+        mm = 0.0
+        for k in range(nl):
+            mm += msd[k]
+        mm /= nl
+        out[O_MSD_MEAN] = mm
+        out[O_MSD_FINAL] = msd[nl - 1]
+        if nl >= 2:
+            var = 0.0
+            for k in range(nl):
+                var += (msd[k] - mm) ** 2
+            out[O_MSD_STD] = math.sqrt(var / nl)
+            out[O_MSD_SLOPE] = _slope(lag_time, msd, nl)
+
+    # VACF(lag) / VACF(0), over the origins where both frames have velocities
+    if nv > 0 and c0 > 0.0:
+        c0 /= nv
+        vlag = work[6]
+        vval = work[7]
+        nc = 0
+        for li in range(L):
+            lag = lags[li]
+            if lag > count - 1:
+                break
+            total_c = 0.0
+            m = 0
+            for k in range(lag, count):
+                value = ring[order[k], R_LAGS + L + li]
+                if not math.isnan(value):
+                    total_c += value
+                    m += 1
+            if m > 0:
+                vlag[nc] = lag
+                vval[nc] = total_c / m / c0
+                nc += 1
+        if nc > 0 and vlag[0] == 1.0:
+            out[O_VACF_DECAY] = 1.0 - vval[0]
+        out[O_VACF_ZERO] = _zero_crossing(vlag, vval, nc) * dt
+
+    # energy per atom
+    if ne > 0:
+        em = 0.0
+        for k in range(ne):
+            em += energies[k]
+        em /= ne
+        var = 0.0
+        for k in range(ne):
+            var += (energies[k] - em) ** 2
+        out[O_E_MEAN] = em
+        out[O_E_STD] = math.sqrt(var / ne)
+        out[O_E_TREND] = _slope(eclocks, energies, ne)
+
+    # structure
+    if dmin < np.inf:
+        out[O_MIN_DIST] = dmin
+    # g(r): the window's pair counts over what an ideal gas would give the same centres
+    norm = 0.0
+    for k in range(count):
+        if ring[order[k], R_HAS_RDF] > 0.0:
+            norm += ring[order[k], R_RDF_NORM]
+    if norm > 0.0:
+        g = rdf_ring[W + 1]
+        bins = g.shape[0]
+        dr = fbuf[F_RDF_CUTOFF] / bins
+        for b in range(bins):
+            shell = 4.0 / 3.0 * math.pi * ((b + 1) ** 3 - b**3) * dr**3
+            g[b] = rdf_ring[W, b] / (norm * shell)
+        peak = work[8]
+        _first_peak(g, dr, peak)
+        out[O_RDF_POS] = peak[0]
+        out[O_RDF_HEIGHT] = peak[1]

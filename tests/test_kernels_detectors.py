@@ -1,0 +1,363 @@
+"""Every detector kernel against a plain NumPy/Python reference (also run with
+NUMBA_DISABLE_JIT=1 by tests/test_nojit.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from trajwatch.detectors import _kernels as kern
+
+
+def _welford(xs: np.ndarray) -> np.ndarray:
+    st = np.zeros((4, xs.shape[1]))
+    for x in xs:
+        kern._welford_learn(x, st)
+    return st
+
+
+def test_welford_matches_mean_and_variance_skipping_nan() -> None:
+    rng = np.random.default_rng(0)
+    xs = rng.normal(3.0, 2.0, size=(200, 5))
+    xs[rng.random(xs.shape) < 0.1] = np.nan
+    st = _welford(xs)
+    np.testing.assert_allclose(st[0], np.isfinite(xs).sum(axis=0))
+    np.testing.assert_allclose(st[1], np.nanmean(xs, axis=0), rtol=1e-12)
+    np.testing.assert_allclose(st[2] / (st[0] - 1), np.nanvar(xs, axis=0, ddof=1), rtol=1e-10)
+    # streak: finite values since the last NaN
+    for k in range(5):
+        bad = np.flatnonzero(np.isnan(xs[:, k]))
+        expected = len(xs) - 1 - bad[-1] if bad.size else len(xs)
+        assert st[3, k] == expected
+
+
+def test_welford_z_and_standardise_match_reference() -> None:
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(100, 4))
+    st = _welford(xs)
+    x = np.array([0.5, np.nan, np.inf, 3.0])
+    z = np.empty(4)
+    best = kern._welford_z(x, st, 1e-4, 1e-12, 20.0, np.zeros((x.size, 3)), z)
+    sd = xs.std(axis=0, ddof=1)
+    mean = xs.mean(axis=0)
+    assert z[0] == pytest.approx((0.5 - mean[0]) / sd[0], rel=1e-12)
+    assert z[1] == math.inf  # finite for 100 frames, now NaN
+    assert z[2] == math.inf
+    assert best == math.inf
+    st[3, 1] = 5.0  # a short streak: NaN is just "unavailable"
+    kern._welford_z(x, st, 1e-4, 1e-12, 20.0, np.zeros((x.size, 3)), z)
+    assert math.isnan(z[1])
+    out = np.empty(4)
+    kern._standardise(x, st, 1e-4, 1e-12, out)
+    assert out[1] == 0.0 and out[2] == 0.0
+    assert out[3] == pytest.approx((3.0 - mean[3]) / sd[3], rel=1e-12)
+
+
+def test_std_floor_keeps_constant_features_finite() -> None:
+    st = _welford(np.full((10, 1), 2.0))
+    z = np.empty(1)
+    assert kern._welford_z(np.array([2.0]), st, 1e-4, 1e-12, 20.0, np.zeros((1, 3)), z) == 0.0
+    assert z[0] == 0.0
+    assert kern._welford_z(
+        np.array([2.1]), st, 1e-4, 1e-12, 20.0, np.zeros((1, 3)), z
+    ) == pytest.approx(0.1 / 2e-4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 40])
+def test_mad_sorted_matches_numpy(n: int) -> None:
+    rng = np.random.default_rng(n)
+    a = np.sort(rng.normal(size=n))
+    center = float(np.median(a))
+    mad, mean_abs = kern._mad_sorted(a, n, center)
+    assert mad == pytest.approx(np.median(np.abs(a - center)), abs=1e-12)
+    assert mean_abs == pytest.approx(np.mean(np.abs(a - center)), abs=1e-12)
+
+
+def test_robust_window_matches_numpy_median_and_mad() -> None:
+    rng = np.random.default_rng(2)
+    d, w = 3, 11
+    ring = np.zeros((d, w))
+    srt = np.zeros((d, w))
+    meta = np.zeros((d + 1, 3))
+    center = np.zeros(d)
+    spread = np.zeros(d)
+    xs = rng.normal(size=(60, d))
+    xs[5, 1] = np.nan
+    history: list[list[float]] = [[] for _ in range(d)]
+    for x in xs:
+        kern._robust_learn(x, ring, srt, meta, center, spread, d, np.zeros((d, 3)))
+        for k in range(d):
+            if np.isfinite(x[k]):
+                history[k].append(x[k])
+    for k in range(d):
+        window = np.array(history[k][-w:])
+        np.testing.assert_allclose(srt[k, : len(window)], np.sort(window))
+        assert center[k] == pytest.approx(np.median(window))
+        assert spread[k] == pytest.approx(1.4826 * np.median(np.abs(window - np.median(window))))
+    z = np.empty(d)
+    x = np.array([center[0] + 2 * spread[0], center[1], np.nan])
+    quantum = np.zeros((d, 3))  # no resolution floor
+    best = kern._robust_z(x, meta, center, spread, quantum, 1e-4, 1e-12, 20.0, z)
+    assert z[0] == pytest.approx(2.0) and z[1] == 0.0 and z[2] == math.inf
+    assert best == math.inf
+
+
+def test_quantum_is_the_smallest_non_zero_change() -> None:
+    quantum = np.zeros((2, 3))
+    for x in ([1.0, 5.0], [1.0, 5.0], [1.5, np.nan], [1.25, 5.0], [1.25, 5.0]):
+        kern._quantum_learn(np.array(x), quantum)
+    assert quantum[0, 1] == 0.25 and quantum[1, 1] == 0.0
+
+
+def _hst_reference_score(z, feature, split, mass, ref, size_limit):  # type: ignore[no-untyped-def]
+    trees, internal = feature.shape
+    total = 0.0
+    for t in range(trees):
+        node, depth = 0, 0
+        while node < internal and mass[ref, t, node] >= size_limit:
+            node = 2 * node + 1 if z[feature[t, node]] < split[t, node] else 2 * node + 2
+            depth += 1
+        total += mass[ref, t, node] * 2**depth
+    return total / trees
+
+
+def test_hst_learn_counts_paths_and_swaps_windows() -> None:
+    rng = np.random.default_rng(3)
+    trees, height, d, window = 3, 3, 4, 20
+    internal = 2**height - 1
+    feature = rng.integers(d, size=(trees, internal)).astype(np.int64)
+    split = rng.normal(size=(trees, internal))
+    mass = np.zeros((2, trees, 2 ** (height + 1) - 1))
+    state = np.array([0, 0, window, 0], dtype=np.int64)
+    xs = rng.normal(size=(window, d))
+    expected = np.zeros((trees, mass.shape[2]))
+    for x in xs:
+        for t in range(trees):
+            node = 0
+            expected[t, 0] += 1
+            while node < internal:
+                node = 2 * node + 1 if x[feature[t, node]] < split[t, node] else 2 * node + 2
+                expected[t, node] += 1
+        kern._hst_learn(x, feature, split, mass, state)
+    # the window just closed: its masses are now the reference, the latest is empty
+    assert state.tolist() == [1, 0, window, 1]
+    np.testing.assert_array_equal(mass[0], expected)
+    assert not mass[1].any()
+    # every level of every tree holds the whole window
+    for level in range(height + 1):
+        nodes = range(2**level - 1, 2 ** (level + 1) - 1)
+        np.testing.assert_array_equal(mass[0][:, list(nodes)].sum(axis=1), window)
+    for x in rng.normal(size=(5, d)):
+        got = kern._hst_score(x, feature, split, mass, state, 2.0)
+        assert got == pytest.approx(_hst_reference_score(x, feature, split, mass, 0, 2.0))
+
+
+def test_loda_projection_binning_and_score_match_reference() -> None:
+    rng = np.random.default_rng(4)
+    p, d, bins, window, half = 5, 6, 8, 30, 3.0
+    index = np.stack([np.sort(rng.choice(d, 3, replace=False)) for _ in range(p)]).astype(np.int64)
+    weight = rng.normal(size=(p, 3))
+    counts = np.zeros((2, p, bins + 2))
+    scale = np.zeros((2, p, 2))
+    scale[:, :, 1] = 1.0
+    pstats = np.zeros((p, 3))
+    state = np.array([0, 0, window, 0], dtype=np.int64)
+    xs = rng.normal(size=(window, d))
+    projs = np.array([[weight[j] @ x[index[j]] for j in range(p)] for x in xs])
+    out = np.empty(p)
+    for x, expected in zip(xs, projs, strict=True):
+        kern._loda_project(x, index, weight, out)
+        np.testing.assert_allclose(out, expected)
+        kern._loda_learn(out, counts, scale, pstats, state, half)
+    assert state.tolist() == [1, 0, window, 1]
+    edges = np.linspace(-half, half, bins + 1)
+    for j in range(p):
+        inside = np.histogram(projs[:, j], edges)[0]
+        np.testing.assert_array_equal(counts[0, j, 1:-1], inside)
+        assert counts[0, j, 0] == (projs[:, j] < -half).sum()
+        assert counts[0, j, -1] == (projs[:, j] >= half).sum()
+        np.testing.assert_allclose(scale[1, j], [projs[:, j].mean(), projs[:, j].std(ddof=1)])
+    probe = rng.normal(size=p)
+    width = 2 * half / bins
+    expected_score = 0.0
+    for j in range(p):
+        b = int(np.searchsorted(edges, probe[j], side="right"))  # 0 below, bins+1 above
+        b = min(b, bins + 1)
+        density = (counts[0, j, b] + 0.5) / (window + 0.5 * (bins + 2))
+        if 1 <= b <= bins:
+            density /= width
+        expected_score -= math.log(density)
+    got = kern._loda_score(probe, counts, scale, state, half, 0.5)
+    assert got == pytest.approx(expected_score / p)
+
+
+def test_calibrator_surprise_is_conformal_below_the_tail_and_exponential_above() -> None:
+    rng = np.random.default_rng(5)
+    size = 200
+    ring = np.zeros((2, size))
+    state = np.array([0, 0, 0, 16], dtype=np.int64)
+    tail = np.array([np.inf, 1.0, 0.05, 0.0])
+    scores = np.round(rng.exponential(size=500), 2)  # with ties
+    for s in scores:
+        kern._calib_add(s, ring, state, tail)
+    kern._calib_refit(ring, state, tail)
+    cal = scores[-size:]
+    np.testing.assert_array_equal(ring[1], np.sort(cal))
+    np.testing.assert_array_equal(np.roll(ring[0], -int(state[1])), cal)
+    k = max(10, int(0.05 * size))
+    top = np.sort(cal)[-k:]
+    u = top[0]
+    beta = max(
+        (top - u).mean() * (1 + 2 / math.sqrt(k)),
+        (u - np.sort(cal)[size // 2]) / math.log(size / (2 * k)),
+    )
+    assert tail[0] == u and tail[1] == pytest.approx(beta)
+    for s in (0.1, 1.0, u):
+        expected = -math.log10((1 + (cal >= s).sum()) / (size + 1))
+        assert kern._calib_surprise(s, ring, state, tail) == pytest.approx(expected)
+    s = u + 3.0
+    expected = -math.log10((k + 1) / (size + 1)) + 3.0 / (beta * math.log(10))
+    assert kern._calib_surprise(s, ring, state, tail) == pytest.approx(expected)
+    assert kern._calib_surprise(math.inf, ring, state, tail) == math.inf
+    assert kern._calib_quantile(ring, state, 0.9) == np.sort(cal)[math.ceil(0.9 * size) - 1]
+
+
+def test_sorted_replace_and_insert_keep_the_prefix_sorted() -> None:
+    rng = np.random.default_rng(11)
+    a = np.zeros(30)
+    values: list[float] = []
+    for v in rng.integers(0, 10, size=30).astype(float):
+        kern._sorted_insert(a, len(values), v)
+        values.append(v)
+    for _ in range(300):
+        old = values[int(rng.integers(len(values)))]
+        new = float(rng.integers(0, 10))
+        kern._sorted_replace(a, len(values), old, new)
+        values.remove(old)
+        values.append(new)
+        np.testing.assert_array_equal(a, np.sort(values))
+
+
+def test_fused_hst_and_loda_kernels_equal_their_parts() -> None:
+    rng = np.random.default_rng(12)
+    d, trees, internal = 5, 2, 7
+    x = rng.normal(size=d)
+    stats = _welford(rng.normal(size=(50, d)))
+    z = np.empty(d)
+    kern._standardise(x, stats, 1e-4, 1e-12, z)
+    feature = rng.integers(d, size=(trees, internal)).astype(np.int64)
+    split = rng.normal(size=(trees, internal))
+    mass = rng.integers(0, 20, size=(2, trees, 15)).astype(float)
+    state = np.array([0, 3, 50, 2], dtype=np.int64)
+    scratch = np.empty(d)
+    got = kern._hst_score_x(x, stats, scratch, feature, split, mass, state, 2.0)
+    assert got == kern._hst_score(z, feature, split, mass, state, 2.0)
+    index = np.array([[0, 2], [1, 4]], dtype=np.int64)
+    weight = rng.normal(size=(2, 2))
+    counts = rng.integers(0, 9, size=(2, 2, 6)).astype(float)
+    scale = np.array([[[0.0, 1.0]] * 2] * 2)
+    proj = np.empty(2)
+    got = kern._loda_score_x(
+        x, stats, scratch, index, weight, proj, counts, scale, state, 3.0, 0.5
+    )
+    kern._loda_project(z, index, weight, proj)
+    assert got == kern._loda_score(proj, counts, scale, state, 3.0, 0.5)
+
+
+def _cauchy_reference(surprise: np.ndarray, weight: np.ndarray) -> float:
+    p = np.minimum(10.0**-surprise, 0.9)
+    t = float((weight * np.tan((0.5 - p) * np.pi)).sum() / weight.sum())
+    return -math.log10(float(stats.cauchy.sf(t)))
+
+
+@pytest.mark.parametrize(
+    "surprise", [[0.0, 0.0, 0.0], [1.0, 2.0, 0.5], [6.0, 0.2, 0.1], [12.0, 11.0, 0.0]]
+)
+def test_cauchy_combination_matches_scipy(surprise: list[float]) -> None:
+    s = np.array(surprise)
+    w = np.array([1.0, 2.0, 1.0])
+    assert kern._cauchy_surprise(s, w) == pytest.approx(_cauchy_reference(s, w), rel=1e-6)
+
+
+def test_cauchy_combination_far_tail_is_the_weighted_harmonic_mean() -> None:
+    s = np.array([400.0, 398.0, 0.0])
+    w = np.ones(3)
+    expected = math.log10((10**0 + 10**-2) / 3) + 400.0
+    assert kern._cauchy_surprise(s, w) == pytest.approx(expected)
+    assert kern._cauchy_surprise(np.array([np.inf, 0.0]), np.ones(2)) == math.inf
+
+
+def _page_hinkley_reference(
+    xs: np.ndarray, delta: float, threshold: float, min_n: int
+) -> list[int]:
+    fired = []
+    n = mean = up = down = up_min = down_max = 0.0
+    for t, v in enumerate(xs):
+        n += 1
+        mean += (v - mean) / n
+        up += v - mean - delta
+        down += v - mean + delta
+        up_min = min(up_min, up)
+        down_max = max(down_max, down)
+        if n >= min_n and max(up - up_min, down_max - down) > threshold:
+            fired.append(t)
+            n = mean = up = down = up_min = down_max = 0.0
+    return fired
+
+
+def test_page_hinkley_matches_reference() -> None:
+    rng = np.random.default_rng(6)
+    xs = np.concatenate(
+        [rng.normal(size=150), rng.normal(2.0, 1.0, size=100), rng.normal(size=100)]
+    )
+    state = np.zeros((1, 6))
+    stat = np.zeros(1)
+    got = [
+        t
+        for t, v in enumerate(xs)
+        if kern._page_hinkley(np.array([v]), state, 0.5, 25.0, 8.0, stat)
+    ]
+    assert got == _page_hinkley_reference(xs, 0.5, 25.0, 8)
+    assert got and 150 <= got[0] < 170
+
+
+def _adwin_reference(window: list[float], delta: float, min_window: int) -> int:
+    n = len(window)
+    a = np.array(window)
+    var = a.var()
+    log_term = math.log(2.0 * math.log(n) / delta)
+    best, best_i = 0.0, 0
+    for n0 in range(min_window, n - min_window + 1):
+        n1 = n - n0
+        m = 1.0 / (1.0 / n0 + 1.0 / n1)
+        eps = math.sqrt(2 * var * log_term / m) + 2 * log_term / (3 * m)
+        gap = abs(a[n0:].mean() - a[:n0].mean()) - eps
+        if gap > best:
+            best, best_i = gap, n0
+    return best_i
+
+
+def test_adwin_matches_brute_force_split_search() -> None:
+    rng = np.random.default_rng(7)
+    w, min_window, delta = 40, 4, 1e-3
+    xs = np.concatenate([rng.normal(size=60), rng.normal(4.0, 1.0, size=30)])
+    ring = np.zeros((1, w))
+    meta = np.zeros((1, 2))
+    shift = np.zeros(1)
+    window: list[float] = []
+    cuts = 0
+    for v in xs:
+        window = ([*window, v])[-w:]
+        cut = kern._adwin(np.array([v]), ring, meta, delta, min_window, True, shift)
+        expected = (
+            _adwin_reference(window, delta, min_window) if len(window) >= 2 * min_window else 0
+        )
+        assert bool(cut) == bool(expected)
+        if cut:
+            cuts += 1
+            window = window[expected:]
+            assert int(meta[0, 0]) == len(window)
+    assert cuts >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,11 @@ from trajwatch.lstm import (
 from trajwatch.lstm.calibration import Calibration
 from trajwatch.simulate import MDSpec, run_md
 
-# Tiny and quick: a few seconds of training on one core.
-SMALL = TrainConfig(window=20, hidden=12, latent=4, max_epochs=12, patience=4, seed=7)
+# Small and quick: a few seconds of training on one core.
+SMALL = TrainConfig(
+    window=20, hidden=16, latent=6, max_epochs=30, patience=6, learning_rate=5e-3, seed=7
+)
+TINY = TrainConfig(window=20, hidden=8, latent=2, max_epochs=3, seed=7)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,23 +62,23 @@ def model(clean_x: np.ndarray, names: tuple[str, ...]) -> LSTMModel:
 def test_training_lowers_the_validation_loss(model: LSTMModel) -> None:
     info = model.info
     # MD fluctuations are mostly noise an autoencoder cannot (and should not) reproduce.
-    assert info["best_val_loss"] < 0.9 * info["initial_val_loss"]
+    assert info["best_val_loss"] < 0.8 * info["initial_val_loss"]
     assert 1 <= info["best_epoch"] <= info["epochs"] <= SMALL.max_epochs
     assert len(info["history"]) == info["epochs"]
     assert info["val_windows"] > 0 and info["train_windows"] > info["val_windows"]
 
 
 def test_training_is_reproducible_with_the_same_seed(
-    model: LSTMModel, clean_x: np.ndarray, names: tuple[str, ...]
+    clean_x: np.ndarray, names: tuple[str, ...]
 ) -> None:
-    again = train([clean_x], names, SMALL)
-    for key, value in model.network.state_dict().items():
+    first, again = train([clean_x], names, TINY), train([clean_x], names, TINY)
+    for key, value in first.network.state_dict().items():
         assert torch.equal(value, again.network.state_dict()[key]), key
-    assert model.threshold == again.threshold
-    assert model.info["history"] == again.info["history"]
-    other = train([clean_x], names, TrainConfig(**{**SMALL.__dict__, "seed": 8}))
+    assert first.threshold == again.threshold
+    assert first.info["history"] == again.info["history"]
+    other = train([clean_x], names, replace(TINY, seed=8))
     weights = other.network.state_dict()["readout.weight"]
-    assert not torch.equal(model.network.state_dict()["readout.weight"], weights)
+    assert not torch.equal(first.network.state_dict()["readout.weight"], weights)
 
 
 def test_training_does_not_touch_the_global_random_state(
@@ -83,7 +87,7 @@ def test_training_does_not_touch_the_global_random_state(
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    train([clean_x], names, TrainConfig(window=20, hidden=4, latent=2, max_epochs=1))
+    train([clean_x], names, replace(TINY, max_epochs=1))
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -243,18 +247,18 @@ def test_conformal_p_values_and_threshold() -> None:
 
 @pytest.fixture(scope="module")
 def stream_model(clean_x: np.ndarray, names: tuple[str, ...]) -> LSTMModel:
-    config = TrainConfig(**{**SMALL.__dict__, "scaling": "stream", "scaling_frames": 40})
+    config = replace(SMALL, scaling="stream", scaling_skip=10, scaling_frames=40, max_epochs=10)
     return train([clean_x], names, config)
 
 
 def test_stream_scaling_waits_for_its_frames(stream_model: LSTMModel, clash_x: np.ndarray) -> None:
-    assert stream_model.scaling == "stream" and stream_model.first_scored_frame == 39
+    assert stream_model.scaling == "stream" and stream_model.first_scored_frame == 49
     scorer = WindowScorer(stream_model)
     assert scorer.scaler is None
     out = scorer.push(clash_x[:100])
-    assert np.flatnonzero(out.scored).tolist() == list(range(39, 100))
+    assert np.flatnonzero(out.scored).tolist() == list(range(49, 100))
     assert scorer.scaler is not None
-    np.testing.assert_allclose(scorer.scaler.mean, np.nanmean(clash_x[:40], axis=0), rtol=1e-9)
+    np.testing.assert_allclose(scorer.scaler.mean, np.nanmean(clash_x[10:50], axis=0), rtol=1e-9)
     single = WindowScorer(stream_model)
     one_by_one = np.concatenate([single.push(x).scores for x in clash_x[:100]])
     np.testing.assert_allclose(out.scores, one_by_one, rtol=1e-5, equal_nan=True)
@@ -268,7 +272,7 @@ def test_stream_scaled_scores_do_not_depend_on_feature_levels(
     base = LSTMDetector(stream_model).score_many(clean_x)
     moved = LSTMDetector(stream_model).score_many(clean_x + offset)
     np.testing.assert_allclose(moved, base, rtol=1e-3, atol=1e-6)
-    reference = LSTMDetector(train([clean_x], stream_model.features, SMALL))
+    reference = LSTMDetector(train([clean_x], stream_model.features, TINY))
     assert reference.score_many(clean_x + offset)[100:].min() > 10 * reference.threshold
 
 

@@ -271,6 +271,8 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--scaling-frames", type=int, default=d.scaling_frames,
                    help="frames a stream-scaled model learns each run's scale from "
                    "(%(default)s)")  # fmt: skip
+    p.add_argument("--scaling-skip", type=int, default=d.scaling_skip,
+                   help="first frames of a run it leaves out of them (%(default)s)")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="(%(default)s)")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (%(default)s)")
     p.add_argument("--skip-bad", action="store_true",
@@ -978,7 +980,8 @@ def _run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
         learning_rate=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
         stride=args.stride, alpha=args.alpha, margin=args.margin, scaling=args.scaling,
-        scaling_frames=args.scaling_frames, seed=args.seed, threads=args.threads,
+        scaling_frames=args.scaling_frames, scaling_skip=args.scaling_skip, seed=args.seed,
+        threads=args.threads,
     )  # fmt: skip
     console = Console(stderr=True)
     sequences = []

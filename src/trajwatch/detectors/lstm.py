@@ -92,6 +92,13 @@ class LSTMDetector:
         """True once a full window has been scored."""
         return self._scorer.windows > 0
 
+    def reset(self) -> None:
+        """Forget the stream (after a structure change): the next score is a window later."""
+        self._scorer.reset()
+        self.last_score = 0.0
+        self._feature_errors = np.full(len(self.features), np.nan)
+        self._residuals = np.full(len(self.features), np.nan)
+
     def learn_one(self, x: NDArray[np.float64]) -> None:
         """Nothing to learn: the model is fixed (reference mode)."""
 

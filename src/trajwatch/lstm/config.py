@@ -41,6 +41,9 @@ class TrainConfig:
     runs of the trained system); ``"stream"``: each run by its own first
     ``scaling_frames`` frames (for systems the model was not trained on)."""
     scaling_frames: int = 100
+    scaling_skip: int = 50
+    """Stream scaling ignores a run's first frames, where the feature engine's window
+    statistics are still filling up (its window, 50 frames by default)."""
     floor_fraction: float = 0.25
     """Stream scaling: floor on a feature's spread, as a share of its median training spread."""
     seed: int = 0
@@ -53,7 +56,7 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), not {self.val_fraction}")
         if self.scaling not in ("reference", "stream"):
             raise ValueError(f"scaling must be 'reference' or 'stream', not {self.scaling!r}")
-        if self.scaling_frames < 2 or self.floor_fraction <= 0:
-            raise ValueError("scaling_frames must be >= 2 and floor_fraction > 0")
+        if self.scaling_frames < 2 or self.scaling_skip < 0 or self.floor_fraction <= 0:
+            raise ValueError("need scaling_frames >= 2, scaling_skip >= 0, floor_fraction > 0")
         if self.stride < 1 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError("stride, max_epochs and patience must be at least 1")

@@ -113,7 +113,7 @@ class LSTMModel:
     @property
     def first_scored_frame(self) -> int:
         """Index of the first frame of a stream whose window gets a score."""
-        frames = 0 if self.stream_scaling is None else self.stream_scaling.frames
+        frames = 0 if self.stream_scaling is None else self.stream_scaling.span
         return max(self.window, frames) - 1
 
     @property

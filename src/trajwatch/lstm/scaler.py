@@ -17,8 +17,8 @@ A model meant for systems it was not trained on can instead standardise every st
 its own first frames (:class:`StreamScaling`): the network then sees each run's
 fluctuations in that run's own units, whatever the metal, size or temperature.
 
->>> policy = StreamScaling(frames=3, floor=np.array([0.5, 0.5]))
->>> own = policy.fit(np.array([[10.0, 1.0], [12.0, 1.0], [14.0, 1.0]]), s)
+>>> policy = StreamScaling(frames=3, floor=np.array([0.5, 0.5]), skip=1)
+>>> own = policy.fit(np.array([[99.0, 7.0], [10.0, 1.0], [12.0, 1.0], [14.0, 1.0]]), s)
 >>> own.mean.tolist(), own.scale.round(3).tolist()  # a column that did not move: the floor
 ([12.0, 1.0], [1.633, 0.5])
 """
@@ -108,44 +108,62 @@ class Scaler:
 
 @dataclass(frozen=True)
 class StreamScaling:
-    """Standardise each stream by the mean and spread of its own first ``frames`` frames.
+    """Standardise each stream by the mean and spread of its frames ``skip`` to
+    ``skip + frames``.
 
-    ``floor`` bounds each feature's spread from below (in the feature's units), so a
-    feature that happens to stand still during those frames does not turn its first
-    ordinary move into thousands of standard deviations. Features the model never saw
-    (unavailable in training) and features unavailable in those frames stay masked.
+    ``skip`` leaves out the first frames, in which the feature engine's window statistics
+    are still filling up (their values are not typical yet). ``floor`` bounds each
+    feature's spread from below (in the feature's units), so a feature that happens to
+    stand still during the scaling frames does not turn its first ordinary move into
+    thousands of standard deviations. Features the model never saw (unavailable in
+    training) and features unavailable in those frames stay masked.
     """
 
     frames: int
     floor: NDArray[np.float64]
+    skip: int = 0
+
+    @property
+    def span(self) -> int:
+        """Frames a stream must have delivered before it can be standardised."""
+        return self.skip + self.frames
 
     @classmethod
     def from_runs(
-        cls, runs: Sequence[NDArray[np.float64]], frames: int, floor_fraction: float
+        cls,
+        runs: Sequence[NDArray[np.float64]],
+        frames: int,
+        floor_fraction: float,
+        skip: int = 0,
     ) -> StreamScaling:
-        """Floors at ``floor_fraction`` of the median spread of each feature over the first
-        ``frames`` frames of the training runs (runs where it was available)."""
+        """Floors at ``floor_fraction`` of the median spread of each feature over the
+        scaling frames of the training runs (runs where it was available)."""
         spreads = []
         for X in runs:
-            s = Scaler.fit(X[:frames], rel_floor=0.0, abs_floor=0.0)
+            s = Scaler.fit(X[skip : skip + frames], rel_floor=0.0, abs_floor=0.0)
             spreads.append(np.where(s.available, s.scale, np.nan))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
             median = np.nanmedian(np.array(spreads), axis=0)
         floor = np.where(np.isfinite(median), median * floor_fraction, 0.0)
-        return cls(frames=frames, floor=np.maximum(floor, 1e-12))
+        return cls(frames=frames, floor=np.maximum(floor, 1e-12), skip=skip)
 
     def fit(self, first: NDArray[np.float64], reference: Scaler) -> Scaler:
-        """The scaler of one stream from its first frames; masks follow ``reference``."""
-        own = Scaler.fit(first, abs_floor=self.floor)
+        """The scaler of one stream from its first :attr:`span` rows; masks follow
+        ``reference``. No floor relative to the mean: the result must not depend on a
+        feature's level."""
+        if first.shape[0] < self.span:
+            raise ValueError(f"stream scaling needs {self.span} frames, got {first.shape[0]}")
+        rows = first[self.skip : self.span]
+        own = Scaler.fit(rows, rel_floor=0.0, abs_floor=self.floor)
         return Scaler(own.mean, own.scale, own.available & reference.available, reference.clip)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "floor": self.floor.tolist()}
+        return {"frames": self.frames, "skip": self.skip, "floor": self.floor.tolist()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamScaling:
         floor = np.asarray(data["floor"], dtype=np.float64)
         if floor.ndim != 1 or not (np.isfinite(floor).all() and (floor > 0).all()):
             raise ValueError("stream scaling floor must be 1-D, finite and positive")
-        return cls(frames=int(data["frames"]), floor=floor)
+        return cls(frames=int(data["frames"]), floor=floor, skip=int(data.get("skip", 0)))

@@ -120,10 +120,10 @@ class WindowScorer:
             policy = self.model.stream_scaling
             assert policy is not None
             self._pending = np.concatenate([self._pending, X])
-            if self._pending.shape[0] < policy.frames:
+            if self._pending.shape[0] < policy.span:
                 self.frames += n_rows
                 return _nothing(n_rows, n_features)
-            self.scaler = policy.fit(self._pending[: policy.frames], self.model.scaler)
+            self.scaler = policy.fit(self._pending[: policy.span], self.model.scaler)
             # Score from the stream's frame 0 on, now that its scale is known.
             X, self._pending = self._pending, self._pending[:0]
             self.frames = 0

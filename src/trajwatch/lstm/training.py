@@ -3,10 +3,11 @@
 Each input sequence is the feature matrix (frames, features) of one trusted run. The last
 ``val_fraction`` of every run is held out for validation, so no validation window overlaps
 a training window; windows never span two runs. The scaler is fitted on the training
-frames only; with ``scaling="stream"`` every run is instead standardised by its own first
-``scaling_frames`` frames, as a stream will be. Training uses AdamW on the masked mean
-squared reconstruction error, shuffled minibatches from a seeded generator, and stops when
-the validation loss has not improved for ``patience`` epochs, keeping the best weights.
+frames only; with ``scaling="stream"`` every run is instead standardised by its own
+frames ``scaling_skip`` to ``scaling_skip + scaling_frames``, as a stream will be.
+Training uses AdamW on the masked mean squared reconstruction error, shuffled minibatches
+from a seeded generator, and stops when the validation loss has not improved for
+``patience`` epochs, keeping the best weights.
 The errors of every validation window (stride 1) then calibrate the threshold and
 p-values (:mod:`trajwatch.lstm.calibration`).
 The same data, config and seed (and the same torch build and thread count) give the same
@@ -166,13 +167,16 @@ def train(
     policy: StreamScaling | None = None
     scalers = [scaler] * len(runs)
     if config.scaling == "stream":
-        if any(fit.shape[0] < config.scaling_frames for fit in fit_parts):
+        span = config.scaling_skip + config.scaling_frames
+        if any(fit.shape[0] < span for fit in fit_parts):
             raise ValueError(
                 f"stream scaling needs the training part of every run to have at least "
-                f"scaling_frames={config.scaling_frames} frames"
+                f"scaling_skip + scaling_frames = {span} frames"
             )
-        policy = StreamScaling.from_runs(fit_parts, config.scaling_frames, config.floor_fraction)
-        scalers = [policy.fit(fit[: config.scaling_frames], scaler) for fit in fit_parts]
+        policy = StreamScaling.from_runs(
+            fit_parts, config.scaling_frames, config.floor_fraction, config.scaling_skip
+        )
+        scalers = [policy.fit(fit, scaler) for fit in fit_parts]
     width = len(features)
     fit = _Windows(
         [s.transform(part) for s, part in zip(scalers, fit_parts, strict=True)],

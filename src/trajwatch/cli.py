@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from trajwatch.detectors.stack import DetectorStack
     from trajwatch.frame import Frame
+    from trajwatch.lstm.model import LSTMModel
     from trajwatch.monitor.state import MonitorState
     from trajwatch.pipeline import Pipeline, PipelineConfig
     from trajwatch.sinks import Sink
@@ -313,6 +314,24 @@ def _add_reference_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="K for --fusion vote (default: %(default)s)",
     )
+    # The LSTM autoencoder (docs/lstm.md): one more detector in the fusion.
+    g.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="LSTM autoencoder model file (from trajwatch train) to judge windows with "
+        "(default: the weights shipped with trajwatch)",
+    )
+    g.add_argument(
+        "--no-lstm", action="store_true", help="leave the LSTM autoencoder out of the fusion"
+    )
+    g.add_argument(
+        "--lstm-stride",
+        type=int,
+        default=1,
+        metavar="N",
+        help="score the LSTM window every N frames (default: %(default)s)",
+    )
 
 
 def _detection(args: argparse.Namespace) -> tuple[PipelineConfig, DetectorStack | None]:
@@ -336,6 +355,7 @@ def _detection(args: argparse.Namespace) -> tuple[PipelineConfig, DetectorStack 
         PipelineConfig(),
         fusion=getattr(args, "fusion", "cauchy"),
         vote_k=getattr(args, "vote_k", 2),
+        **_lstm_options(args),
     )
     model = None
     path: Path | None = getattr(args, "reference", None)
@@ -564,7 +584,55 @@ def _pipeline(args: argparse.Namespace, sinks: Sequence[Sink]) -> Pipeline:
     from trajwatch.pipeline import Pipeline
 
     config, reference = _detection(args)
-    return Pipeline(config, sinks, reference=reference)
+    return Pipeline(config, sinks, reference=reference, lstm=_lstm(args, config))
+
+
+def _lstm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The PipelineConfig fields of --model, --no-lstm and --lstm-stride."""
+    model: Path | None = getattr(args, "model", None)
+    off = bool(getattr(args, "no_lstm", False))
+    if model is not None:
+        if off:
+            raise ValueError("--model and --no-lstm contradict each other")
+        if not model.is_file():
+            raise FileNotFoundError(f"no such file: {model}")
+    stride = int(getattr(args, "lstm_stride", 1))
+    if stride < 1:
+        raise ValueError("--lstm-stride must be at least 1")
+    return {"lstm": not off, "lstm_model": str(model or ""), "lstm_stride": stride}
+
+
+def _lstm(args: argparse.Namespace, config: PipelineConfig) -> LSTMModel | None:
+    """The LSTM model, loaded (and run once) a single time per command; None if it is off.
+
+    The shipped weights are skipped with a warning if they do not fit this feature engine;
+    a --model that does not fit is an error.
+    """
+    if not config.lstm:
+        return None
+    cached: tuple[LSTMModel | None] | None = getattr(args, "_lstm_cache", None)
+    if cached is not None:
+        return cached[0]
+    import numpy as np
+
+    from trajwatch.features.engine import FeatureEngine
+    from trajwatch.lstm.model import FeatureMismatchError
+    from trajwatch.lstm.scorer import WindowScorer
+    from trajwatch.pipeline import load_lstm
+
+    model = load_lstm(config)
+    assert model is not None
+    try:
+        model.feature_index(FeatureEngine(window=config.window).names)
+    except FeatureMismatchError as error:
+        if config.lstm_model:
+            raise
+        logging.getLogger("trajwatch").warning("running without the LSTM: %s", error)
+        args._lstm_cache = (None,)
+        return None
+    WindowScorer(model).push(np.zeros((model.first_scored_frame + 1, len(model.features))))
+    args._lstm_cache = (model,)
+    return model
 
 
 def _use_tui(args: argparse.Namespace) -> bool:

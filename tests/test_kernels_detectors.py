@@ -112,6 +112,14 @@ def test_quantum_is_the_smallest_non_zero_change() -> None:
     assert quantum[0, 1] == 0.25 and quantum[1, 1] == 0.0
 
 
+def test_quantum_ignores_round_off() -> None:
+    """240 and 239.99999999999994 are the same spectral bin computed two ways."""
+    quantum = np.zeros((1, 3))
+    for x in (240.0, 239.99999999999994, 240.0, 120.0):
+        kern._quantum_learn(np.array([x]), quantum)
+    assert quantum[0, 1] == 120.0
+
+
 def _hst_reference_score(z, feature, split, mass, ref, size_limit):  # type: ignore[no-untyped-def]
     trees, internal = feature.shape
     total = 0.0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from trajwatch.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from trajwatch.events import Event
 from trajwatch.features.engine import FeatureEngine
 from trajwatch.frame import Frame
@@ -151,3 +153,25 @@ def test_the_stride_holds_the_score_between_windows(
     lstm = pipeline.sources["clean"].lstm
     assert lstm is not None and lstm.stride == 5
     assert np.isfinite(lstm.last_score) and lstm.ready
+
+
+def test_a_checkpoint_restores_the_lstm_slot(
+    model: LSTMModel, clean_frames: list[Frame], clash_frames: list[Frame], tmp_path: Path
+) -> None:
+    before = Pipeline(lstm=model)
+    run([replace_source(f, "run") for f in clean_frames], before)
+    path = save_checkpoint(before, tmp_path / "state.npz")
+    after = Pipeline(lstm=model)
+    assert restore_checkpoint(after, load_checkpoint(path)) == ["run"]
+    watch = after.sources["run"]
+    assert watch.stack.names[-1] == "lstm"
+    run([replace_source(f, "run") for f in clash_frames[:60]], after)
+    assert watch.lstm is not None and watch.lstm.ready
+    slot = watch.stack.detectors[-1]
+    assert slot.ready and slot.score_one(np.zeros(1)) == watch.lstm.last_score
+
+
+def replace_source(f: Frame, source: str) -> Frame:
+    return Frame(f.positions, f.numbers, velocities=f.velocities, forces=f.forces,
+                 energy=f.energy, cell=f.cell, pbc=f.pbc, step=f.step, time=f.time,
+                 source=source)  # fmt: skip

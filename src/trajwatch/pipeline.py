@@ -130,12 +130,21 @@ class SourceWatch:
 
     def _new_stack(self) -> DetectorStack:
         if self.reference is not None:
-            stack = self.reference.spawn()
-        else:
-            config = _with_lstm(self.config.stack_config(self.names), self.lstm is not None)
-            stack = DetectorStack(config, n_features=len(self.names))
+            return self.reference.spawn()
+        config = _with_lstm(self.config.stack_config(self.names), self.lstm is not None)
+        return DetectorStack(config, n_features=len(self.names))
+
+    @property
+    def stack(self) -> DetectorStack:
+        """The detector stack judging this source."""
+        return self._stack
+
+    @stack.setter
+    def stack(self, stack: DetectorStack) -> None:
+        # whoever replaces the stack (a structure change, a restored checkpoint), the LSTM
+        # keeps feeding the slot of the stack in use
         self._slot = _lstm_slot(stack, self.lstm)
-        return stack
+        self._stack = stack
 
     @property
     def detector_name(self) -> str:

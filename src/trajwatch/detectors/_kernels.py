@@ -109,7 +109,7 @@ def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
     """Track each feature's smallest non-zero change between learned values.
 
     ``quantum`` is ``(d, 3)``: last value, smallest non-zero |change| (0 until one is
-    seen), and whether a last value exists.
+    seen), and whether a last value exists. Changes below 1e-9 relative are round-off.
     """
     for k in range(x.size):
         v = x[k]
@@ -117,7 +117,8 @@ def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
             continue
         if quantum[k, 2] > 0.0:
             step = abs(v - quantum[k, 0])
-            if step > 0.0 and (quantum[k, 1] == 0.0 or step < quantum[k, 1]):
+            # A change at round-off level (the same bin computed two ways) is no step.
+            if step > 1e-9 * abs(v) and (quantum[k, 1] == 0.0 or step < quantum[k, 1]):
                 quantum[k, 1] = step
         quantum[k, 0] = v
         quantum[k, 2] = 1.0

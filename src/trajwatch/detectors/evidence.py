@@ -6,8 +6,8 @@
   to 0; the onset of an alarm is the first frame of the excursion that is under way when
   it fires. An abrupt fault gives onset = alarm frame; a slow one, the frame where the
   surprise began to run consistently high.
-* **Features** (:func:`top_features`): the largest |z| (non-finite values first), with
-  value and signed deviation.
+* **Features** (:func:`top_features`): the largest |z| (a value gone non-finite has
+  z = ±inf; unavailable features are left out), with value and signed deviation.
 * **Atoms** (:func:`atoms`): from the feature engine's per-atom attribution; when the
   top feature is about distances or structure the closest pair leads, otherwise the
   atoms that moved most.
@@ -34,6 +34,8 @@ __all__ = ["STRUCTURE_HINTS", "Cusum", "atoms", "top_features"]
 
 STRUCTURE_HINTS = ("dist", "rdf", "pair", "clash", "coord", "neighbo")
 """Substrings of feature names that point at a pair of atoms rather than a mover."""
+CAUSE_FEATURES = ("nonfinite_count",)
+"""Features that, when non-zero, explain why other features broke: they lead the list."""
 
 
 class Cusum:
@@ -82,24 +84,19 @@ def top_features(
     urgent: NDArray[np.bool_] | None = None,
     level: float = 5.0,
 ) -> list[FeatureDeviation]:
-    """The ``k`` features furthest from normal: non-finite values first, then by |z|.
+    """The ``k`` features furthest from normal, by |z|; unavailable ones (z NaN) never.
 
+    A feature whose value turned non-finite has z = ±inf and ranks high, but a non-zero
+    ``nonfinite_count`` leads: it names the cause, the others are its casualties.
     Features flagged ``urgent`` (per-frame ones) that are beyond ``level`` sd come before
     the rest: they say what happened in this frame, while window statistics summarise it
     and can have a larger z only because they barely vary when all is well.
     """
-    key = np.where(np.isfinite(x), np.abs(z), np.inf)
-    key = np.where(np.isnan(key), -1.0, key)
-    if urgent is not None:
-        first = urgent & (key > level)
-        order = np.lexsort((-key, ~first))[:k]
-    else:
-        order = np.argsort(-key, kind="stable")[:k]
-    return [
-        FeatureDeviation(names[i], float(x[i]), float(z[i]) if np.isfinite(x[i]) else math.inf)
-        for i in order
-        if key[i] >= 0
-    ]
+    key = np.where(np.isnan(z), -1.0, np.abs(z))
+    cause = np.array([n in CAUSE_FEATURES for n in names]) & (x > 0) & (key >= 0)
+    first = cause if urgent is None else urgent & (key > level)
+    order = np.lexsort((-key, ~first, ~cause))[:k]  # the last key sorts first
+    return [FeatureDeviation(names[i], float(x[i]), float(z[i])) for i in order if key[i] >= 0]
 
 
 def atoms(attribution: Any, features: Sequence[FeatureDeviation], k: int) -> list[int]:

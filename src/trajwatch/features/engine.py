@@ -133,10 +133,28 @@ class FeatureEngine:
 
     def _pack(self) -> None:
         self._state = (
-            self._ibuf, self._fbuf, self._geom, self._atoms, self._disp, self._masses,
-            self._numbers0, self._tagged, self.lags, self._ring, self._ring_u, self._ring_v,
-            self._ring_bins, self._hist, self._rdf_ring, self._cpairs, self._cshift,
-            self._rpairs, self._rshift, self._rstart, self._dft, self._work,
+            self._ibuf,
+            self._fbuf,
+            self._geom,
+            self._atoms,
+            self._disp,
+            self._masses,
+            self._numbers0,
+            self._tagged,
+            self.lags,
+            self._ring,
+            self._ring_u,
+            self._ring_v,
+            self._ring_bins,
+            self._hist,
+            self._rdf_ring,
+            self._cpairs,
+            self._cshift,
+            self._rpairs,
+            self._rshift,
+            self._rstart,
+            self._dft,
+            self._work,
         )
 
     def reset(self) -> None:
@@ -207,13 +225,22 @@ class FeatureEngine:
             cell = cell.copy()
         while True:
             status = kern._update(
-                positions, frame.numbers,
-                _EMPTY3 if v is None else v, _EMPTY3 if f is None else f,
-                _EYE if cell is None else cell, pbc,
-                math.nan if energy is None else energy, math.nan if t is None else t,
+                positions,
+                frame.numbers,
+                _EMPTY3 if v is None else v,
+                _EMPTY3 if f is None else f,
+                _EYE if cell is None else cell,
+                pbc,
+                math.nan if energy is None else energy,
+                math.nan if t is None else t,
                 float(frame.step),
-                v is not None, f is not None, cell is not None, energy is not None, t is not None,
-                out, *self._state,
+                v is not None,
+                f is not None,
+                cell is not None,
+                energy is not None,
+                t is not None,
+                out,
+                *self._state,
             )
             if status == kern.OK:
                 break
@@ -309,8 +336,18 @@ def warmup() -> float:
     for k in range(6):
         positions = base + 0.05 * k
         moving = np.full((4, 3), 0.1 * k)
-        engine.update(Frame(positions, numbers, velocities=moving, forces=moving, energy=-1.0,
-                            cell=cell, step=k, time=2.0 * k))
+        engine.update(
+            Frame(
+                positions,
+                numbers,
+                velocities=moving,
+                forces=moving,
+                energy=-1.0,
+                cell=cell,
+                step=k,
+                time=2.0 * k,
+            )
+        )
         engine.update(Frame(positions, numbers, step=k))
     engine.update(Frame(np.full((4, 3), np.nan), numbers, energy=math.nan))
     engine.update(Frame(base, [29, 29, 29, 47], cell=cell))

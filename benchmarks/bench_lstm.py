@@ -105,29 +105,21 @@ def run(quick: bool) -> dict[str, Any]:
 
     window = torch.from_numpy(model.scaler.transform(X[100 : 100 + w])[0][None])
     with torch.inference_mode():
-        for _ in range(20):
-            model.network(window)
-
-        def net_once() -> float:
-            start = time.perf_counter()
-            for _ in range(n_calls):
-                model.network(window)
-            return (time.perf_counter() - start) / n_calls
-
-        net_s = best_of(repeats, net_once)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(model.network, window)  # type: ignore[no-untyped-call]
 
-        def traced_once() -> float:
+        def per_call(net: Callable[[torch.Tensor], torch.Tensor]) -> float:
             start = time.perf_counter()
             for _ in range(n_calls):
-                traced(window)
+                net(window)
             return (time.perf_counter() - start) / n_calls
 
-        for _ in range(20):
-            traced(window)
-        traced_s = best_of(repeats, traced_once)
+        per_call(model.network), per_call(traced)  # first calls allocate
+        # interleaved, so that both see the same machine load
+        pairs = [(per_call(model.network), per_call(traced)) for _ in range(repeats)]
+        net_s = min(a for a, _ in pairs)
+        traced_s = min(b for _, b in pairs)
 
     first = model.first_scored_frame + 1  # frames before the first scored window
 

@@ -83,6 +83,9 @@ def test_prefetched_batches_give_the_same_events(
             scores.append(batched.sources[frame.source].last_score)
     assert [_key(e) for e in got] == [_key(e) for e in expected]
     assert [e.score for e in got] == pytest.approx([e.score for e in expected], rel=1e-4)
+    for source in ("clean", "clash"):
+        a, b = plain.sources[source].stack, batched.sources[source].stack
+        assert a.calibrators[-1].n == b.calibrators[-1].n  # the LSTM's: the same frames
     lstm = batched.sources["clash"].lstm
     assert lstm is not None and plain.sources["clash"].lstm is not None
     assert lstm.last_score == pytest.approx(plain.sources["clash"].lstm.last_score, rel=1e-5)
@@ -168,10 +171,24 @@ def test_a_checkpoint_restores_the_lstm_slot(
     run([replace_source(f, "run") for f in clash_frames[:60]], after)
     assert watch.lstm is not None and watch.lstm.ready
     slot = watch.stack.detectors[-1]
-    assert slot.ready and slot.score_one(np.zeros(1)) == watch.lstm.last_score
+    assert slot.score_one(np.zeros(1)) == watch.lstm.last_score
 
 
 def replace_source(f: Frame, source: str) -> Frame:
     return Frame(f.positions, f.numbers, velocities=f.velocities, forces=f.forces,
                  energy=f.energy, cell=f.cell, pbc=f.pbc, step=f.step, time=f.time,
                  source=source)  # fmt: skip
+
+
+def test_the_lstm_calibrates_on_the_model_and_the_sources_first_frames(
+    model: LSTMModel, clean_frames: list[Frame]
+) -> None:
+    config = replace(PipelineConfig(), lstm_calibration=30)
+    pipeline = Pipeline(config, lstm=model)
+    run(clean_frames, pipeline)
+    watch = pipeline.sources["clean"]
+    calibrator = watch.stack.calibrators[watch.stack.names.index("lstm")]
+    seeded = min(model.calibration.errors.size, calibrator.size)
+    # the model's validation errors, then the first 30 scored frames, then nothing more
+    assert calibrator.n == seeded + 30
+    assert watch.lstm is not None and watch.lstm.scored_frames == len(clean_frames) - 19

@@ -32,6 +32,7 @@ from trajwatch.detectors import evidence
 from trajwatch.detectors.external import ExternalScore
 from trajwatch.detectors.stack import DetectorStack, StackConfig, Step
 from trajwatch.detectors.state import load, save
+from trajwatch.detectors.threshold import Calibrator
 from trajwatch.events import Event, FeatureDeviation
 from trajwatch.features.engine import FeatureEngine
 from trajwatch.frame import Frame
@@ -77,6 +78,10 @@ class PipelineConfig(StackConfig):
     """Its model file; "" for the weights shipped with trajwatch."""
     lstm_stride: int = 1
     """Score the LSTM window every this many frames (the score holds in between)."""
+    lstm_calibration: int = 200
+    """The LSTM's p-values come from the model's validation errors plus the source's
+    first this many scored frames (those judged normal); then its calibration stays as it
+    is, so that a fault that builds up slowly does not become the norm."""
 
     def stack_config(self, names: Sequence[str] | None = None) -> StackConfig:
         """The stack's part of the config; with the scored feature ``names``, drift
@@ -143,7 +148,7 @@ class SourceWatch:
     def stack(self, stack: DetectorStack) -> None:
         # whoever replaces the stack (a structure change, a restored checkpoint), the LSTM
         # keeps feeding the slot of the stack in use
-        self._slot = _lstm_slot(stack, self.lstm)
+        self._slot, self._calibrator = _lstm_slot(stack, self.lstm)
         self._stack = stack
 
     @property
@@ -167,10 +172,21 @@ class SourceWatch:
         if change is not None:
             return [self._structure_changed(frame, index, change, reset_lstm=ahead is None)]
         x = features[self.scored]
-        if self.lstm is not None:
-            score = self.lstm.score_one(features) if ahead is None else ahead.lstm_score
-            self._slot.set(score, ready=self.lstm.ready)
+        lstm = self.lstm
+        if lstm is not None:
+            if ahead is None:
+                lstm_score, lstm_frames = lstm.score_one(features), lstm.scored_frames
+            else:
+                lstm_score, lstm_frames = ahead.lstm_score, ahead.lstm_frames
+            self._slot.set(lstm_score)
         step = self.stack.update(x)
+        stack = self.stack
+        if (
+            lstm is not None
+            and 0 < lstm_frames <= self.config.lstm_calibration
+            and not (stack.alarm.active or stack.frozen)
+        ):
+            self._calibrator.add(lstm_score)  # the source's own first frames
         self.last_score = step.surprise
         if step.change is None and not step.drift:
             return []
@@ -198,9 +214,12 @@ class SourceWatch:
 
         def score() -> None:  # the windows of the rows since the last reset, batched
             if self.lstm is not None and rows:
+                before = self.lstm.scored_frames
                 scores = self.lstm.score_many(np.vstack(rows))
-                for item, s in zip(ahead[-len(rows) :], scores, strict=True):
+                first = len(rows) - (self.lstm.scored_frames - before)  # first with a score
+                for k, (item, s) in enumerate(zip(ahead[-len(rows) :], scores, strict=True)):
                     item.lstm_score = float(s)
+                    item.lstm_frames = before + max(0, k - first + 1)
                 rows.clear()
 
         for frame in frames:
@@ -354,6 +373,7 @@ class _Ahead:
     change: str | None
     attribution: Callable[[], Any]
     lstm_score: float = 0.0
+    lstm_frames: int = 0
 
 
 def _with_lstm(config: StackConfig, on: bool) -> StackConfig:
@@ -373,16 +393,18 @@ def _lstm_detector(
     return LSTMDetector(model, features=names, stride=config.lstm_stride)
 
 
-def _lstm_slot(stack: DetectorStack, lstm: LSTMDetector | None) -> ExternalScore:
-    """The stack's ``lstm`` slot, its calibration seeded with the model's validation errors
-    (so the LSTM counts from its first window, not only after its own calibration)."""
+def _lstm_slot(
+    stack: DetectorStack, lstm: LSTMDetector | None
+) -> tuple[ExternalScore, Calibrator]:
+    """The stack's ``lstm`` slot and its calibrator, seeded with the model's validation
+    errors (so the LSTM counts from its first window on)."""
     if (lstm is None) != ("lstm" not in stack.names):
         raise ValueError(
             "the reference model was fitted "
             + ("with the LSTM: switch it on (--model)" if lstm is None else "without the LSTM")
         )
     if lstm is None:
-        return ExternalScore()
+        return ExternalScore(), Calibrator(1)
     j = stack.names.index("lstm")
     slot: ExternalScore = stack.detectors[j]
     calibrator = stack.calibrators[j]
@@ -392,7 +414,7 @@ def _lstm_slot(stack: DetectorStack, lstm: LSTMDetector | None) -> ExternalScore
         # a fixed shuffle: the ring forgets its oldest entries first, not its smallest
         for e in np.random.default_rng(0).permutation(errors[picked.round().astype(int)]):
             calibrator.add(float(e))
-    return slot
+    return slot, calibrator
 
 
 def load_lstm(config: PipelineConfig) -> LSTMModel | None:
@@ -477,7 +499,7 @@ def fit_reference(
     stack_config = _with_lstm(config.stack_config(names), model is not None)
     stack = DetectorStack(stack_config, n_features=scored.size)
     detector = _lstm_detector(model, engine.names, config)
-    slot = _lstm_slot(stack, detector)
+    slot, calibrator = _lstm_slot(stack, detector)
     rows = []
     for frame in frames:
         rows.append(engine.update(frame))
@@ -492,9 +514,11 @@ def fit_reference(
     features = np.vstack(rows)
     lstm_scores = detector.score_many(features) if detector is not None else np.zeros(n)
     for i in range(n):
-        if detector is not None:
-            slot.set(float(lstm_scores[i]), ready=i >= detector.model.first_scored_frame)
+        slot.set(float(lstm_scores[i]))
         stack.update(features[i, scored])
+        has_score = detector is not None and i >= detector.model.first_scored_frame
+        if has_score and not stack.alarm.active:  # the trusted run calibrates it too
+            calibrator.add(float(lstm_scores[i]))
     stack.meta = {
         "feature_names": [engine.names[i] for i in scored],
         "window": config.window,

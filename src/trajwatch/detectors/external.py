@@ -2,17 +2,19 @@
 
 Some detectors cannot score a frame on its own: the LSTM autoencoder scores a window of
 frames, and does it in batches when frames queue up. The pipeline computes such a score
-itself and hands it to the stack through an :class:`ExternalScore` slot, which then goes
-through the same conformal calibration and fusion as every other detector. The slot
-learns nothing and is ``ready`` once its source says its scores mean something.
+itself and hands it to the stack through an :class:`ExternalScore` slot, whose score then
+becomes a conformal p-value against the slot's calibrator and joins the fusion like every
+other detector's. The slot learns nothing and is never ``ready``, so the stack never adds
+its scores to that calibrator by itself: what the calibrator holds is the pipeline's
+choice (for the LSTM: the model's validation errors and the source's first frames).
 
 >>> import numpy as np
 >>> from trajwatch.detectors.stack import DetectorStack, StackConfig
 >>> stack = DetectorStack(StackConfig(detectors=("zscore", "lstm")), n_features=2)
 >>> slot = stack.detectors[stack.names.index("lstm")]
->>> slot.set(0.3, ready=True)
+>>> slot.set(0.3)
 >>> slot.score_one(np.zeros(2)), slot.ready
-(0.3, True)
+(0.3, False)
 """
 
 from __future__ import annotations
@@ -37,16 +39,15 @@ class ExternalScore:
 
     def __init__(self) -> None:
         self.value = 0.0
-        self._ready = False
 
-    def set(self, score: float, *, ready: bool) -> None:
+    def set(self, score: float) -> None:
         """The score of the frame the stack is about to judge (higher is worse)."""
         self.value = score
-        self._ready = ready
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        """Always False: the stack leaves this slot's calibration to the pipeline."""
+        return False
 
     def learn_one(self, x: NDArray[np.float64]) -> None:
         """The score's source learns (or not) on its own."""

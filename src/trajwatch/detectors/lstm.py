@@ -71,6 +71,8 @@ class LSTMDetector:
         self._order = model.feature_index(self.features)
         n = len(self.features)
         self.last_score = 0.0
+        self.scored_frames = 0
+        """Frames with a score (held ones included) since the start or the last reset."""
         self._feature_errors: NDArray[np.float64] = np.full(n, np.nan)
         self._residuals: NDArray[np.float64] = np.full(n, np.nan)
 
@@ -89,13 +91,14 @@ class LSTMDetector:
 
     @property
     def ready(self) -> bool:
-        """True once a full window has been scored."""
-        return self._scorer.windows > 0
+        """True once a full window has been scored (since the start or the last reset)."""
+        return self.scored_frames > 0
 
     def reset(self) -> None:
         """Forget the stream (after a structure change): the next score is a window later."""
         self._scorer.reset()
         self.last_score = 0.0
+        self.scored_frames = 0
         self._feature_errors = np.full(len(self.features), np.nan)
         self._residuals = np.full(len(self.features), np.nan)
 
@@ -117,6 +120,10 @@ class LSTMDetector:
                 if not np.isfinite(last):
                     last = 0.0  # nothing in the window was available: no evidence
             scores[i] = last
+        if self.scored_frames:
+            self.scored_frames += out.scored.size
+        elif out.scored.any():
+            self.scored_frames += out.scored.size - int(np.argmax(out.scored))
         self.last_score = last
         hits = np.flatnonzero(out.scored)
         if hits.size:

@@ -133,10 +133,10 @@ def test_reference_mode_with_the_lstm(
     assert "lstm" in reference.names
     events = run(clash_frames, Pipeline(reference=reference, lstm=model)).events
     assert [e.frame for e in events if e.event == "anomaly"][:1] == [clash_at]
-    with pytest.raises(ValueError, match="with the LSTM"):
+    with pytest.raises(ValueError, match="has an LSTM slot"):
         run(clash_frames[:1], Pipeline(reference=reference))
     plain = fit_reference(clean_frames)
-    with pytest.raises(ValueError, match="without the LSTM"):
+    with pytest.raises(ValueError, match="has no LSTM slot"):
         run(clash_frames[:1], Pipeline(reference=plain, lstm=model))
 
 

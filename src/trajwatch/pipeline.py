@@ -398,10 +398,15 @@ def _lstm_slot(
 ) -> tuple[ExternalScore, Calibrator]:
     """The stack's ``lstm`` slot and its calibrator, seeded with the model's validation
     errors (so the LSTM counts from its first window on)."""
-    if (lstm is None) != ("lstm" not in stack.names):
+    if lstm is None and "lstm" in stack.names:
         raise ValueError(
-            "the reference model was fitted "
-            + ("with the LSTM: switch it on (--model)" if lstm is None else "without the LSTM")
+            "the detector stack has an LSTM slot (a reference fitted with the LSTM?) but the "
+            "LSTM is off: switch it on (lstm=True, or leave out --no-lstm)"
+        )
+    if lstm is not None and "lstm" not in stack.names:
+        raise ValueError(
+            "the detector stack has no LSTM slot (a reference fitted without the LSTM?): "
+            "refit it with the LSTM on, or switch the LSTM off (--no-lstm)"
         )
     if lstm is None:
         return ExternalScore(), Calibrator(1)

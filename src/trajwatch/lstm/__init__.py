@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         default_model_path,
     )
     from trajwatch.lstm.network import LSTMAutoencoder
-    from trajwatch.lstm.scaler import Scaler
+    from trajwatch.lstm.scaler import Scaler, StreamScaling
     from trajwatch.lstm.scorer import WindowScorer, WindowScores, window_errors
     from trajwatch.lstm.training import EpochReport, feature_matrix, train
 
@@ -35,6 +35,7 @@ _HOME = {
     "LSTMModel": "model",
     "ModelFileError": "model",
     "Scaler": "scaler",
+    "StreamScaling": "scaler",
     "TrainConfig": "config",
     "WindowScorer": "scorer",
     "WindowScores": "scorer",
@@ -52,6 +53,7 @@ __all__ = [
     "LSTMModel",
     "ModelFileError",
     "Scaler",
+    "StreamScaling",
     "TrainConfig",
     "WindowScorer",
     "WindowScores",

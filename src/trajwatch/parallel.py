@@ -28,6 +28,7 @@ import argparse
 import atexit
 import importlib.util
 import io
+import json
 import logging
 import multiprocessing
 import os
@@ -288,23 +289,27 @@ def scan_task(task: dict[str, Any]) -> dict[str, Any]:
     return result.to_dict()
 
 
-_models: dict[str, Path] = {}  # reference JSON text -> this process's copy on disk
+_namespaces: dict[str, argparse.Namespace] = {}  # one per set of options, per process
 
 
 def _task_options(spec: ScanTask) -> argparse.Namespace:
-    """The command's options as the worker uses them: with the caller's reference model
-    (kept on local disk once per process) instead of the run to fit it on."""
+    """The command's options as the worker uses them, with the caller's reference model
+    (kept on local disk) instead of the run to fit it on. The same options give the same
+    object in a process, so what the command caches on it (the reference model, the
+    LSTM) is loaded once per worker, as the serial scan loads it once per command."""
+    key = json.dumps([spec.options, spec.reference], sort_keys=True)
+    options = _namespaces.get(key)
+    if options is not None:
+        return options
     options = _namespace(spec.options)
     if spec.reference is not None:
-        path = _models.get(spec.reference)
-        if path is None:
-            directory = Path(tempfile.mkdtemp(prefix="trajwatch-reference-"))
-            path = directory / "model.json"
-            path.write_text(spec.reference, encoding="utf-8")
-            atexit.register(shutil.rmtree, directory, ignore_errors=True)
-            _models[spec.reference] = path
+        directory = Path(tempfile.mkdtemp(prefix="trajwatch-reference-"))
+        path = directory / "model.json"
+        path.write_text(spec.reference, encoding="utf-8")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
         options.reference = path
         options.save_reference = None  # the caller has saved it, if asked to
+    _namespaces[key] = options
     return options
 
 

@@ -22,11 +22,14 @@ from trajwatch import __version__
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from trajwatch.checkpoint import Checkpointer
     from trajwatch.detectors.stack import DetectorStack
+    from trajwatch.events import Event
     from trajwatch.frame import Frame
     from trajwatch.monitor.state import MonitorState
     from trajwatch.pipeline import Pipeline, PipelineConfig
     from trajwatch.sinks import Sink
+    from trajwatch.streaming.security import Curve
 
 __all__ = ["entry_point", "main"]
 
@@ -65,6 +68,9 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     pace.add_argument("--max", action="store_true", help="send as fast as possible")
     p.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
     p.add_argument(
+        "--max-frames", type=int, metavar="N", help="stop after N frames (e.g. with --loop)"
+    )
+    p.add_argument(
         "--lossless",
         action="store_true",
         help="PUSH/PULL: block instead of dropping (monitor needs --lossless too)",
@@ -89,6 +95,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
     )
+    _add_curve_flags(p)
     p.set_defaults(command=_run_replay)
 
 
@@ -154,6 +161,8 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
             "trajwatch monitor --lossless --bind --idle-timeout 5 --events out.jsonl",
             "trajwatch monitor --reference aimd.extxyz   # judge against a trusted run",
             "trajwatch monitor --reference aimd-model.npz",
+            "trajwatch monitor --checkpoint state.npz --events events.jsonl --append "
+            "--stall-timeout 120",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -181,6 +190,8 @@ def _add_monitor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument(
         "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
     )
+    _add_reliability_flags(p)
+    _add_curve_flags(p)
     p.set_defaults(command=_run_monitor)
 
 
@@ -415,6 +426,7 @@ def _add_imd_bridge(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--allow-remote", action="store_true", help="allow binding to a non-loopback address"
     )
+    _add_curve_flags(p)
     p.set_defaults(command=_run_imd_bridge)
 
 
@@ -432,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_demo, _add_replay, _add_monitor, _add_scan, _add_imd_bridge):
+    for add in (_add_demo, _add_replay, _add_monitor, _add_scan, _add_imd_bridge, _add_keygen):
         add(sub)
     return parser
 
@@ -456,7 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args)
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError) as error:
+    except Exception as error:
+        zmq = sys.modules.get("zmq")  # an address in use is a ZMQError, not an OSError
+        if not isinstance(error, (OSError, ValueError, *([zmq.ZMQError] if zmq else []))):
+            raise
         print(f"trajwatch: error: {error}", file=sys.stderr)
         return 1
 
@@ -477,6 +492,7 @@ def _run_replay(args: argparse.Namespace) -> int:
         bind=not args.connect,
         lossless=args.lossless,
         allow_remote=args.allow_remote,
+        curve=_curve_from_args(args, binds=not args.connect),
     ) as publisher:
         print(
             f"trajwatch replay: waiting for a subscriber on {args.endpoint} ...", file=sys.stderr
@@ -490,6 +506,7 @@ def _run_replay(args: argparse.Namespace) -> int:
             rate=None if args.max else args.rate,
             loop=args.loop,
             skip_bad=args.skip_bad,
+            max_frames=args.max_frames,
         )
         publisher.close(linger=args.wait)  # deliver what is still queued
     print(f"trajwatch replay: {stats.line()}", file=sys.stderr)
@@ -535,7 +552,8 @@ class _Outputs:
         self.observers: list[FrameDump] = []
         try:
             if args.events:  # first: the durable record is written before anything else
-                self.sinks.append(JsonlSink(args.events, fsync=args.fsync))
+                append = getattr(args, "append", False)  # monitor --append
+                self.sinks.append(JsonlSink(args.events, fsync=args.fsync, append=append))
             if not tui:
                 self.sinks.append(StreamSink(sys.stdout))
             if args.alerts:
@@ -631,7 +649,8 @@ def _summarise(
     print(
         f"trajwatch {name}: {snapshot.frames} frames from {len(snapshot.sources)} source(s) "
         f"in {seconds:.1f} s, {len(pipeline.events)} events, "
-        f"malformed {snapshot.malformed}, lost {snapshot.lost}",
+        f"malformed {snapshot.malformed}, lost {snapshot.lost}"
+        + _reliability_counts(state, pipeline),
         file=sys.stderr,
     )
 
@@ -650,13 +669,22 @@ def _run_monitor(args: argparse.Namespace) -> int:
             topics=tuple(args.topics),
             lossless=args.lossless,
             allow_remote=args.allow_remote,
+            curve=_curve_from_args(args, binds=args.bind),
+            max_atoms=args.max_atoms,
+            max_bytes=args.max_bytes,
         )
     except BaseException:
         outputs.close()
         raise
     with subscriber:
         state = MonitorState(endpoint=subscriber.endpoint, stats=subscriber.stats)
+        if args.stall_timeout:
+            state.stall_after = args.stall_timeout
         pipeline = _pipeline(args, outputs.sinks)
+        receive = _with_stall_watch(subscriber.recv, args.stall_timeout, pipeline, state)
+        checkpointer = _checkpointer(args, pipeline)
+        if checkpointer is not None:
+            receive = _with_checkpoints(receive, checkpointer)
         print(
             f"trajwatch monitor: listening on {subscriber.endpoint} "
             f"(kernels compiled in {compile_seconds * 1e3:.0f} ms)",
@@ -665,13 +693,15 @@ def _run_monitor(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         _live_session(
             state,
-            subscriber.recv,
+            receive,
             pipeline,
             outputs,
             tui=tui,
             max_frames=args.max_frames,
             idle_timeout=args.idle_timeout,
         )
+        if checkpointer is not None:
+            checkpointer.save()
         _summarise("monitor", state, pipeline, time.perf_counter() - start, tui=tui)
     return 0
 
@@ -853,7 +883,11 @@ def _run_imd_bridge(args: argparse.Namespace) -> int:
     else:
         numbers = numbers_from_file(args.topology, types)
     with Publisher(
-        args.endpoint, bind=not args.connect, topic=args.source, allow_remote=args.allow_remote
+        args.endpoint,
+        bind=not args.connect,
+        topic=args.source,
+        allow_remote=args.allow_remote,
+        curve=_curve_from_args(args, binds=not args.connect),
     ) as publisher:
         target: FrameTarget = publisher
         watch = None
@@ -907,3 +941,223 @@ def _stop_on_sigterm() -> Any:
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, handler)
+
+
+# -- reliability and security options (docs/reliability.md, docs/security.md) ------------
+
+
+def _size(text: str) -> int:
+    """A byte count, with an optional binary suffix: 4096, 64K, 512M, 1G."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("B")
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4096, 64M, 1G)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, not {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {value}")
+    return value
+
+
+def _add_reliability_flags(p: argparse.ArgumentParser) -> None:
+    from trajwatch.streaming.protocol import DEFAULT_MAX_ATOMS, DEFAULT_MAX_BYTES
+
+    group = p.add_argument_group("limits, stalls, restarts (docs/reliability.md)")
+    group.add_argument(
+        "--max-atoms",
+        type=_positive_int,
+        default=DEFAULT_MAX_ATOMS,
+        metavar="N",
+        help="reject frames with more atoms than this (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-bytes",
+        type=_size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="reject messages larger than this, before allocating (e.g. 64M; default: 1G)",
+    )
+    group.add_argument(
+        "--append",
+        action="store_true",
+        help="append to the --events log instead of starting it afresh (a restarted monitor)",
+    )
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="save what the detectors learned to PATH (.npz or .json) now and then and at "
+        "exit, and restore it at start, so a restarted monitor keeps its baseline",
+    )
+    group.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds between checkpoints (default: %(default)s)",
+    )
+    group.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a 'stalled' event when a source sends nothing for this long, 'resumed' when "
+        "it is back; 0 turns it off (default: %(default)s)",
+    )
+
+
+def _add_curve_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "CurveZMQ encryption and authentication (keys from 'trajwatch keygen'; docs/security.md)"
+    )
+    group.add_argument(
+        "--curve-server-key",
+        type=Path,
+        metavar="SECRET",
+        help="be the CURVE server with this key pair (NAME.key_secret); needs --curve-allow",
+    )
+    group.add_argument(
+        "--curve-allow",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PUBLIC",
+        help="a client's public key (NAME.key), or a directory of them, that may connect "
+        "(repeatable)",
+    )
+    group.add_argument(
+        "--curve-client-key",
+        type=Path,
+        metavar="SECRET",
+        help="be a CURVE client with this key pair (NAME.key_secret); needs --curve-server",
+    )
+    group.add_argument(
+        "--curve-server",
+        type=Path,
+        metavar="PUBLIC",
+        help="the server's public key (NAME.key), with --curve-client-key",
+    )
+
+
+def _curve_from_args(args: argparse.Namespace, *, binds: bool) -> Curve | None:
+    """The CurveZMQ role the options ask for (None: plain TCP), with checks."""
+    from trajwatch.streaming.protocol import is_local_endpoint
+    from trajwatch.streaming.security import load_client, load_server
+
+    server_key, client_key = args.curve_server_key, args.curve_client_key
+    if server_key and client_key:
+        raise ValueError("--curve-server-key and --curve-client-key exclude each other")
+    if args.curve_allow and not server_key:
+        raise ValueError("--curve-allow needs --curve-server-key")
+    if args.curve_server and not client_key:
+        raise ValueError("--curve-server needs --curve-client-key")
+    curve: Curve | None = None
+    if server_key:
+        if not args.curve_allow:
+            raise ValueError("--curve-server-key needs --curve-allow (the clients' public keys)")
+        curve = load_server(server_key, args.curve_allow)
+    elif client_key:
+        if not args.curve_server:
+            raise ValueError("--curve-client-key needs --curve-server (the server's public key)")
+        curve = load_client(client_key, args.curve_server)
+    if binds and args.allow_remote and curve is None and not is_local_endpoint(args.endpoint):
+        logging.getLogger("trajwatch").warning(
+            "listening beyond this machine without CurveZMQ: frames travel unencrypted and "
+            "anyone who can reach the port can connect (see 'trajwatch keygen')"
+        )
+    return curve
+
+
+def _with_stall_watch(
+    receive: Callable[[float], Frame | None],
+    timeout: float,
+    pipeline: Pipeline,
+    state: MonitorState,
+) -> Callable[[float], Frame | None]:
+    """``receive`` with stall detection (``timeout`` 0: off): stalled/resumed events go to
+    the pipeline's sinks and event list and to the live view, like the pipeline's own."""
+    if not timeout:
+        return receive
+    from trajwatch.stall import StallWatch, watch_stalls
+
+    def emit(event: Event) -> None:
+        pipeline.events.append(event)
+        for sink in pipeline.sinks:
+            sink.emit(event)
+        state.record(event)
+
+    return watch_stalls(receive, StallWatch(timeout), emit)
+
+
+def _checkpointer(args: argparse.Namespace, pipeline: Pipeline) -> Checkpointer | None:
+    """With --checkpoint: a Checkpointer for ``pipeline``, restored from the file if any."""
+    if args.checkpoint is None:
+        return None
+    from trajwatch.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(pipeline, args.checkpoint, every=args.checkpoint_every)
+    restored = checkpointer.restore()
+    if restored:
+        counts = ", ".join(f"{name} at frame {pipeline.sources[name].frames}" for name in restored)
+        print(f"trajwatch monitor: restored from {args.checkpoint}: {counts}", file=sys.stderr)
+    return checkpointer
+
+
+def _with_checkpoints(
+    receive: Callable[[float], Frame | None], checkpointer: Checkpointer
+) -> Callable[[float], Frame | None]:
+    from trajwatch.checkpoint import with_checkpoints
+
+    return with_checkpoints(receive, checkpointer)
+
+
+def _reliability_counts(state: MonitorState, pipeline: Pipeline) -> str:
+    """The summary line's tail: publisher restarts and stalls seen."""
+    restarts = int(getattr(state.stats, "restarts", 0))
+    stalls = sum(event.event == "stalled" for event in pipeline.events)
+    return f", restarts {restarts}, stalls {stalls}"
+
+
+def _add_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "keygen",
+        help="make CurveZMQ key pairs for encrypted, authenticated streams",
+        description="Write a CurveZMQ key pair per NAME into DIR: NAME.key (public: give it "
+        "to the other side) and NAME.key_secret (keep it; mode 0600). The publisher "
+        "(replay, engine) is usually the server, each monitor a client.",
+        epilog=_examples(
+            "trajwatch keygen keys/   # keys/server.key(_secret), keys/client.key(_secret)",
+            "trajwatch replay run.extxyz --curve-server-key keys/server.key_secret "
+            "--curve-allow keys/client.key",
+            "trajwatch monitor --curve-client-key keys/client.key_secret "
+            "--curve-server keys/server.key",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("directory", type=Path, metavar="DIR")
+    p.add_argument(
+        "names",
+        nargs="*",
+        default=["server", "client"],
+        metavar="NAME",
+        help="one key pair per name (default: server client)",
+    )
+    p.set_defaults(command=_run_keygen)
+
+
+def _run_keygen(args: argparse.Namespace) -> int:
+    from trajwatch.streaming.security import keygen
+
+    for name in args.names:
+        public, secret = keygen(args.directory, name)
+        print(f"{name}: public {public}, secret {secret}")
+    return 0

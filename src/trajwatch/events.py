@@ -22,7 +22,9 @@ from typing import Any
 
 __all__ = ["EVENT_KINDS", "SEVERITIES", "Event", "FeatureDeviation", "severity_rank"]
 
-EVENT_KINDS = ("anomaly", "drift", "recovered", "info")
+EVENT_KINDS = ("anomaly", "drift", "recovered", "info", "stalled", "resumed")
+"""``stalled``/``resumed``: a source went silent for longer than the stall timeout, and
+came back (see ``docs/reliability.md``); they come from the monitor loop, not a detector."""
 SEVERITIES = ("warning", "high", "critical")
 
 

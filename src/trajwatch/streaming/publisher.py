@@ -24,9 +24,11 @@ from typing import Any
 import numpy as np
 import zmq
 from numpy.typing import DTypeLike
+from zmq.auth.thread import ThreadAuthenticator
 
 from trajwatch.frame import Frame
 from trajwatch.streaming.protocol import check_bind_endpoint, encode
+from trajwatch.streaming.security import Curve, Gatekeeper, secure_socket
 
 __all__ = ["Publisher"]
 
@@ -45,7 +47,9 @@ class Publisher:
     every Publisher, so a subscriber tells a restart from a gap. ``hwm`` is the queue
     length in frames (0: unbounded). ``send_timeout`` (lossless mode only) bounds how long
     a send waits for a stuck consumer; the frame then counts as dropped. Binding a
-    non-loopback address needs ``allow_remote=True``. Not thread-safe: one thread sends.
+    non-loopback address needs ``allow_remote=True``. ``curve`` (a
+    :class:`~trajwatch.streaming.security.CurveServer` or ``CurveClient``) encrypts and
+    authenticates the connection (``docs/security.md``). Not thread-safe: one thread sends.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Publisher:
         allow_remote: bool = False,
         stream_id: int | None = None,
         send_timeout: float | None = None,
+        curve: Curve | None = None,
     ) -> None:
         if bind:
             check_bind_endpoint(endpoint, allow_remote)
@@ -83,6 +88,9 @@ class Publisher:
         # A context of its own (unless given one), so close(linger=...) can wait for the
         # queue to drain: terminating the context is what honours the linger period.
         self._own_context = context is None
+        self._authenticator: ThreadAuthenticator | None = None
+        #: a CURVE server's allow-list, with counts of accepted and refused clients
+        self.gatekeeper: Gatekeeper | None = None
         ctx: zmq.Context[Any] = zmq.Context() if context is None else context
         self._context = ctx
         try:
@@ -104,12 +112,18 @@ class Publisher:
                 # EAGAIN instead of a silent drop at the HWM, so drops can be counted
                 socket.setsockopt(zmq.XPUB_NODROP, 1)
                 self._flags = int(zmq.NOBLOCK)
+            if curve is not None:
+                self._authenticator, self.gatekeeper = secure_socket(
+                    socket, ctx, curve, own_context=self._own_context
+                )
             if bind:
                 socket.bind(endpoint)
             else:
                 socket.connect(endpoint)
         except BaseException:
             socket.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
             if self._own_context:
                 ctx.term()
             raise
@@ -224,6 +238,9 @@ class Publisher:
         """
         if not self._socket.closed:
             self._socket.close(linger=max(0, int(linger * 1000)))
+        if self._authenticator is not None:
+            self._authenticator.stop()  # before term(): its sockets would block it
+            self._authenticator = None
         if self._own_context and not self._context.closed:
             self._context.term()
 

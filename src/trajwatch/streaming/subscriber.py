@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from trajwatch.frame import Frame
 from trajwatch.streaming.protocol import (
@@ -46,6 +47,7 @@ from trajwatch.streaming.protocol import (
     numbers_from,
     parse_header,
 )
+from trajwatch.streaming.security import Curve, Gatekeeper, secure_socket
 
 __all__ = ["SourceStats", "Subscriber", "SubscriberStats"]
 
@@ -93,9 +95,10 @@ class Subscriber:
 
     SUB socket by default (``topics`` are prefixes of source names to receive); PULL
     with ``lossless=True`` (the topics then filter in software). ``max_atoms`` and
-    ``max_bytes`` bound what one message may make us allocate. A live stream is
-    forward-only: it has no length and cannot rewind. Not thread-safe: one thread
-    receives.
+    ``max_bytes`` bound what one message may make us allocate. ``curve`` (a
+    :class:`~trajwatch.streaming.security.CurveClient` or ``CurveServer``) encrypts and
+    authenticates the connection (``docs/security.md``). A live stream is forward-only:
+    it has no length and cannot rewind. Not thread-safe: one thread receives.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class Subscriber:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_sources: int = 10_000,
         allow_remote: bool = False,
+        curve: Curve | None = None,
     ) -> None:
         if isinstance(topics, str):
             raise TypeError("topics must be a sequence of str, e.g. ('',) or ('md1',)")
@@ -132,7 +136,11 @@ class Subscriber:
         self._timeout_ms = -2  # RCVTIMEO currently set on the socket (-2: unknown)
         self._next_log = 0.0
         self._suppressed = 0
+        self._next_loss_log = 0.0
         self._own_context = context is None
+        self._authenticator: ThreadAuthenticator | None = None
+        #: a CURVE server's allow-list, with counts of accepted and refused clients
+        self.gatekeeper: Gatekeeper | None = None
         ctx: zmq.Context[Any] = zmq.Context() if context is None else context
         self._context = ctx
         try:
@@ -149,12 +157,18 @@ class Subscriber:
             if not lossless:
                 for topic in self._topics:
                     socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
+            if curve is not None:
+                self._authenticator, self.gatekeeper = secure_socket(
+                    socket, ctx, curve, own_context=self._own_context
+                )
             if bind:
                 socket.bind(endpoint)
             else:
                 socket.connect(endpoint)
         except BaseException:
             socket.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
             if self._own_context:
                 ctx.term()
             raise
@@ -330,7 +344,25 @@ class Subscriber:
         if gap:
             per.lost += gap
             stats.lost += gap
+            self._log_loss(source, per)
         per.last_seq = seq
+
+    def _log_loss(self, source: str, per: SourceStats) -> None:
+        """A WARNING when frames went missing, at most one line per second."""
+        now = time.monotonic()
+        if now < self._next_loss_log:
+            return
+        self._next_loss_log = now + _LOG_INTERVAL
+        logger.warning(
+            "frames lost on %s: %d of %r so far (%d publisher restarts), %d from all "
+            "sources: dropped at the high-water mark when the monitor falls behind, or "
+            "sent while it was not connected",
+            self.endpoint,
+            per.lost,
+            source,
+            per.restarts,
+            self.stats.lost,
+        )
 
     def _malformed(self, reason: str) -> None:
         self.stats.malformed += 1
@@ -350,6 +382,9 @@ class Subscriber:
         """Close the socket (LINGER=0) and, if it made its own, the context."""
         if not self._socket.closed:
             self._socket.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()  # before term(): its sockets would block it
+            self._authenticator = None
         if self._own_context and not self._context.closed:
             self._context.term()
 

@@ -250,6 +250,40 @@ def test_sorted_replace_and_insert_keep_the_prefix_sorted() -> None:
         np.testing.assert_array_equal(a, np.sort(values))
 
 
+@pytest.mark.parametrize("window", [7, 64, 256])
+def test_tail_window_keeps_its_largest_values_and_reads_the_quantile(window: int) -> None:
+    """The tail scale's list of the largest recent |z| against a plain sorted window."""
+    from trajwatch.detectors.tailscale import _top_size
+
+    rng = np.random.default_rng(window)
+    d, q, reference, min_n = 3, 0.99, 2.576, 5
+    t = _top_size(window, q)
+    ring, top, meta = np.zeros((d, window)), np.zeros((d, t)), np.zeros((d, 2))
+    history: list[list[float]] = [[] for _ in range(d)]
+    zs = np.round(rng.standard_t(3, size=(3 * window + 50, d)), 1)  # many ties
+    zs[rng.random(zs.shape) < 0.05] = np.nan
+    for z in zs:
+        kern._tail_learn(z, ring, top, meta)
+        expected_best = 0.0
+        for k in range(d):
+            if np.isfinite(z[k]):
+                history[k].append(abs(z[k]))
+            recent = np.sort(history[k][-window:])
+            n = recent.size
+            assert meta[k, 0] == n
+            m = min(n, t)
+            np.testing.assert_array_equal(top[k, :m], recent[::-1][:m])
+        probe = rng.normal(scale=4.0, size=d)
+        for k in range(d):
+            recent = np.sort(history[k][-window:])
+            a = abs(probe[k])
+            if recent.size >= min_n:
+                tau = recent[min(recent.size - 1, max(0, math.ceil(q * recent.size) - 1))]
+                a = a * reference / tau if tau > reference else a
+            expected_best = max(expected_best, a)
+        assert kern._tail_scaled_max(probe, top, meta, q, reference, min_n) == expected_best
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 257])
 def test_bisect_left_matches_the_bisect_module(n: int) -> None:
     rng = np.random.default_rng(n)

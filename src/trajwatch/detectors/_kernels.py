@@ -127,11 +127,21 @@ def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
 # ------------------------------------------------------------- per-feature tail scale
 
 
+# The tail scale needs one high order statistic of each feature's last W |z| (for
+# q = 0.99 and W = 256, the third largest), not the whole sorted window: each feature
+# keeps the T largest values of its window, sorted descending, T = the most any window
+# size up to W needs (see TailScale). A new value enters that list in O(T); a value
+# leaving the window that was in it makes the list be counted again from the window,
+# O(W T), which happens for about T/W of the frames.
+
+
 @njit(cache=True, nogil=True)
-def _tail_learn(z: np.ndarray, ring: np.ndarray, srt: np.ndarray, meta: np.ndarray) -> None:
-    """Slide |z_k| into feature k's window of recent |z| (``(d, W)``, arrival order and
-    sorted; ``meta`` ``(d, 2)`` fill and head). Non-finite z are skipped."""
+def _tail_learn(z: np.ndarray, ring: np.ndarray, top: np.ndarray, meta: np.ndarray) -> None:
+    """Slide |z_k| into feature k's window of recent |z| (``ring`` ``(d, W)``, arrival
+    order; ``top`` ``(d, T)``, the window's T largest values, largest first; ``meta``
+    ``(d, 2)`` fill and head). Non-finite z are skipped."""
     d, w = ring.shape
+    t = top.shape[1]
     for k in range(d):
         v = z[k]
         if not math.isfinite(v):
@@ -139,25 +149,56 @@ def _tail_learn(z: np.ndarray, ring: np.ndarray, srt: np.ndarray, meta: np.ndarr
         a = abs(v)
         n = int(meta[k, 0])
         head = int(meta[k, 1])
-        if n == w:
-            _sorted_replace(srt[k], n, ring[k, head], a)
-        else:
-            _sorted_insert(srt[k], n, a)
-            meta[k, 0] = n + 1
+        row = top[k]
+        old = ring[k, head]
         ring[k, head] = a
         meta[k, 1] = (head + 1) % w
+        if n < w:
+            meta[k, 0] = n + 1
+            _top_insert(row, min(n, t), a)
+        elif old >= row[t - 1]:
+            _top_count(ring[k], row)  # the value leaving was one of the largest
+        else:
+            _top_insert(row, t, a)
+
+
+@njit(cache=True, nogil=True)
+def _top_insert(row: np.ndarray, filled: int, value: float) -> None:
+    """Put ``value`` into the descending list ``row[:filled]`` (of capacity len(row)),
+    dropping the smallest if the list is full and ``value`` is larger than it."""
+    cap = row.shape[0]
+    if filled == cap:
+        if not value > row[cap - 1]:
+            return
+        filled -= 1
+    i = filled
+    while i > 0 and row[i - 1] < value:
+        row[i] = row[i - 1]
+        i -= 1
+    row[i] = value
+
+
+@njit(cache=True, nogil=True)
+def _top_count(window: np.ndarray, row: np.ndarray) -> None:
+    """``row`` = the len(row) largest values of the full ``window``, descending."""
+    for i in range(row.shape[0]):
+        row[i] = -math.inf
+    for i in range(window.shape[0]):
+        _top_insert(row, row.shape[0], window[i])
 
 
 @njit(cache=True, nogil=True)
 def _tail_scaled_max(
-    z: np.ndarray, srt: np.ndarray, meta: np.ndarray, q: float, reference: float, min_n: int
+    z: np.ndarray, top: np.ndarray, meta: np.ndarray, q: float, reference: float, min_n: int
 ) -> float:
     """max_k |z_k| * reference / max(reference, q-quantile of feature k's recent |z|).
 
     For a feature with normal tails the quantile is about ``reference`` (2.576 for
     q = 0.99) and |z| passes unchanged; a heavy-tailed one (a kurtosis, an integer lag)
     is measured in units of its own tail. Features with fewer than ``min_n`` recent
-    values, and non-finite z (+inf for a feature gone non-finite), pass unchanged.
+    values, and non-finite z (+inf for a feature gone non-finite), pass unchanged. The
+    quantile is the order statistic of rank ceil(q n) - 1 (0-based, ascending) of the n
+    recent values, read from the list of the largest (``top``, see :func:`_tail_learn`).
     """
     best = 0.0
     for k in range(z.size):
@@ -168,7 +209,7 @@ def _tail_scaled_max(
         n = int(meta[k, 0])
         if n >= min_n and math.isfinite(a):
             rank = min(n - 1, max(0, math.ceil(q * n) - 1))
-            tau = srt[k, rank]
+            tau = top[k, n - 1 - rank]
             if tau > reference:
                 a = a * reference / tau
         if a > best:
@@ -225,13 +266,31 @@ def _shift_up(a: np.ndarray, lo: int, hi: int) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _bisect_left_pair(a: np.ndarray, n: int, u: float, v: float) -> tuple[int, int]:
+    """``(_bisect_left(a, n, u), _bisect_left(a, n, v))``, the two searches in lockstep:
+    their loads are independent, so the processor overlaps them."""
+    if n <= 0:
+        return 0, 0
+    bu = 0
+    bv = 0
+    size = n
+    while size > 1:
+        half = size >> 1
+        if a[bu + half] < u:
+            bu += half
+        if a[bv + half] < v:
+            bv += half
+        size -= half
+    return (bu + 1 if a[bu] < u else bu), (bv + 1 if a[bv] < v else bv)
+
+
+@njit(cache=True, nogil=True)
 def _sorted_replace(a: np.ndarray, n: int, old: float, new: float) -> None:
     """Replace one ``old`` by ``new`` in the sorted prefix ``a[:n]``, moving only the
     values between the two positions."""
-    i = _bisect_left(a, n, old)
+    i, j = _bisect_left_pair(a, n, old, new)
     if i >= n:
         i = n - 1
-    j = _bisect_left(a, n, new)
     if j > i:
         _shift_down(a, i, j - 1)
         a[j - 1] = new
@@ -375,7 +434,7 @@ def _zscore_score(
     min_streak: float,
     quantum: np.ndarray,
     z: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
     q: float,
     reference: float,
@@ -383,9 +442,9 @@ def _zscore_score(
 ) -> float:
     """:func:`_welford_z`, then :func:`_tail_scaled_max` if a tail window exists."""
     best = _welford_z(x, stats, rel_floor, abs_floor, min_streak, quantum, z)
-    if tail_srt.shape[0] == 0:
+    if tail_top.shape[0] == 0:
         return best
-    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+    return _tail_scaled_max(z, tail_top, tail_meta, q, reference, min_n)
 
 
 @njit(cache=True, nogil=True)
@@ -395,12 +454,12 @@ def _zscore_learn(
     stats: np.ndarray,
     quantum: np.ndarray,
     tail_ring: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
 ) -> None:
     """Learn ``x`` whose z under the current statistics is ``z``."""
-    if tail_srt.shape[0] != 0:
-        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    if tail_top.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_top, tail_meta)
     _welford_learn(x, stats)
     _quantum_learn(x, quantum)
 
@@ -416,7 +475,7 @@ def _robust_score(
     abs_floor: float,
     min_streak: float,
     z: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
     q: float,
     reference: float,
@@ -424,9 +483,9 @@ def _robust_score(
 ) -> float:
     """:func:`_robust_z`, then :func:`_tail_scaled_max` if a tail window exists."""
     best = _robust_z(x, meta, center, spread, quantum, rel_floor, abs_floor, min_streak, z)
-    if tail_srt.shape[0] == 0:
+    if tail_top.shape[0] == 0:
         return best
-    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+    return _tail_scaled_max(z, tail_top, tail_meta, q, reference, min_n)
 
 
 @njit(cache=True, nogil=True)
@@ -441,12 +500,12 @@ def _robust_learn_scored(
     refresh_per_call: int,
     quantum: np.ndarray,
     tail_ring: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
 ) -> None:
     """Learn ``x`` whose robust z under the current window is ``z``."""
-    if tail_srt.shape[0] != 0:
-        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    if tail_top.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_top, tail_meta)
     _robust_learn(x, ring, srt, meta, center, spread, refresh_per_call, quantum)
 
 
@@ -1064,7 +1123,7 @@ def _stack_frame(
     z_quantum: np.ndarray,
     z_z: np.ndarray,
     zt_ring: np.ndarray,
-    zt_srt: np.ndarray,
+    zt_top: np.ndarray,
     zt_meta: np.ndarray,
     r_ring: np.ndarray,
     r_srt: np.ndarray,
@@ -1095,7 +1154,7 @@ def _stack_frame(
     for j in range(J):
         if p[P_KIND + j] == KIND_ZSCORE:
             scores[j] = _zscore_score(
-                x, z_stats, p[P_Z_REL], p[P_Z_ABS], p[P_Z_STREAK], z_quantum, z_z, zt_srt,
+                x, z_stats, p[P_Z_REL], p[P_Z_ABS], p[P_Z_STREAK], z_quantum, z_z, zt_top,
                 zt_meta, p[P_Z_Q], p[P_Z_REF], int(p[P_Z_MIN_N]),
             )  # fmt: skip
         else:
@@ -1147,7 +1206,7 @@ def _stack_frame(
         if fused < p[P_LEARN_BELOW]:
             for j in range(J):
                 if p[P_KIND + j] == KIND_ZSCORE:
-                    _zscore_learn(x, z_z, z_stats, z_quantum, zt_ring, zt_srt, zt_meta)
+                    _zscore_learn(x, z_z, z_stats, z_quantum, zt_ring, zt_top, zt_meta)
                 else:
                     _robust_learn(
                         x, r_ring, r_srt, r_meta, r_center, r_spread, int(p[P_R_REFRESH]),

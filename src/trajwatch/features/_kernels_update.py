@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from trajwatch.features._kernels import (
+    HIST_SIZE,
     _anisotropy,
     _central_moments,
     _combine_moments,
@@ -146,6 +147,75 @@ R_DMIN = 19  # minimum interatomic distance, NaN if undefined
 R_HAS_RDF = 20
 R_RDF_NORM = 21  # this frame's RDF centres times the pair density (N - 1) / V
 R_LAGS = 22  # then one MSD column per lag, then one VACF column per lag
+
+# --- the engine's state, packed into three flat arrays by element type (plus the DFT and
+# the pair lists, which grow): Numba's dispatcher costs per argument, and 22 separate
+# state arrays cost about 1 us a frame to pass. istate begins with the sizes that
+# _carve needs to cut the flat arrays into the views the kernels use.
+S_N = 0  # atoms
+S_M = 1  # tagged atoms
+S_W = 2  # window W
+S_L = 3  # lags
+S_BINS = 4  # RDF bins
+S_WORK = 5  # length of a work row
+N_SIZES = 6
+N_WORK_ROWS = 11
+
+
+def state_sizes(n: int, m: int, w: int, lags: int, bins: int, work: int) -> tuple[int, ...]:
+    """Lengths of the flat float64, int64 and int32 state arrays (see :func:`_carve`)."""
+    floats = (N_FBUF + N_GEOM * 9 + N_ATOMS_ROWS * n * 3 + 2 * n + w * (R_LAGS + 2 * lags)
+              + 2 * w * m * 3 + (w + 2) * bins + N_WORK_ROWS * work)  # fmt: skip
+    ints = N_SIZES + N_IBUF + w + m + lags + HIST_SIZE + m + 1
+    return floats, ints, n + w * n
+
+
+@njit(cache=True, nogil=True)
+def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # type: ignore[no-untyped-def]
+    """The views of the packed state: ibuf, fbuf, geom, atoms, disp, masses, numbers0,
+    tagged, lags, ring, ring_u, ring_v, ring_bins, hist, rdf_ring, rstart, work."""
+    n = istate[S_N]
+    m = istate[S_M]
+    w = istate[S_W]
+    nl = istate[S_L]
+    bins = istate[S_BINS]
+    ww = istate[S_WORK]
+    o = N_SIZES
+    ibuf = istate[o : o + N_IBUF + w]
+    o += N_IBUF + w
+    tagged = istate[o : o + m]
+    o += m
+    lags = istate[o : o + nl]
+    o += nl
+    hist = istate[o : o + HIST_SIZE]
+    o += HIST_SIZE
+    rstart = istate[o : o + m + 1]
+    o = 0
+    fbuf = fstate[o : o + N_FBUF]
+    o += N_FBUF
+    geom = fstate[o : o + N_GEOM * 9].reshape((N_GEOM, 3, 3))
+    o += N_GEOM * 9
+    atoms = fstate[o : o + N_ATOMS_ROWS * n * 3].reshape((N_ATOMS_ROWS, n, 3))
+    o += N_ATOMS_ROWS * n * 3
+    disp = fstate[o : o + n]
+    o += n
+    masses = fstate[o : o + n]
+    o += n
+    cols = R_LAGS + 2 * nl
+    ring = fstate[o : o + w * cols].reshape((w, cols))
+    o += w * cols
+    ring_u = fstate[o : o + w * m * 3].reshape((w, m, 3))
+    o += w * m * 3
+    ring_v = fstate[o : o + w * m * 3].reshape((w, m, 3))
+    o += w * m * 3
+    rdf_ring = fstate[o : o + (w + 2) * bins].reshape((w + 2, bins))
+    o += (w + 2) * bins
+    work = fstate[o : o + N_WORK_ROWS * ww].reshape((N_WORK_ROWS, ww))
+    numbers0 = i32state[:n]
+    ring_bins = i32state[n : n + w * n].reshape((w, n))
+    return (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u,
+            ring_v, ring_bins, hist, rdf_ring, rstart, work)  # fmt: skip
+
 
 # Values whose spread is below this fraction of their mean count as constant: skew,
 # kurtosis and the spectrum of a constant are NaN, not rounding noise.
@@ -510,30 +580,18 @@ def _update(
     has_energy: bool,
     has_time: bool,
     out: np.ndarray,
-    ibuf: np.ndarray,
-    fbuf: np.ndarray,
-    geom: np.ndarray,
-    atoms: np.ndarray,
-    disp: np.ndarray,
-    masses: np.ndarray,
-    numbers0: np.ndarray,
-    tagged: np.ndarray,
-    lags: np.ndarray,
-    ring: np.ndarray,
-    ring_u: np.ndarray,
-    ring_v: np.ndarray,
-    ring_bins: np.ndarray,
-    hist: np.ndarray,
-    rdf_ring: np.ndarray,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    i32state: np.ndarray,
+    dft: np.ndarray,
     cpairs: np.ndarray,
     cshift: np.ndarray,
     rpairs: np.ndarray,
     rshift: np.ndarray,
-    rstart: np.ndarray,
-    dft: np.ndarray,
-    work: np.ndarray,
 ) -> int:
     """Take one frame: update the state and write every feature into ``out``."""
+    (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u, ring_v,
+     ring_bins, hist, rdf_ring, rstart, work) = _carve(fstate, istate, i32state)  # fmt: skip
     n = positions.shape[0]
     for i in range(n):
         if numbers[i] != numbers0[i]:

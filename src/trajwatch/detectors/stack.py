@@ -205,7 +205,7 @@ class DetectorStack:
         self.cusum = Cusum(c.cusum_reference)
         self._alarm_critical = False
         self._rt[_kernels.RT_CRITICAL] = 0.0
-        self.drift: DriftWatch | None = (
+        self.drift = (
             DriftWatch(
                 block=c.drift_block,
                 cooldown=c.drift_cooldown,
@@ -221,6 +221,39 @@ class DetectorStack:
         """Onset frame of the alarm that started or escalated at the latest frame."""
         self.last_drift: Sequence[Change] = ()
         """Drift found at the latest frame (usually none)."""
+
+    # The per-stream runtime is public (a caller may hand a stack another's); the fused
+    # kernel's arguments are cached, so replacing one of these drops the cache.
+
+    @property
+    def alarm(self) -> Hysteresis:
+        """The alarm switch (hysteresis) of this stream."""
+        return self._alarm
+
+    @alarm.setter
+    def alarm(self, value: Hysteresis) -> None:
+        self._alarm = value
+        self._args: tuple[Any, ...] | None = None
+
+    @property
+    def cusum(self) -> Cusum:
+        """The onset CUSUM of this stream."""
+        return self._cusum
+
+    @cusum.setter
+    def cusum(self, value: Cusum) -> None:
+        self._cusum = value
+        self._args = None
+
+    @property
+    def drift(self) -> DriftWatch | None:
+        """Drift detection of this stream (None when off)."""
+        return self._drift
+
+    @drift.setter
+    def drift(self, value: DriftWatch | None) -> None:
+        self._drift = value
+        self._args = None
 
     # ------------------------------------------------------------------ per frame
 
@@ -256,6 +289,7 @@ class DetectorStack:
         ]
         self._cauchy = self.fusion.method == "cauchy"
         self._fused = self._fuse() if self.fused else None
+        self._args = None
         self._fast = True
 
     fused = True
@@ -378,27 +412,33 @@ class DetectorStack:
         self, x: NDArray[np.float64], index: int
     ) -> Literal["start", "end", "escalate"] | None:
         k = _kernels
-        drift = self.drift
-        if drift is not None:
-            drift._ensure(x.size)
-            dsum, dn, clip = drift._sum, drift._n, drift.clip
-        else:
-            dsum, dn, clip = _EMPTY, _EMPTY, 0.0
-        fused = self._fused
-        assert fused is not None
-        status = k._stack_frame(
-            x, index, self.alarm.state, self.cusum.state, dsum, dn, clip, *fused
-        )
+        args = self._args
+        if args is None:
+            args = self._args = self._fused_args(x.size)
+        status = k._stack_frame(x, index, *args)
         self.last_surprise = float(self._rt[k.RT_FUSED])
         change = _CHANGES[status & k.CHANGE_MASK]
         if change is not None and change != "end":
             self.last_onset = int(self._rt[k.RT_ONSET])
         if status & k.DRIFT_FED:
-            assert drift is not None
+            drift = self._drift
+            assert drift is not None  # the kernel only feeds a drift watch that exists
             changes = drift._tick()
             if changes:
                 self.last_drift = changes
         return change
+
+    def _fused_args(self, size: int) -> tuple[Any, ...]:
+        """All arguments of the fused kernel but the vector and its index."""
+        assert self._fused is not None
+        drift = self._drift
+        if drift is None:
+            return (self._alarm.state, self._cusum.state, _EMPTY, _EMPTY, 0.0, *self._fused)
+        drift._ensure(size)
+        return (
+            self._alarm.state, self._cusum.state, drift._sum, drift._n, drift.clip,
+            *self._fused,
+        )  # fmt: skip
 
     def _advance_general(
         self, x: NDArray[np.float64], index: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -319,3 +320,21 @@ def test_stack_is_not_fused_for_other_detectors_or_fisher() -> None:
         for x in xs:
             stack.update(x)
         assert stack._fused is None
+
+
+@pytest.mark.skipif(
+    os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="compilation only happens with the JIT on"
+)
+def test_warmup_compiles_what_the_default_stack_runs() -> None:
+    from trajwatch.detectors import _kernels
+    from trajwatch.detectors.stack import warmup
+
+    warmup()
+    kernels = [k for k in vars(_kernels).values() if hasattr(k, "signatures")]
+    before = {k: len(k.signatures) for k in kernels}
+    stack = DetectorStack(StackConfig(drift_block=5))
+    xs = _faulty_stream()
+    for x in xs[:600]:
+        stack.update(x)
+    assert stack._fused is not None
+    assert {k: len(k.signatures) for k in kernels} == before

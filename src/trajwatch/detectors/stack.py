@@ -594,4 +594,14 @@ def warmup() -> float:
         fusion(surprises)
         drift.update(x)
     calibrator.quantile(0.5)
+    # The default stack past its warm-up: the fused kernel (an alarm, its end, drift
+    # blocks), and the general path's alarm switch and CUSUM.
+    config = StackConfig(warmup_frames=4, min_calibration=2, calibration=16, drift_block=2)
+    xs = rng.normal(size=(40, 6))
+    xs[30] += 1e3
+    for fused in (True, False):
+        stack = DetectorStack(config)
+        stack.fused = fused
+        for x in xs:
+            stack.advance(x)
     return time.perf_counter() - start

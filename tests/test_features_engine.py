@@ -27,8 +27,9 @@ QUANTILES = ("disp_median", "disp_p95")
 TRICLINIC = np.array([[7.0, 0.0, 0.0], [2.1, 6.5, 0.0], [-1.3, 1.7, 8.2]])
 
 
-def assert_matches(names: Sequence[str], x: NDArray[np.float64], expected: dict[str, float],
-                   where: str = "") -> None:
+def assert_matches(
+    names: Sequence[str], x: NDArray[np.float64], expected: dict[str, float], where: str = ""
+) -> None:
     """Every feature equal to the reference: 1e-9 relative, quantiles within their bound."""
     assert len(x) == len(names)
     for name, got in zip(names, x, strict=True):
@@ -114,8 +115,16 @@ def test_matches_reference_on_md_with_atoms_crossing_the_boundary(small_md: list
     assert cell is not None
     inv = np.linalg.inv(cell)
     wrapped = [
-        Frame((f.positions @ inv % 1.0) @ cell, f.numbers, velocities=f.velocities,
-              forces=f.forces, energy=f.energy, cell=cell, step=f.step, time=f.time)
+        Frame(
+            (f.positions @ inv % 1.0) @ cell,
+            f.numbers,
+            velocities=f.velocities,
+            forces=f.forces,
+            energy=f.energy,
+            cell=cell,
+            step=f.step,
+            time=f.time,
+        )
         for f in small_md
     ]
     crossing = np.abs(np.diff(np.array([f.positions for f in wrapped]), axis=0)).max()
@@ -131,8 +140,15 @@ def test_matches_reference_on_md_with_atoms_crossing_the_boundary(small_md: list
 
 def test_matches_reference_on_md_without_a_cell(small_md: list[Frame]) -> None:
     open_frames = [
-        Frame(f.positions, f.numbers, velocities=f.velocities, forces=f.forces,
-              energy=f.energy, step=f.step, time=f.time)
+        Frame(
+            f.positions,
+            f.numbers,
+            velocities=f.velocities,
+            forces=f.forces,
+            energy=f.energy,
+            step=f.step,
+            time=f.time,
+        )
         for f in small_md
     ]
     engine = run_and_compare(open_frames, every=3, **dict(SMALL, window=8, sample_atoms=16))
@@ -164,8 +180,15 @@ def test_species_change_is_reported_and_resets_the_window() -> None:
     swapped = frames[6]
     numbers = swapped.numbers.copy()
     numbers[2] = 47
-    changed = Frame(swapped.positions, numbers, velocities=swapped.velocities,
-                    energy=swapped.energy, cell=swapped.cell, step=swapped.step, time=swapped.time)
+    changed = Frame(
+        swapped.positions,
+        numbers,
+        velocities=swapped.velocities,
+        energy=swapped.energy,
+        cell=swapped.cell,
+        step=swapped.step,
+        time=swapped.time,
+    )
     x = engine.update(changed)
     assert engine.structure_change == "species changed for 1 atom(s), first atom 2: Cu -> Ag"
     fresh = FeatureEngine(**SMALL).update(changed)  # type: ignore[arg-type]
@@ -195,8 +218,15 @@ def test_nonfinite_positions_are_flagged_and_skipped() -> None:
         before = engine.update(f)
     broken = frames[8].positions.copy()
     broken[[1, 4]] = np.nan
-    bad = Frame(broken, frames[8].numbers, velocities=frames[8].velocities, energy=math.inf,
-                cell=TRICLINIC, step=frames[8].step, time=frames[8].time)
+    bad = Frame(
+        broken,
+        frames[8].numbers,
+        velocities=frames[8].velocities,
+        energy=math.inf,
+        cell=TRICLINIC,
+        step=frames[8].step,
+        time=frames[8].time,
+    )
     x = engine.update(bad)
     names = engine.names
     assert x[names.index("nonfinite_count")] == 6 + 1
@@ -298,16 +328,29 @@ def test_each_update_returns_a_fresh_vector_in_catalogue_order() -> None:
 
 def test_layout_constants_follow_the_catalogue() -> None:
     spelled = {
-        "O_STEP_DISP_MAX": "step_disp_max", "O_STEP_MIN_DIST": "step_min_dist",
-        "O_TEMPERATURE": "kinetic_temperature", "O_ENERGY": "energy_per_atom",
-        "O_DRIFT": "energy_drift", "O_MAX_FORCE": "max_force",
-        "O_NONFINITE": "nonfinite_count", "O_DISP_KURT": "disp_kurtosis",
-        "O_RMS_V": "rms_velocity", "O_CREST": "crest_factor", "O_IMPULSE": "impulse_factor",
-        "O_FRAME_VAR": "frame_variance", "O_ANISO": "anisotropy", "O_FREQ": "dominant_freq",
-        "O_ENTROPY": "spectral_entropy", "O_PEAK_RATIO": "spectral_peak_ratio",
-        "O_E_MEAN": "energy_mean", "O_E_STD": "energy_std", "O_E_TREND": "energy_trend",
-        "O_MIN_DIST": "min_interatomic_dist", "O_RDF_POS": "rdf_first_peak_pos",
-        "O_RDF_HEIGHT": "rdf_first_peak_height", "O_VACF_DECAY": "vacf_initial_decay",
+        "O_STEP_DISP_MAX": "step_disp_max",
+        "O_STEP_MIN_DIST": "step_min_dist",
+        "O_TEMPERATURE": "kinetic_temperature",
+        "O_ENERGY": "energy_per_atom",
+        "O_DRIFT": "energy_drift",
+        "O_MAX_FORCE": "max_force",
+        "O_NONFINITE": "nonfinite_count",
+        "O_DISP_KURT": "disp_kurtosis",
+        "O_RMS_V": "rms_velocity",
+        "O_CREST": "crest_factor",
+        "O_IMPULSE": "impulse_factor",
+        "O_FRAME_VAR": "frame_variance",
+        "O_ANISO": "anisotropy",
+        "O_FREQ": "dominant_freq",
+        "O_ENTROPY": "spectral_entropy",
+        "O_PEAK_RATIO": "spectral_peak_ratio",
+        "O_E_MEAN": "energy_mean",
+        "O_E_STD": "energy_std",
+        "O_E_TREND": "energy_trend",
+        "O_MIN_DIST": "min_interatomic_dist",
+        "O_RDF_POS": "rdf_first_peak_pos",
+        "O_RDF_HEIGHT": "rdf_first_peak_height",
+        "O_VACF_DECAY": "vacf_initial_decay",
         "O_VACF_ZERO": "vacf_zero_crossing",
     }
     slots = {k: v for k, v in vars(_kernels_update).items() if k.startswith("O_")}

@@ -13,8 +13,16 @@ def test_a_vanishing_atom_is_one_critical_event_and_the_source_starts_afresh(
     clean_frames: list[Frame],
 ) -> None:
     broken = [
-        Frame(f.positions[:-1], f.numbers[:-1], velocities=f.velocities[:-1],  # type: ignore[index]
-              energy=f.energy, cell=f.cell, step=f.step, time=f.time, source=f.source)
+        Frame(
+            f.positions[:-1],
+            f.numbers[:-1],
+            velocities=f.velocities[:-1],  # type: ignore[index]
+            energy=f.energy,
+            cell=f.cell,
+            step=f.step,
+            time=f.time,
+            source=f.source,
+        )
         for f in clean_frames[100:200]
     ]
     pipeline = Pipeline()
@@ -22,7 +30,10 @@ def test_a_vanishing_atom_is_one_critical_event_and_the_source_starts_afresh(
     assert len(events) == 1, events
     event = events[0]
     assert (event.event, event.frame, event.severity, event.detector) == (
-        "anomaly", 100, "critical", "structure"
+        "anomaly",
+        100,
+        "critical",
+        "structure",
     )
     assert event.message == "atom count changed from 108 to 107 (Cu108 -> Cu107)"
     assert event.to_json()  # strict JSON: the infinite score is written as null

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trajwatch.frame import Frame
@@ -219,26 +219,10 @@ def test_strict_reading_ends_or_raises_a_located_error(data: bytes) -> None:
         check_error(error, data)
 
 
-def _has_resync_bug() -> bool:
-    """The reader bug held by test_hostile_counts...[skip_bad resync] (a strict xfail)."""
-    try:
-        read_forgiving(b"1\n1\nX")
-    except BufferError:
-        return True
-    return False
-
-
 @FUZZ
 @given(ANY_FILE)
 def test_skip_bad_never_raises_and_counts_what_it_skips(data: bytes) -> None:
-    try:
-        forgiving = read_forgiving(data)
-    except BufferError:
-        # a known reader bug (a bad last row without a newline); it is held
-        # by a strict xfail, and this exemption ends by itself once the reader is fixed
-        if not _has_resync_bug():
-            raise
-        reject()
+    forgiving = read_forgiving(data)
     try:
         strict = len(read_all(data))
     except XYZFormatError:
@@ -329,28 +313,9 @@ def capped_outcomes() -> dict[str, str]:
     return outcomes
 
 
-_ALLOCATES = pytest.mark.xfail(
-    strict=True,
-    reason="reader bug: a count line up to 2**30 makes _parse_atoms allocate its arrays "
-    "(24+ GiB) before checking the rows are there, and the check itself grows the read "
-    "buffer to 8 bytes per claimed atom at once (8 GB for 1e9, resident: it is zeroed)",
-)
-_RESYNC = pytest.mark.xfail(
-    strict=True,
-    reason="reader bug: with skip_bad=True, a bad row on the last line of the data with no "
-    "newline after it (a file cut off mid-write) sends the read position past the end of "
-    "the buffer; _fill then raises BufferError (MemoryError under a memory cap)",
-)
-
-
 @pytest.mark.parametrize(
     "case",
-    [
-        pytest.param(name, marks=_ALLOCATES if name.startswith(("1e9", "2**30 ")) else ())
-        for name in HOSTILE
-        if name != "skip_bad resync"
-    ]
-    + [pytest.param("skip_bad resync", marks=_RESYNC)],
+    list(HOSTILE),
 )
 def test_hostile_counts_and_found_inputs_within_bounded_memory(
     capped_outcomes: dict[str, str], case: str

@@ -294,8 +294,9 @@ def test_bisect_left_matches_the_bisect_module(n: int) -> None:
         assert kern._bisect_left(padded, n, value) == expected
 
 
-def _hysteresis_reference(scores: list[float], threshold: float, release: float,
-                          frames: int) -> list[int]:
+def _hysteresis_reference(
+    scores: list[float], threshold: float, release: float, frames: int
+) -> list[int]:
     out, active, quiet = [], False, 0
     for s in scores:
         if not active:

@@ -61,7 +61,9 @@ def test_no_alarm_during_warm_up(clash_frames: list[Frame]) -> None:
 
 @pytest.mark.parametrize("fusion", ["cauchy", "vote"])
 def test_optimised_path_gives_the_events_and_scores_of_the_plain_one(
-    clean_frames: list[Frame], clash_frames: list[Frame], fusion: str,
+    clean_frames: list[Frame],
+    clash_frames: list[Frame],
+    fusion: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Real EMT MD, two sources interleaved: the fused detector kernel against the

@@ -336,7 +336,9 @@ class DetectorStack:
         if zs is not None:
             tail = zs.tail
             p[k.P_Z_REL], p[k.P_Z_ABS], p[k.P_Z_STREAK] = (
-                zs.rel_floor, zs.abs_floor, float(zs.min_streak)
+                zs.rel_floor,
+                zs.abs_floor,
+                float(zs.min_streak),
             )
             p[k.P_Z_Q] = 0.99 if tail is None else tail.q
             p[k.P_Z_REF] = 0.0 if tail is None else tail.reference
@@ -346,7 +348,9 @@ class DetectorStack:
             z_arrays = (np.zeros((4, 0)), np.zeros((0, 3)), np.zeros(0), *_NO_TAIL)
         if rz is not None:
             p[k.P_R_REL], p[k.P_R_ABS], p[k.P_R_STREAK] = (
-                rz.rel_floor, rz.abs_floor, float(rz.min_streak)
+                rz.rel_floor,
+                rz.abs_floor,
+                float(rz.min_streak),
             )
             p[k.P_R_REFRESH] = rz.refresh_per_frame
             r_arrays = (rz.ring, rz.sorted, rz.meta, rz.center, rz.spread, rz.quantum, rz.z)

@@ -274,8 +274,9 @@ def _hist_quantile(hist: np.ndarray, total: int, q: float) -> float:
 
 
 @njit(cache=True, nogil=True)
-def _dft_direct(values: np.ndarray, present: np.ndarray, twiddle: np.ndarray, X: np.ndarray,
-                Z: np.ndarray) -> None:
+def _dft_direct(
+    values: np.ndarray, present: np.ndarray, twiddle: np.ndarray, X: np.ndarray, Z: np.ndarray
+) -> None:
     """X_k = sum_j x_j w^(kj), Z_k = sum_j [present_j] w^(kj), w = exp(-2 pi i / W)."""
     w = values.shape[0]
     for k in range(X.shape[0]):
@@ -291,8 +292,15 @@ def _dft_direct(values: np.ndarray, present: np.ndarray, twiddle: np.ndarray, X:
 
 
 @njit(cache=True, nogil=True)
-def _dft_slide(X: np.ndarray, Z: np.ndarray, twiddle: np.ndarray, old: float, old_present: bool,
-               new: float, new_present: bool) -> None:
+def _dft_slide(
+    X: np.ndarray,
+    Z: np.ndarray,
+    twiddle: np.ndarray,
+    old: float,
+    old_present: bool,
+    new: float,
+    new_present: bool,
+) -> None:
     """Slide the window one sample: X_k <- (X_k - x_old + x_new) w^(-k)."""
     w = twiddle.shape[0]
     z_in = (1.0 if new_present else 0.0) - (1.0 if old_present else 0.0)
@@ -304,8 +312,9 @@ def _dft_slide(X: np.ndarray, Z: np.ndarray, twiddle: np.ndarray, old: float, ol
 
 
 @njit(cache=True, nogil=True)
-def _spectral(X: np.ndarray, Z: np.ndarray, mean: float, window: int, dt: float,
-              out: np.ndarray) -> None:
+def _spectral(
+    X: np.ndarray, Z: np.ndarray, mean: float, window: int, dt: float, out: np.ndarray
+) -> None:
     """``out[:3]`` = dominant frequency (THz), spectral entropy, peak ratio.
 
     Power of the mean-removed, zero-padded signal at k = 1 .. W/2: |X_k - mean Z_k|².

@@ -301,8 +301,9 @@ def _wrap(d: np.ndarray, cell: np.ndarray, inv: np.ndarray, pbc: np.ndarray) -> 
 
 
 @njit(cache=True, nogil=True)
-def _rebase(pairs: np.ndarray, shifts: np.ndarray, count: int, positions: np.ndarray,
-            u: np.ndarray) -> None:
+def _rebase(
+    pairs: np.ndarray, shifts: np.ndarray, count: int, positions: np.ndarray, u: np.ndarray
+) -> None:
     """Make shifts found for ``positions`` apply to the unwrapped ``u`` instead.
 
     u - positions is a lattice vector of the cell the atoms were unwrapped in, which is not
@@ -339,8 +340,15 @@ def _list_min(
 
 
 @njit(cache=True, nogil=True)
-def _list_rdf(u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, first: int, last: int,
-              cutoff: float, counts: np.ndarray) -> None:
+def _list_rdf(
+    u: np.ndarray,
+    pairs: np.ndarray,
+    shifts: np.ndarray,
+    first: int,
+    last: int,
+    cutoff: float,
+    counts: np.ndarray,
+) -> None:
     """Add listed pairs ``first:last`` closer than ``cutoff`` to ``counts`` (cutoff/len bins)."""
     bins = counts.shape[0]
     dr = cutoff / bins

@@ -262,8 +262,9 @@ def _moved(u: np.ndarray, ref: np.ndarray) -> float:
 
 
 @njit(cache=True, nogil=True)
-def _same_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray,
-               at: int) -> bool:
+def _same_cell(
+    cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray, at: int
+) -> bool:
     for a in range(3):
         if (1 if pbc[a] else 0) != ibuf[at + a]:
             return False
@@ -274,8 +275,9 @@ def _same_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.nd
 
 
 @njit(cache=True, nogil=True)
-def _remember_cell(cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray,
-                   at: int) -> None:
+def _remember_cell(
+    cell: np.ndarray, pbc: np.ndarray, built: np.ndarray, ibuf: np.ndarray, at: int
+) -> None:
     for a in range(3):
         ibuf[at + a] = 1 if pbc[a] else 0
         for k in range(3):
@@ -294,8 +296,16 @@ def _geometry(cell: np.ndarray, pbc: np.ndarray, has_cell: bool, geom: np.ndarra
 
 
 @njit(cache=True, nogil=True)
-def _advance(positions: np.ndarray, atoms: np.ndarray, have_prev: bool, u_old: np.ndarray,
-             u_new: np.ndarray, h: np.ndarray, inv: np.ndarray, per: np.ndarray) -> None:
+def _advance(
+    positions: np.ndarray,
+    atoms: np.ndarray,
+    have_prev: bool,
+    u_old: np.ndarray,
+    u_new: np.ndarray,
+    h: np.ndarray,
+    inv: np.ndarray,
+    per: np.ndarray,
+) -> None:
     """Step since the previous frame (minimum image) and the new unwrapped positions."""
     n = positions.shape[0]
     steps = atoms[A_STEP]
@@ -314,9 +324,20 @@ def _advance(positions: np.ndarray, atoms: np.ndarray, have_prev: bool, u_old: n
 
 
 @njit(cache=True, nogil=True)
-def _contact(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.ndarray,
-             per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
-             atoms: np.ndarray, cpairs: np.ndarray, cshift: np.ndarray, out: np.ndarray) -> int:
+def _contact(
+    positions: np.ndarray,
+    u_new: np.ndarray,
+    h: np.ndarray,
+    inv: np.ndarray,
+    per: np.ndarray,
+    ibuf: np.ndarray,
+    fbuf: np.ndarray,
+    geom: np.ndarray,
+    atoms: np.ndarray,
+    cpairs: np.ndarray,
+    cshift: np.ndarray,
+    out: np.ndarray,
+) -> int:
     """``out[:3]`` = closest pair from the contact list, rebuilt only when it could be wrong."""
     n = positions.shape[0]
     skin = fbuf[F_SKIN]
@@ -334,8 +355,19 @@ def _contact(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.nd
     _closest_pair(positions, h, inv, per, guess if math.isfinite(guess) else 0.0, out)
     radius = out[0] + 2.0 * skin
     half = n >= 2  # a runtime bool: literals True/False would each compile a copy
-    count = _pairs_within(positions, h, inv, per, radius, np.arange(n), half, cpairs, cshift,
-                          out[3:], np.empty(0, dtype=np.int64))
+    count = _pairs_within(
+        positions,
+        h,
+        inv,
+        per,
+        radius,
+        np.arange(n),
+        half,
+        cpairs,
+        cshift,
+        out[3:],
+        np.empty(0, dtype=np.int64),
+    )
     _rebase(cpairs, cshift, count, positions, u_new)
     if count > cpairs.shape[0]:
         ibuf[I_NCONTACT] = -1
@@ -352,10 +384,22 @@ def _contact(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.nd
 
 
 @njit(cache=True, nogil=True)
-def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.ndarray,
-              per: np.ndarray, ibuf: np.ndarray, fbuf: np.ndarray, geom: np.ndarray,
-              atoms: np.ndarray, tagged: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray,
-              rstart: np.ndarray, scratch: np.ndarray) -> int:
+def _rdf_list(
+    positions: np.ndarray,
+    u_new: np.ndarray,
+    h: np.ndarray,
+    inv: np.ndarray,
+    per: np.ndarray,
+    ibuf: np.ndarray,
+    fbuf: np.ndarray,
+    geom: np.ndarray,
+    atoms: np.ndarray,
+    tagged: np.ndarray,
+    rpairs: np.ndarray,
+    rshift: np.ndarray,
+    rstart: np.ndarray,
+    scratch: np.ndarray,
+) -> int:
     """Rebuild the RDF pair list if a pair could have come within the cutoff unseen.
 
     Its skin is twice the contact list's: it holds more pairs per atom, so rebuilding it
@@ -370,8 +414,19 @@ def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.n
     ):
         return OK
     full = n < 2  # False, as a runtime bool (see _contact)
-    count = _pairs_within(positions, h, inv, per, fbuf[F_RDF_CUTOFF] + skin, tagged, full,
-                          rpairs, rshift, scratch, rstart)
+    count = _pairs_within(
+        positions,
+        h,
+        inv,
+        per,
+        fbuf[F_RDF_CUTOFF] + skin,
+        tagged,
+        full,
+        rpairs,
+        rshift,
+        scratch,
+        rstart,
+    )
     _rebase(rpairs, rshift, count, positions, u_new)
     if count > rpairs.shape[0]:
         ibuf[I_NRDF] = -1
@@ -385,8 +440,9 @@ def _rdf_list(positions: np.ndarray, u_new: np.ndarray, h: np.ndarray, inv: np.n
 
 
 @njit(cache=True, nogil=True)
-def _push_displacements(steps: np.ndarray, disp: np.ndarray, row: np.ndarray, bins: np.ndarray,
-                        hist: np.ndarray) -> None:
+def _push_displacements(
+    steps: np.ndarray, disp: np.ndarray, row: np.ndarray, bins: np.ndarray, hist: np.ndarray
+) -> None:
     """This frame's displacements: moments, maximum, step tensor, histogram bins."""
     dmax = 0.0
     dsq = 0.0
@@ -422,8 +478,9 @@ def _push_displacements(steps: np.ndarray, disp: np.ndarray, row: np.ndarray, bi
 
 
 @njit(cache=True, nogil=True)
-def _push_velocities(v: np.ndarray, masses: np.ndarray, tagged: np.ndarray, row: np.ndarray,
-                     ring_v_slot: np.ndarray) -> float:
+def _push_velocities(
+    v: np.ndarray, masses: np.ndarray, tagged: np.ndarray, row: np.ndarray, ring_v_slot: np.ndarray
+) -> float:
     """Record |v|² sums and the tagged atoms' velocities; returns the kinetic energy (eV)."""
     v2sum = 0.0
     mv2 = 0.0
@@ -444,8 +501,16 @@ def _push_velocities(v: np.ndarray, masses: np.ndarray, tagged: np.ndarray, row:
 
 
 @njit(cache=True, nogil=True)
-def _push_lags(u_new: np.ndarray, tagged: np.ndarray, ring: np.ndarray, ring_u: np.ndarray,
-               ring_v: np.ndarray, lags: np.ndarray, slot: int, n_window: int) -> None:
+def _push_lags(
+    u_new: np.ndarray,
+    tagged: np.ndarray,
+    ring: np.ndarray,
+    ring_u: np.ndarray,
+    ring_v: np.ndarray,
+    lags: np.ndarray,
+    slot: int,
+    n_window: int,
+) -> None:
     """MSD and VACF of the tagged atoms between this frame and each lag back.
 
     Four lags at a time: each sum still runs over the atoms in order (the same result,
@@ -515,8 +580,7 @@ def _push_lags(u_new: np.ndarray, tagged: np.ndarray, ring: np.ndarray, ring_u: 
 
 
 @njit(cache=True, nogil=True)
-def _put4(row: np.ndarray, at: int, count: int, a: float, b: float, c: float,
-          d: float) -> None:
+def _put4(row: np.ndarray, at: int, count: int, a: float, b: float, c: float, d: float) -> None:
     """``row[at:at + count] = (a, b, c, d)[:count]``."""
     row[at] = a
     if count > 1:
@@ -528,8 +592,16 @@ def _put4(row: np.ndarray, at: int, count: int, a: float, b: float, c: float,
 
 
 @njit(cache=True, nogil=True)
-def _push_rdf(u_new: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray, rstart: np.ndarray,
-              phase: int, stride: int, cutoff: float, counts: np.ndarray) -> int:
+def _push_rdf(
+    u_new: np.ndarray,
+    rpairs: np.ndarray,
+    rshift: np.ndarray,
+    rstart: np.ndarray,
+    phase: int,
+    stride: int,
+    cutoff: float,
+    counts: np.ndarray,
+) -> int:
     """Pair counts of this frame's share of the RDF centres (every ``stride``-th from
     ``phase``) into ``counts``; returns how many centres that was."""
     counts[:] = 0.0
@@ -541,9 +613,18 @@ def _push_rdf(u_new: np.ndarray, rpairs: np.ndarray, rshift: np.ndarray, rstart:
 
 
 @njit(cache=True, nogil=True)
-def _push_signal(ring: np.ndarray, dft: np.ndarray, work: np.ndarray, head: int, n_window: int,
-                 pushed: int, old: float, old_present: bool, new: float,
-                 new_present: bool) -> None:
+def _push_signal(
+    ring: np.ndarray,
+    dft: np.ndarray,
+    work: np.ndarray,
+    head: int,
+    n_window: int,
+    pushed: int,
+    old: float,
+    old_present: bool,
+    new: float,
+    new_present: bool,
+) -> None:
     """Slide the DFT of the frame signal (each frame's mean displacement) by one frame."""
     W = ring.shape[0]
     K = W // 2 + 1
@@ -629,8 +710,9 @@ def _update(
     tmp = work[0]
     tmp[:3] = np.nan
     if n >= 2:
-        status = _contact(positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, cpairs, cshift,
-                          tmp)
+        status = _contact(
+            positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, cpairs, cshift, tmp
+        )
         if status != OK:
             return status
     dmin = tmp[0]
@@ -639,8 +721,22 @@ def _update(
     pushed = ibuf[I_PUSHED]
     rdf_on = periodic and n >= 2  # g(r) needs a volume
     if rdf_on:
-        status = _rdf_list(positions, u_new, h, inv, per, ibuf, fbuf, geom, atoms, tagged, rpairs,
-                           rshift, rstart, tmp[3:])
+        status = _rdf_list(
+            positions,
+            u_new,
+            h,
+            inv,
+            per,
+            ibuf,
+            fbuf,
+            geom,
+            atoms,
+            tagged,
+            rpairs,
+            rshift,
+            rstart,
+            tmp[3:],
+        )
         if status != OK:
             return status
 
@@ -677,8 +773,16 @@ def _update(
     _push_lags(u_new, tagged, ring, ring_u, ring_v, lags, slot, n_window)
     if rdf_on:  # this frame's share of the RDF centres (spread so g(r) moves smoothly)
         stride = ibuf[I_RDF_STRIDE]
-        centres = _push_rdf(u_new, rpairs, rshift, rstart, pushed % stride, stride,
-                            fbuf[F_RDF_CUTOFF], rdf_ring[slot])
+        centres = _push_rdf(
+            u_new,
+            rpairs,
+            rshift,
+            rstart,
+            pushed % stride,
+            stride,
+            fbuf[F_RDF_CUTOFF],
+            rdf_ring[slot],
+        )
         if centres > 0:
             row[R_HAS_RDF] = 1.0
             row[R_RDF_NORM] = centres * (n - 1) / volume
@@ -688,8 +792,9 @@ def _update(
     ibuf[I_COUNT] = n_window
     ibuf[I_PUSHED] = pushed + 1
     new_value = row[R_DMEAN] if have_prev else 0.0
-    _push_signal(ring, dft, work, head, n_window, pushed + 1, old_value, old_present, new_value,
-                 have_prev)
+    _push_signal(
+        ring, dft, work, head, n_window, pushed + 1, old_value, old_present, new_value, have_prev
+    )
     atoms[A_PREV, :n] = positions
     ibuf[I_UCUR] = 1 - cur
     ibuf[I_HAVE_PREV] = 1

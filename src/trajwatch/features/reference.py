@@ -301,11 +301,18 @@ def features(
         if t > start:
             unwrapped[t] = unwrapped[t - 1] + steps[t][tagged]
     lags = [int(lag) for lag in lag_set(window) if lag <= len(win) - 1]
-    msd = np.array([
-        np.mean([np.mean(np.sum((unwrapped[t] - unwrapped[t - lag]) ** 2, axis=1))
-                 for t in win if t - lag >= start])
-        for lag in lags
-    ])
+    msd = np.array(
+        [
+            np.mean(
+                [
+                    np.mean(np.sum((unwrapped[t] - unwrapped[t - lag]) ** 2, axis=1))
+                    for t in win
+                    if t - lag >= start
+                ]
+            )
+            for lag in lags
+        ]
+    )
     if len(msd) >= 1 and n:
         x["msd_mean"] = float(msd.mean())
         x["msd_final"] = float(msd[-1])
@@ -317,8 +324,11 @@ def features(
         c0 = float(np.mean([np.mean(np.sum(v * v, axis=1)) for v in tv.values()]))
         curve = [(0.0, 1.0)]
         for lag in lags:
-            products = [np.mean(np.sum(tv[t] * tv[t - lag], axis=1))
-                        for t in win if t in tv and t - lag in tv]
+            products = [
+                np.mean(np.sum(tv[t] * tv[t - lag], axis=1))
+                for t in win
+                if t in tv and t - lag in tv
+            ]
             if products and c0 > 0:
                 curve.append((float(lag), float(np.mean(products)) / c0))
         if len(curve) > 1 and curve[1][0] == 1.0:

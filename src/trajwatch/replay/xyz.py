@@ -682,7 +682,7 @@ class XYZReader:
             except _BadFrameError as bad:
                 error = XYZFormatError(self.path, bad.line, bad.reason, frame=self._index)
                 self._index += 1
-                self._pos = bad.resume
+                self._pos = min(bad.resume, self._end)  # a last line may lack its newline
                 self._line = bad.resume_line
                 self._resync = True
                 if not self.skip_bad:
@@ -817,11 +817,9 @@ class XYZReader:
                 return None
             begin, end = span
             text = self._buf[begin:end]
-            if not text.strip():
-                self._pos, self._line = end + 1, self._line + 1
-                continue
-            if self._resync and _INTEGER_LINE.fullmatch(text) is None:
-                self._pos, self._line = end + 1, self._line + 1
+            if not text.strip() or (self._resync and _INTEGER_LINE.fullmatch(text) is None):
+                # skip the line (the last one may lack its newline: stop at the end)
+                self._pos, self._line = min(end + 1, self._end), self._line + 1
                 continue
             break
         self._resync = False
@@ -852,29 +850,31 @@ class XYZReader:
             header = _parse_header(self._buf[comment_start:comment_end].decode("utf-8", "replace"))
         except ValueError as exc:
             raise _BadFrameError(frame_line + 1, str(exc), resume, resume_line) from None
-        rows_offset = comment_end + 1 - frame_start
+        # a comment line without a newline ends the data: no rows, a truncated frame
+        rows_offset = min(comment_end + 1, self._end) - frame_start
         return self._parse_atoms(n_atoms, header, frame_line, rows_offset, resume_line)
 
     def _parse_atoms(
         self, n: int, header: _Header, frame_line: int, rows_offset: int, resume_line: int
     ) -> Frame:
         layout = header.layout
-        positions = np.empty((n, 3), dtype=np.float64)
-        numbers = np.empty(n, dtype=np.int32)
-        forces = np.empty((n, 3), dtype=np.float64) if layout.forces else _EMPTY_VECTORS
-        velocities = np.empty((n, 3), dtype=np.float64) if layout.velocities else _EMPTY_VECTORS
-        masses = np.empty(n, dtype=np.float64) if layout.masses else _EMPTY_SCALARS
         first_row_line = frame_line + 2
         if n > _PREFETCH_ATOMS:
-            # make sure a huge count line is backed by data before trusting it further
-            while self._end - self._pos - rows_offset < 8 * n:  # 8 bytes: "H 0 0 0\n"
-                if not self._fill(8 * n - (self._end - self._pos - rows_offset)):
+            # Make sure a huge count line is backed by data before allocating for it. The
+            # buffer at most doubles per read, so memory stays within twice the data seen.
+            while (held := self._end - self._pos - rows_offset) < 8 * n:  # "H 0 0 0\n"
+                if not self._fill(min(8 * n - held, max(self._end - self._pos, _MAX_CHUNK))):
                     raise _BadFrameError(
                         frame_line,
                         f"truncated frame: expected {n} atom lines after line "
                         f"{frame_line + 1}, the file ends before",
                         self._line_start_after_count(self._pos), resume_line,
                     )  # fmt: skip
+        positions = np.empty((n, 3), dtype=np.float64)
+        numbers = np.empty(n, dtype=np.int32)
+        forces = np.empty((n, 3), dtype=np.float64) if layout.forces else _EMPTY_VECTORS
+        velocities = np.empty((n, 3), dtype=np.float64) if layout.velocities else _EMPTY_VECTORS
+        masses = np.empty(n, dtype=np.float64) if layout.masses else _EMPTY_SCALARS
         at_eof = False
         while True:
             frame_start = self._pos
@@ -959,7 +959,9 @@ class XYZReader:
         )
 
     def _line_start_after_count(self, frame_start: int) -> int:
-        return self._buf.find(b"\n", frame_start, self._end) + 1
+        """Where the line after the count line starts (the end of the data if none does)."""
+        newline = self._buf.find(b"\n", frame_start, self._end)
+        return self._end if newline < 0 else newline + 1
 
     def _line_at(self, offset: int) -> bytes:
         begin = self._buf.rfind(b"\n", 0, offset) + 1

@@ -338,3 +338,35 @@ def test_warmup_compiles_what_the_default_stack_runs() -> None:
         stack.update(x)
     assert stack._fused is not None
     assert {k: len(k.signatures) for k in kernels} == before
+
+
+@pytest.mark.parametrize("detectors", [("zscore", "robust", "lstm"), ("lstm", "robust")])
+def test_fused_stack_with_an_external_slot_equals_the_general_path(
+    detectors: tuple[str, ...],
+) -> None:
+    """The LSTM's slot: a score set from outside each frame, calibrated from outside."""
+    config = StackConfig(detectors=detectors, drift_block=10)
+    xs = _faulty_stream()
+    outside = RNG(21).exponential(size=len(xs))
+    outside[1200:1210] += 40.0  # a fault only the outside score sees
+    runs = []
+    for fused in (True, False):
+        stack = DetectorStack(config)
+        stack.fused = fused
+        j = stack.names.index("lstm")
+        slot, calibrator = stack.detectors[j], stack.calibrators[j]
+        for s in RNG(22).exponential(size=300):
+            calibrator.add(s)
+        steps = []
+        for x, s in zip(xs, outside, strict=True):
+            slot.set(s)
+            step = stack.update(x)
+            steps.append((step.index, step.surprise, step.change, step.onset, step.drift))
+            steps.append(tuple(step.surprises))
+            if not stack.alarm.active and step.index % 7 == 0:
+                calibrator.add(s)
+        runs.append((steps, stack._fused is not None))
+    (fused_steps, was_fused), (plain_steps, plain_fused) = runs
+    assert was_fused and not plain_fused
+    assert fused_steps == plain_steps
+    assert any(s[2] == "start" for s in fused_steps[::2] if s[0] >= 1200)

@@ -1073,10 +1073,12 @@ P_R_REL = 18  # RobustZScore: rel_floor, abs_floor, min_streak, refresh_per_fram
 P_R_ABS = 19
 P_R_STREAK = 20
 P_R_REFRESH = 21
-P_N = 22  # number of detectors J
-P_KIND = 23  # J entries (KIND_*), then J fusion weights
+P_EXPLAINER = 22  # KIND_* of the first z-type detector, whose z feed drift detection
+P_N = 23  # number of detectors J
+P_KIND = 24  # J entries (KIND_*), then J fusion weights
 KIND_ZSCORE = 0
 KIND_ROBUST = 1
+KIND_EXTERNAL = 2  # a score set from outside (the LSTM's slot): never learns, never ready
 FUSION_CAUCHY = 0
 FUSION_MIN = 1
 FUSION_VOTE = 2
@@ -1142,7 +1144,8 @@ def _stack_frame(
     path (``DetectorStack.update``): score every detector, turn the scores into
     surprises, fuse, CUSUM, alarm switch (a young calibration needs the critical level;
     escalation), then, with no alarm on, calibrate, learn clearly normal frames, update
-    readiness, and add the explainer's z (detector 0's) to the drift block sums.
+    readiness, and add the explainer's z (the first z-type detector's) to the drift block
+    sums.
     ``drift_n`` of size 0 means no drift watch. ``zt_*`` of size 0: no tail scale.
     """
     J = int(p[P_N])
@@ -1151,13 +1154,13 @@ def _stack_frame(
     surprises = rt[RT_DET + 2 * J : RT_DET + 3 * J]
     scratch = rt[RT_DET + 3 * J : RT_DET + 4 * J]
     weights = p[P_KIND + J : P_KIND + 2 * J]
-    for j in range(J):
+    for j in range(J):  # (an external slot's score is already in ``scores``)
         if p[P_KIND + j] == KIND_ZSCORE:
             scores[j] = _zscore_score(
                 x, z_stats, p[P_Z_REL], p[P_Z_ABS], p[P_Z_STREAK], z_quantum, z_z, zt_top,
                 zt_meta, p[P_Z_Q], p[P_Z_REF], int(p[P_Z_MIN_N]),
             )  # fmt: skip
-        else:
+        elif p[P_KIND + j] == KIND_ROBUST:
             scores[j] = _robust_z(
                 x, r_meta, r_center, r_spread, r_quantum, p[P_R_REL], p[P_R_ABS],
                 p[P_R_STREAK], r_z,
@@ -1207,7 +1210,7 @@ def _stack_frame(
             for j in range(J):
                 if p[P_KIND + j] == KIND_ZSCORE:
                     _zscore_learn(x, z_z, z_stats, z_quantum, zt_ring, zt_top, zt_meta)
-                else:
+                elif p[P_KIND + j] == KIND_ROBUST:
                     _robust_learn(
                         x, r_ring, r_srt, r_meta, r_center, r_spread, int(p[P_R_REFRESH]),
                         r_quantum,
@@ -1220,13 +1223,16 @@ def _stack_frame(
                 rt[RT_ALL_READY] = 1.0 if all_ready else 0.0
     if drift_n.size == 0:
         return change
-    _block_add(z_z if p[P_KIND] == KIND_ZSCORE else r_z, drift_sum, drift_n, drift_clip)
+    _block_add(z_z if p[P_EXPLAINER] == KIND_ZSCORE else r_z, drift_sum, drift_n, drift_clip)
     return change | DRIFT_FED
 
 
 @njit(cache=True, nogil=True)
 def _z_ready(kind: float, z_stats: np.ndarray, r_meta: np.ndarray) -> bool:
-    """``ZScore.ready`` (some feature seen twice) or ``RobustZScore.ready`` (three times)."""
+    """``ZScore.ready`` (some feature seen twice) or ``RobustZScore.ready`` (three
+    times); an external slot never is."""
+    if kind == KIND_EXTERNAL:
+        return False
     if kind == KIND_ZSCORE:
         d = z_stats.shape[1]
         if d == 0:

@@ -276,6 +276,7 @@ class DetectorStack:
         self._surprises = self._rt[_kernels.RT_DET + 2 * n : _kernels.RT_DET + 3 * n]
         self._fast = False
         self._fused: tuple[Any, ...] | None = None
+        self._externals: list[tuple[int, Any]] = []
 
     def _go_fast(self, size: int) -> None:
         # Detectors have allocated for ``size`` features: from now on the stack checks
@@ -299,20 +300,27 @@ class DetectorStack:
     def _fuse(self) -> tuple[Any, ...] | None:
         """Parameters and detector arrays of :func:`_kernels._stack_frame`, or None when
         this stack is not one it covers (at most one ZScore and one RobustZScore without
-        tail scale; Cauchy, min or vote fusion)."""
+        tail scale, at least one of them, and any external slots such as the LSTM's;
+        Cauchy, min or vote fusion)."""
+        from trajwatch.detectors.external import ExternalScore  # (it imports this module)
+
         k = _kernels
         kinds = [type(d) for d in self.detectors]
         if (
             self.fusion.method not in _FUSION_CODES
-            or any(t not in (ZScore, RobustZScore) for t in kinds)
+            or any(t not in (ZScore, RobustZScore, ExternalScore) for t in kinds)
             or kinds.count(ZScore) > 1
             or kinds.count(RobustZScore) > 1
+            or self._explainer is None
         ):
             return None
         zs = next((d for d in self.detectors if type(d) is ZScore), None)
         rz = next((d for d in self.detectors if type(d) is RobustZScore), None)
         if rz is not None and rz.tail is not None:
             return None
+        self._externals = [
+            (j, d) for j, d in enumerate(self.detectors) if type(d) is ExternalScore
+        ]
         c = self.config
         n = len(self.detectors)
         p = np.zeros(k.P_KIND + 2 * n)
@@ -329,9 +337,9 @@ class DetectorStack:
         p[k.P_CUSUM_REF] = self.cusum.reference
         p[k.P_CUSUM_CAP] = self.cusum.cap
         p[k.P_N] = n
-        p[k.P_KIND : k.P_KIND + n] = [
-            k.KIND_ZSCORE if t is ZScore else k.KIND_ROBUST for t in kinds
-        ]
+        kind = {ZScore: k.KIND_ZSCORE, RobustZScore: k.KIND_ROBUST, ExternalScore: k.KIND_EXTERNAL}
+        p[k.P_KIND : k.P_KIND + n] = [kind[t] for t in kinds]
+        p[k.P_EXPLAINER] = kind[type(self._explainer)]
         p[k.P_KIND + n : k.P_KIND + 2 * n] = self.fusion.weights
         if zs is not None:
             tail = zs.tail
@@ -419,6 +427,8 @@ class DetectorStack:
         args = self._args
         if args is None:
             args = self._args = self._fused_args(x.size)
+        for j, slot in self._externals:  # scores set from outside (the LSTM's)
+            self._scores[j] = slot.score_one(x)
         status = k._stack_frame(x, index, *args)
         self.last_surprise = float(self._rt[k.RT_FUSED])
         change = _CHANGES[status & k.CHANGE_MASK]

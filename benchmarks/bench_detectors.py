@@ -144,7 +144,11 @@ def _stall_row(times: list[float], swaps: list[float]) -> dict[str, float]:
     }
 
 
-def bench_stack(d: int, n: int, repeats: int, config: StackConfig | None = None) -> float:
+def bench_stack(
+    d: int, n: int, repeats: int, config: StackConfig | None = None, method: str = "advance"
+) -> float:
+    """The stack per frame: ``advance`` (what the pipeline calls) or ``update`` (the same
+    plus a Step object for the caller)."""
     rng = np.random.default_rng(2)
     best = np.inf
     for _ in range(repeats):
@@ -152,9 +156,10 @@ def bench_stack(d: int, n: int, repeats: int, config: StackConfig | None = None)
         for x in rng.normal(size=(600, d)):  # past warm-up, calibration and first windows
             stack.update(x)
         xs = rng.normal(size=(n, d))
+        step = getattr(stack, method)
         start = time.thread_time()
         for x in xs:
-            stack.update(x)
+            step(x)
         best = min(best, (time.thread_time() - start) / n)
     return best * 1e6
 
@@ -190,6 +195,13 @@ def run(quick: bool) -> dict[str, Any]:
     engine_us, n_features = bench_engine(100 if quick else 300, 2 if quick else 3)
     stack_30 = bench_stack(D, n, repeats)
     stack_engine = bench_stack(n_features, n, repeats)
+    stack_update = bench_stack(n_features, n, repeats, method="update")
+    plain = DetectorStack.fused
+    DetectorStack.fused = False  # the general path: one kernel call per detector and step
+    try:
+        stack_general = bench_stack(n_features, n, repeats)
+    finally:
+        DetectorStack.fused = plain
     return {
         "benchmark": "detectors",
         "quick": quick,
@@ -197,6 +209,8 @@ def run(quick: bool) -> dict[str, Any]:
         "detectors": detectors,
         "stall": stall,
         "stack_us": {str(D): stack_30, str(n_features): stack_engine},
+        "stack_update_us": stack_update,
+        "stack_general_us": stack_general,
         "engine_us": engine_us,
         "dispatch_us": dispatch,
         "engine_features": n_features,
@@ -221,6 +235,12 @@ def table(r: dict[str, Any]) -> str:
         ok = "ok" if us <= r["targets"]["stack_us"] else "SLOW"
         label = f"default stack, {d} features"
         lines.append(f"  {label:<32}{'':>24}{us:>9.2f}  {ok:<6}  {us / engine:>7.3f}x")
+    n = r["engine_features"]
+    for label, us in (
+        (f"  with .update() (a Step), {n} f.", r["stack_update_us"]),
+        (f"  general path (unfused), {n} f.", r["stack_general_us"]),
+    ):
+        lines.append(f"  {label:<32}{'':>24}{us:>9.2f}          {us / engine:>7.3f}x")
     n_features, atoms = r["engine_features"], r["engine_atoms"]
     label = f"feature engine ({n_features} feat., {atoms} atoms)"
     lines.append(f"  {label:<32}{'':>24}{engine:>9.2f}          1.000x")

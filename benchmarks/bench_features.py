@@ -12,10 +12,15 @@ forwards then backwards, so it can run as long as needed without a jump.
 * per-frame cost at 100 / 1,000 / 10,000 atoms: CPU time of ``update`` per frame over a
   long run (neighbour-list rebuilds and RDF frames included), best of the repeats, and
   the scaling ratio cost(10,000) / cost(1,000).
-* end to end: a publisher process sends the frames (lossless PUSH/PULL over tcp) to this
-  process, which receives them with a ``Subscriber`` and runs ``Pipeline.process`` (the
-  feature engine and the z-score detector) on one core. Baselines in the same run: the
-  same Subscriber receiving and decoding only, and a bare pyzmq ``recv_multipart`` loop.
+* end to end, on a real trajectory: EMT MD of fcc Cu (108 and 10,000 atoms) written as
+  extxyz (made once, cached in ``$TRAJWATCH_BENCH_CACHE``, default
+  ``~/.cache/trajwatch-bench``). A producer process reads it with trajwatch's reader and
+  sends it through a lossless ``Publisher`` (tcp) as ``trajwatch replay --max`` would,
+  forwards then backwards; this process receives with a ``Subscriber`` and runs
+  ``Pipeline.process`` (feature engine and the default detector stack) on one core.
+  Baselines fed by the same producer in the same run: the Subscriber receiving and
+  decoding only (the bare receive loop), and a raw pyzmq ``recv_multipart`` loop. Also
+  the consumer's CPU per frame split into receive, features, detectors and glue.
 
     python benchmarks/bench_features.py --quick --json out.json
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -41,10 +47,13 @@ except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import trajwatch
 
+from trajwatch.detectors.stack import warmup as warmup_detectors
 from trajwatch.features import reference
 from trajwatch.features.engine import FeatureEngine, warmup
 from trajwatch.frame import Frame
-from trajwatch.pipeline import Pipeline
+from trajwatch.pipeline import Pipeline, PipelineConfig, SourceWatch
+from trajwatch.replay.xyz import iread
+from trajwatch.simulate import MDSpec, run_md, write_extxyz
 from trajwatch.streaming import Publisher, Subscriber
 
 SIZES = (100, 1000, 10000)
@@ -164,14 +173,66 @@ def bench_per_frame(quick: bool) -> list[dict[str, Any]]:
 
 # -- end to end ---------------------------------------------------------------------------
 
+CACHE = Path(os.environ.get("TRAJWATCH_BENCH_CACHE", Path.home() / ".cache" / "trajwatch-bench"))
+E2E_VERSION = 1
+"""Part of the trajectory files' names: bump it when the runs below change."""
+E2E_RUNS = {
+    # nominal size -> real EMT MD of fcc Cu at 300 K (Langevin, 2 fs), as an extxyz file
+    100: MDSpec(repeat=3, steps=1000, equilibrate_steps=100, seed=7, source="bench"),
+    10000: MDSpec(repeat=(25, 10, 10), steps=40, equilibrate_steps=10, seed=7, source="bench"),
+}
+E2E_FRAMES = {100: 30_000, 10000: 1_200}
+"""Frames streamed per run: the file is played forwards, then backwards with velocities
+reversed (time reversal: no jump in the stream), and again."""
 
-def _child(n_atoms: int, count: int) -> int:
-    """Publish ``count`` frames as fast as the lossless socket takes them."""
+
+def trajectory_file(atoms: int) -> Path:
+    """The real MD trajectory (extxyz) for a nominal size, made once and cached."""
+    spec = E2E_RUNS[atoms]
+    path = CACHE / f"e2e-Cu-{atoms}-{spec.steps}-{spec.seed}-v{E2E_VERSION}.extxyz"
+    if not path.exists():
+        print(f"generating {path.name} (EMT MD, once; cached in {CACHE})", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        write_extxyz(run_md(spec), partial)
+        partial.replace(path)
+    return path
+
+
+def file_stream(frames: list[Frame], count: int) -> Iterator[Frame]:
+    """``count`` frames of a trajectory played forwards, then backwards with velocities
+    reversed, and again, with a running step and time. The same Frame objects are sent
+    again and again (their arrays go out zero-copy; step and time are set per send)."""
+    backwards = [
+        Frame(f.positions, f.numbers, forces=f.forces, energy=f.energy, cell=f.cell,
+              pbc=f.pbc, source=f.source, copy=False,
+              velocities=None if f.velocities is None else -f.velocities)
+        for f in frames
+    ]  # fmt: skip
+    order = [(k, False) for k in range(len(frames))]
+    order += [(k, True) for k in range(len(frames) - 2, 0, -1)]
+    for t in range(count):
+        k, back = order[t % len(order)]
+        frame = backwards[k] if back else frames[k]
+        frame.step = t
+        frame.time = 2.0 * t
+        frame.wall_time = None
+        yield frame
+
+
+def _child(path: str, count: int) -> int:
+    """The producer, as ``trajwatch replay --max`` does it: a file read by trajwatch's
+    extxyz reader, sent through a lossless Publisher as fast as it takes them. The file
+    is read before the clock starts (its parser has its own benchmark, bench_reader.py,
+    and would otherwise be what is measured)."""
+    frames = list(iread(path))
+    for f in frames:
+        f.source = "bench"
     with Publisher("tcp://127.0.0.1:*", topic="bench", lossless=True, hwm=HWM) as pub:
         print(pub.endpoint, flush=True)
         if not pub.wait_for_subscriber(30.0):
             return 1
-        for frame in stream(pool(n_atoms), count):
+        for frame in file_stream(frames, count):
             pub.send(frame)
         pub.close(linger=60.0)
     return 0
@@ -222,12 +283,12 @@ def _receive(endpoint: str, count: int, mode: str) -> tuple[float, float]:
     return (got - 1) / (t_last - t_first), cpu / (got - 1)
 
 
-def _one_run(n_atoms: int, count: int, mode: str) -> tuple[float, float]:
+def _one_run(path: Path, count: int, mode: str) -> tuple[float, float]:
     env = dict(os.environ)
     src = str(Path(trajwatch.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     child = subprocess.Popen(
-        [sys.executable, __file__, "--child", str(n_atoms), str(count)],
+        [sys.executable, __file__, "--child", str(path), str(count)],
         stdout=subprocess.PIPE, env=env, text=True,
     )  # fmt: skip
     try:
@@ -238,7 +299,7 @@ def _one_run(n_atoms: int, count: int, mode: str) -> tuple[float, float]:
         return _receive(endpoint, count, mode)
     finally:
         try:
-            child.wait(timeout=120)
+            child.wait(timeout=300)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
@@ -246,24 +307,71 @@ def _one_run(n_atoms: int, count: int, mode: str) -> tuple[float, float]:
             child.stdout.close()
 
 
+def consumer_split(frames: list[Frame], count: int, repeats: int) -> dict[str, float]:
+    """CPU per frame of the consumer's parts, in this process on the same frames:
+    ``FeatureEngine.update``, ``DetectorStack.advance`` on the scored vectors, and
+    ``Pipeline.process`` (the rest of which is the glue); best of ``repeats``."""
+    stream = [
+        Frame(f.positions, f.numbers, velocities=f.velocities, forces=f.forces,
+              energy=f.energy, cell=f.cell, pbc=f.pbc, step=f.step, time=f.time,
+              source="bench", copy=False)
+        for f in file_stream(frames, count)
+    ]  # fmt: skip
+    best = {"features": np.inf, "detectors": np.inf, "pipeline": np.inf}
+    for _ in range(repeats):
+        engine = FeatureEngine()
+        t0 = time.thread_time()
+        vectors = [engine.update(f) for f in stream]
+        best["features"] = min(best["features"], (time.thread_time() - t0) / count)
+        watch = SourceWatch("bench", PipelineConfig())
+        advance = getattr(watch.stack, "advance", watch.stack.update)  # (older versions)
+        scored = [np.ascontiguousarray(v[watch.scored]) for v in vectors]
+        t0 = time.thread_time()
+        for x in scored:
+            advance(x)
+        best["detectors"] = min(best["detectors"], (time.thread_time() - t0) / count)
+        pipeline = Pipeline()
+        t0 = time.thread_time()
+        for f in stream:
+            pipeline.process(f)
+        best["pipeline"] = min(best["pipeline"], (time.thread_time() - t0) / count)
+    us = {k: v * 1e6 for k, v in best.items()}
+    us["glue"] = us["pipeline"] - us["features"] - us["detectors"]
+    return us
+
+
+def reader_rate(path: Path) -> float:
+    """Frames/s of trajwatch's extxyz reader on the file (what bounds a streaming
+    ``trajwatch replay``), CPU time."""
+    t0 = time.thread_time()
+    n = sum(1 for _ in iread(path))
+    return n / (time.thread_time() - t0)
+
+
 def bench_end_to_end(quick: bool) -> list[dict[str, Any]]:
-    counts = {100: 30_000, 1000: 8_000, 10000: 1_500}
     repeats = 2 if quick else 3
     rows = []
-    for n in SIZES:
-        count = counts[n] // (3 if quick else 1)
+    for nominal in E2E_RUNS:
+        path = trajectory_file(nominal)
+        frames = list(iread(path))
+        count = E2E_FRAMES[nominal] // (3 if quick else 1)
         runs: dict[str, list[float]] = {"pipeline": [], "subscriber": [], "raw": []}
         cpus: dict[str, list[float]] = {mode: [] for mode in runs}
         for _ in range(repeats):  # interleaved, best of: the machine is shared
             for mode in runs:
-                fps, cpu = _one_run(n, count, mode)
+                fps, cpu = _one_run(path, count, mode)
                 runs[mode].append(fps)
                 cpus[mode].append(cpu)
         best = {mode: max(values) for mode, values in runs.items()}
         cpu_us = {mode: min(values) * 1e6 for mode, values in cpus.items()}
+        split = consumer_split(frames, min(count, 6000), repeats)
         rows.append({
-            "atoms": n,
+            "atoms": frames[0].n_atoms,
+            "nominal_atoms": nominal,
+            "file": path.name,
+            "file_frames": len(frames),
             "frames": count,
+            "reader_fps": reader_rate(path),
             "pipeline_fps": best["pipeline"],
             "subscriber_fps": best["subscriber"],
             "raw_fps": best["raw"],
@@ -274,6 +382,7 @@ def bench_end_to_end(quick: bool) -> list[dict[str, Any]]:
             "raw_cpu_us": cpu_us["raw"],
             "pipeline_capacity_fps": 1e6 / cpu_us["pipeline"],
             "capacity_ratio_vs_subscriber": cpu_us["subscriber"] / cpu_us["pipeline"],
+            "split_us": {"receive": cpu_us["subscriber"], **split},
             "runs": runs,
             "cpu_runs_us": {mode: [c * 1e6 for c in v] for mode, v in cpus.items()},
         })  # fmt: skip
@@ -283,24 +392,34 @@ def bench_end_to_end(quick: bool) -> list[dict[str, Any]]:
 # -- the benchmark ----------------------------------------------------------------------
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, e2e_only: bool = False) -> dict[str, Any]:
     """Run the whole benchmark; the results as a JSON-able dict."""
     t0 = time.perf_counter()
     compile_seconds = warmup()
-    incremental = bench_incremental(quick)
-    per_frame = bench_per_frame(quick)
+    warmup_detectors()
+    checks: dict[str, bool] = {}
+    incremental: dict[str, Any] = {}
+    per_frame: list[dict[str, Any]] = []
+    scaling = math.nan
+    if not e2e_only:
+        incremental = bench_incremental(quick)
+        per_frame = bench_per_frame(quick)
+        cost = {r["atoms"]: r["us_per_frame"] for r in per_frame}
+        scaling = cost[10000] / cost[1000]
+        checks = {
+            "incremental_vs_batch_min_50x": incremental["ratio_vs_numpy_batch"] >= 50,
+            "incremental_vs_compiled_replay_min_50x": (
+                incremental["ratio_vs_compiled_replay"] >= 50
+            ),
+            "scaling_10000_over_1000_max_12": scaling <= 12,
+        }
     end_to_end = bench_end_to_end(quick)
-    cost = {r["atoms"]: r["us_per_frame"] for r in per_frame}
-    e2e = {r["atoms"]: r for r in end_to_end}
-    scaling = cost[10000] / cost[1000]
-    checks = {
-        "incremental_vs_batch_min_50x": incremental["ratio_vs_numpy_batch"] >= 50,
-        "incremental_vs_compiled_replay_min_50x": incremental["ratio_vs_compiled_replay"] >= 50,
-        "scaling_10000_over_1000_max_12": scaling <= 12,
+    e2e = {r["nominal_atoms"]: r for r in end_to_end}
+    checks.update({
         "e2e_100_atoms_min_20000fps": e2e[100]["pipeline_fps"] >= 20_000,
         "e2e_100_atoms_min_0.6x_bare": e2e[100]["ratio_vs_subscriber"] >= 0.6,
         "e2e_10000_atoms_min_1000fps": e2e[10000]["pipeline_fps"] >= 1_000,
-    }
+    })  # fmt: skip
     return {
         "benchmark": "features",
         "quick": quick,
@@ -327,37 +446,48 @@ def print_table(result: dict[str, Any]) -> None:
           f"load average {result['machine']['loadavg'][0]:.2f} on {result['machine']['cpus']} "
           f"cpus; warmup {result['warmup_seconds']:.2f} s")  # fmt: skip
     inc = result["incremental"]
+    if inc:
+        print()
+        print(f"incremental vs batch, W={inc['window']}, {inc['atoms']} atoms (CPU time)")
+        print(f"  update            {inc['update_us']:>12,.1f} us")
+        print(f"  NumPy batch       {inc['numpy_batch_us']:>12,.1f} us   "
+              f"ratio {inc['ratio_vs_numpy_batch']:>9,.0f}x")  # fmt: skip
+        print(f"  compiled replay   {inc['compiled_replay_us']:>12,.1f} us   "
+              f"ratio {inc['ratio_vs_compiled_replay']:>9,.1f}x")  # fmt: skip
+        print()
+        print("per-frame cost (CPU time, rebuilds and RDF frames included)")
+        print(f"{'atoms':>6} {'us/frame':>9} {'ns/atom':>8} {'list builds':>12}")
+        for r in result["per_frame"]:
+            builds = f"{r['contact_list_builds']}+{r['rdf_list_builds']}"
+            print(f"{r['atoms']:>6} {r['us_per_frame']:>9.1f} {r['us_per_atom'] * 1e3:>8.1f} "
+                  f"{builds:>12}")  # fmt: skip
+        print(f"  scaling cost(10000) / cost(1000) = {result['scaling_10000_over_1000']:.2f}")
     print()
-    print(f"incremental vs batch, W={inc['window']}, {inc['atoms']} atoms (CPU time)")
-    print(f"  update            {inc['update_us']:>12,.1f} us")
-    print(f"  NumPy batch       {inc['numpy_batch_us']:>12,.1f} us   "
-          f"ratio {inc['ratio_vs_numpy_batch']:>9,.0f}x")  # fmt: skip
-    print(f"  compiled replay   {inc['compiled_replay_us']:>12,.1f} us   "
-          f"ratio {inc['ratio_vs_compiled_replay']:>9,.1f}x")  # fmt: skip
-    print()
-    print("per-frame cost (CPU time, rebuilds and RDF frames included)")
-    print(f"{'atoms':>6} {'us/frame':>9} {'ns/atom':>8} {'list builds':>12}")
-    for r in result["per_frame"]:
-        builds = f"{r['contact_list_builds']}+{r['rdf_list_builds']}"
-        print(f"{r['atoms']:>6} {r['us_per_frame']:>9.1f} {r['us_per_atom'] * 1e3:>8.1f} "
-              f"{builds:>12}")  # fmt: skip
-    print(f"  scaling cost(10000) / cost(1000) = {result['scaling_10000_over_1000']:.2f}")
-    print()
-    print("end to end, publisher process -> tcp -> Subscriber -> Pipeline (best of repeats)")
-    print("wall clock: frames/s received; ratios to the Subscriber-only and raw pyzmq loops")
+    print("end to end: a producer process replays a real EMT MD extxyz file (read by")
+    print("trajwatch's reader) through a lossless Publisher -> tcp -> this process, on one core")
+    print("wall clock frames/s (best of repeats), ratios to the bare receive loops fed by the")
+    print("same producer in the same run: 'sub' = Subscriber.recv only, 'raw' = pyzmq")
     print(f"{'atoms':>6} {'pipeline f/s':>13} {'subscriber f/s':>15} {'raw f/s':>9} "
-          f"{'vs sub':>7} {'vs raw':>7}")  # fmt: skip
+          f"{'vs sub':>7} {'vs raw':>7} {'reader f/s':>11}")  # fmt: skip
     for r in result["end_to_end"]:
         print(f"{r['atoms']:>6} {r['pipeline_fps']:>13,.0f} {r['subscriber_fps']:>15,.0f} "
               f"{r['raw_fps']:>9,.0f} {r['ratio_vs_subscriber']:>7.2f} "
-              f"{r['ratio_vs_raw']:>7.2f}")  # fmt: skip
-    print("receiving thread's CPU per frame (us) and what one core could sustain")
+              f"{r['ratio_vs_raw']:>7.2f} {r['reader_fps']:>11,.0f}")  # fmt: skip
+    print("consumer CPU per frame (us, receiving thread) and what one core could sustain")
     print(f"{'atoms':>6} {'pipeline':>9} {'subscriber':>11} {'raw':>6} {'capacity f/s':>13} "
           f"{'vs sub':>7}")  # fmt: skip
     for r in result["end_to_end"]:
         print(f"{r['atoms']:>6} {r['pipeline_cpu_us']:>9.1f} {r['subscriber_cpu_us']:>11.1f} "
               f"{r['raw_cpu_us']:>6.1f} {r['pipeline_capacity_fps']:>13,.0f} "
               f"{r['capacity_ratio_vs_subscriber']:>7.2f}")  # fmt: skip
+    print("consumer CPU split (us per frame): receive + decode (Subscriber loop), then in")
+    print("this process on the same frames: features, detectors, glue (Pipeline.process - both)")
+    print(f"{'atoms':>6} {'receive':>8} {'features':>9} {'detectors':>10} {'glue':>6} {'sum':>7}")
+    for r in result["end_to_end"]:
+        sp = r["split_us"]
+        total = sp["receive"] + sp["pipeline"]
+        print(f"{r['atoms']:>6} {sp['receive']:>8.1f} {sp['features']:>9.1f} "
+              f"{sp['detectors']:>10.1f} {sp['glue']:>6.1f} {total:>7.1f}")  # fmt: skip
     print()
     for name, ok in result["checks"].items():
         print(f"  {'pass' if ok else 'FAIL'}  {name}")
@@ -366,12 +496,13 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
-        return _child(int(argv[1]), int(argv[2]))
+        return _child(argv[1], int(argv[2]))
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, fewer repeats")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end part")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick)
+    result = run(quick=args.quick, e2e_only=args.e2e_only)
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -182,3 +182,19 @@ def test_load_refuses_unknown_types_and_non_river_classes(tmp_path: Path) -> Non
     )
     with pytest.raises(ValueError, match="only River classes"):
         state.load(path)
+
+
+def test_tail_scale_loads_a_state_that_kept_the_whole_window_sorted() -> None:
+    from trajwatch.detectors.tailscale import TailScale
+
+    ts = TailScale(window=40, min_n=5)
+    for z in np.random.default_rng(3).normal(size=(70, 3)):
+        ts.learn(z)
+    legacy = ts.get_state()
+    del legacy["top"]
+    n = ts.meta[:, 0].astype(int)
+    legacy["sorted"] = np.array([np.sort(ts.ring[k, : n[k]]) for k in range(3)])
+    again = TailScale.from_state(legacy)
+    np.testing.assert_array_equal(again.top, ts.top)
+    probe = np.array([3.0, -4.0, 9.0])
+    assert again.scaled_max(probe) == ts.scaled_max(probe)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -250,3 +251,122 @@ def test_a_worse_fault_during_a_mild_alarm_escalates_once() -> None:
     assert (730, "escalate") in changes
     assert [c for _, c in changes].count("escalate") == 1
     assert changes[-1][1] == "end"
+
+
+# ----------------------------------------------------------------------------- fused path
+
+
+def _faulty_stream(n: int = 1600, d: int = 7) -> np.ndarray:
+    """Noise with every kind of event the stack knows: alarms that start, end and
+    escalate, a feature gone NaN, and a slow ramp for drift detection."""
+    xs = RNG(20).normal(1.0, 0.1, size=(n, d))
+    xs[400:420] += 3.0
+    xs[700:760, 1] += 1.2
+    xs[730:735] += 50.0
+    xs[900, 3] = np.nan
+    xs[1000:, 4] += np.linspace(0.0, 1.0, n - 1000)
+    return xs
+
+
+def _steps(stack: DetectorStack, xs: np.ndarray) -> list[tuple[object, ...]]:
+    return [
+        (s.index, s.surprise, s.change, s.onset, s.drift, tuple(s.surprises))
+        for s in map(stack.update, xs)
+    ]
+
+
+@pytest.mark.parametrize(
+    "detectors", [("zscore", "robust"), ("robust", "zscore"), ("zscore",), ("robust",)]
+)
+@pytest.mark.parametrize("fusion", ["cauchy", "min", "vote"])
+def test_fused_stack_gives_exactly_what_the_general_path_gives(
+    detectors: tuple[str, ...], fusion: str
+) -> None:
+    config = StackConfig(detectors=detectors, fusion=fusion, drift_block=10, vote_k=1)
+    fused, general = DetectorStack(config), DetectorStack(config)
+    general.fused = False
+    xs = _faulty_stream()
+    expected = _steps(general, xs)
+    assert fused._fused is None  # before warm-up ends it has not chosen yet
+    got = _steps(fused, xs)
+    assert fused._fused is not None and general._fused is None
+    assert got == expected
+    kinds = {s[2] for s in got}
+    assert {"start", "end"} <= kinds
+    assert "escalate" in kinds or detectors == ("robust",)
+    assert any(s[4] for s in got)  # drift was found, the same way
+
+
+def test_fused_stack_judges_a_reference_like_the_general_path(tmp_path: Path) -> None:
+    model = DetectorStack(SMALL).fit(_stream(600)).freeze()
+    shifted = _faulty_stream(d=6)[:700] + 0.05
+    judges = [model.spawn(), model.spawn()]
+    judges[1].fused = False
+    a, b = (_steps(j, shifted) for j in judges)
+    assert a == b and any(s[2] == "start" for s in a)
+    # the model itself, frozen after fitting, judges the same way too (its surprises
+    # buffer still holds the fit's last values during the warm-up: compare the rest)
+    model.reset_stream()
+    assert [s[:5] for s in _steps(model, shifted)] == [s[:5] for s in a]
+
+
+def test_stack_is_not_fused_for_other_detectors_or_fisher() -> None:
+    xs = _stream(200)
+    for config in (
+        StackConfig(**{**vars(SMALL), "detectors": ALL_FOUR}),
+        StackConfig(**{**vars(SMALL), "fusion": "fisher"}),
+    ):
+        stack = DetectorStack(config)
+        for x in xs:
+            stack.update(x)
+        assert stack._fused is None
+
+
+@pytest.mark.skipif(
+    os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="compilation only happens with the JIT on"
+)
+def test_warmup_compiles_what_the_default_stack_runs() -> None:
+    from trajwatch.detectors import _kernels
+    from trajwatch.detectors.stack import warmup
+
+    warmup()
+    kernels = [k for k in vars(_kernels).values() if hasattr(k, "signatures")]
+    before = {k: len(k.signatures) for k in kernels}
+    stack = DetectorStack(StackConfig(drift_block=5))
+    xs = _faulty_stream()
+    for x in xs[:600]:
+        stack.update(x)
+    assert stack._fused is not None
+    assert {k: len(k.signatures) for k in kernels} == before
+
+
+@pytest.mark.parametrize("detectors", [("zscore", "robust", "lstm"), ("lstm", "robust")])
+def test_fused_stack_with_an_external_slot_equals_the_general_path(
+    detectors: tuple[str, ...],
+) -> None:
+    """The LSTM's slot: a score set from outside each frame, calibrated from outside."""
+    config = StackConfig(detectors=detectors, drift_block=10)
+    xs = _faulty_stream()
+    outside = RNG(21).exponential(size=len(xs))
+    outside[1200:1210] += 40.0  # a fault only the outside score sees
+    runs = []
+    for fused in (True, False):
+        stack = DetectorStack(config)
+        stack.fused = fused
+        j = stack.names.index("lstm")
+        slot, calibrator = stack.detectors[j], stack.calibrators[j]
+        for s in RNG(22).exponential(size=300):
+            calibrator.add(s)
+        steps = []
+        for x, s in zip(xs, outside, strict=True):
+            slot.set(s)
+            step = stack.update(x)
+            steps.append((step.index, step.surprise, step.change, step.onset, step.drift))
+            steps.append(tuple(step.surprises))
+            if not stack.alarm.active and step.index % 7 == 0:
+                calibrator.add(s)
+        runs.append((steps, stack._fused is not None))
+    (fused_steps, was_fused), (plain_steps, plain_fused) = runs
+    assert was_fused and not plain_fused
+    assert fused_steps == plain_steps
+    assert any(s[2] == "start" for s in fused_steps[::2] if s[0] >= 1200)

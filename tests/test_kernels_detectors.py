@@ -3,6 +3,7 @@ NUMBA_DISABLE_JIT=1 by tests/test_nojit.py)."""
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -249,6 +250,99 @@ def test_sorted_replace_and_insert_keep_the_prefix_sorted() -> None:
         np.testing.assert_array_equal(a, np.sort(values))
 
 
+@pytest.mark.parametrize("window", [7, 64, 256])
+def test_tail_window_keeps_its_largest_values_and_reads_the_quantile(window: int) -> None:
+    """The tail scale's list of the largest recent |z| against a plain sorted window."""
+    from trajwatch.detectors.tailscale import _top_size
+
+    rng = np.random.default_rng(window)
+    d, q, reference, min_n = 3, 0.99, 2.576, 5
+    t = _top_size(window, q)
+    ring, top, meta = np.zeros((d, window)), np.zeros((d, t)), np.zeros((d, 2))
+    history: list[list[float]] = [[] for _ in range(d)]
+    zs = np.round(rng.standard_t(3, size=(3 * window + 50, d)), 1)  # many ties
+    zs[rng.random(zs.shape) < 0.05] = np.nan
+    for z in zs:
+        kern._tail_learn(z, ring, top, meta)
+        expected_best = 0.0
+        for k in range(d):
+            if np.isfinite(z[k]):
+                history[k].append(abs(z[k]))
+            recent = np.sort(history[k][-window:])
+            n = recent.size
+            assert meta[k, 0] == n
+            m = min(n, t)
+            np.testing.assert_array_equal(top[k, :m], recent[::-1][:m])
+        probe = rng.normal(scale=4.0, size=d)
+        for k in range(d):
+            recent = np.sort(history[k][-window:])
+            a = abs(probe[k])
+            if recent.size >= min_n:
+                tau = recent[min(recent.size - 1, max(0, math.ceil(q * recent.size) - 1))]
+                a = a * reference / tau if tau > reference else a
+            expected_best = max(expected_best, a)
+        assert kern._tail_scaled_max(probe, top, meta, q, reference, min_n) == expected_best
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 257])
+def test_bisect_left_matches_the_bisect_module(n: int) -> None:
+    rng = np.random.default_rng(n)
+    a = np.sort(rng.integers(0, 5, size=n).astype(float))
+    padded = np.concatenate([a, [99.0, 99.0]])  # values past n must not be read as data
+    for value in [-1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 5.0, math.nan]:
+        expected = bisect.bisect_left(a.tolist(), value) if value == value else 0
+        assert kern._bisect_left(padded, n, value) == expected
+
+
+def _hysteresis_reference(
+    scores: list[float], threshold: float, release: float, frames: int
+) -> list[int]:
+    out, active, quiet = [], False, 0
+    for s in scores:
+        if not active:
+            active = s > threshold
+            quiet = 0
+            out.append(1 if active else 0)
+            continue
+        quiet = quiet + 1 if s <= release else 0
+        active = quiet < frames
+        out.append(0 if active else 2)
+    return out
+
+
+def test_hysteresis_kernel_matches_reference() -> None:
+    scores = [0.0, 9.0, 12.0, 1.0, 5.0, 1.0, 1.0, 1.0, 9.0, math.inf, 0.0, 0.0, 0.0, 8.0]
+    state = np.zeros(3)
+    got = [kern._hysteresis(state, 8.0, 2.0, 3, s) for s in scores]
+    assert got == _hysteresis_reference(scores, 8.0, 2.0, 3)
+    assert state[1] == math.inf  # the peak of the last alarm
+
+
+def test_cusum_kernel_matches_reference() -> None:
+    rng = np.random.default_rng(13)
+    surprises = np.concatenate([rng.exponential(0.43, 200), np.linspace(1, 8, 30), [np.inf]])
+    state = np.array([0.0, 0.0, 1.0 / math.log(10.0)])
+    total, start, mean = 0.0, 0, 1.0 / math.log(10.0)
+    for i, s in enumerate(surprises):
+        kern._cusum(state, i, s, 1.0, 50.0)
+        capped = min(s, 50.0)
+        mean += 0.01 * (min(capped, 5.0) - mean)
+        total += capped - max(1.0, mean + 0.5)
+        if total <= 0.0:
+            total, start = 0.0, i + 1
+        assert (state[0], state[1], state[2]) == pytest.approx((total, start, mean), rel=1e-12)
+
+
+def test_kth_largest_is_numpy_partition() -> None:
+    rng = np.random.default_rng(14)
+    for n in range(1, 6):
+        values = rng.exponential(size=n)
+        values[rng.random(n) < 0.3] = np.inf
+        for k in range(1, n + 1):
+            expected = np.partition(values, n - k)[n - k]
+            assert kern._kth_largest(values, k, np.empty(n)) == expected
+
+
 def test_fused_hst_and_loda_kernels_equal_their_parts() -> None:
     rng = np.random.default_rng(12)
     d, trees, internal = 5, 2, 7
@@ -369,3 +463,24 @@ def test_adwin_matches_brute_force_split_search() -> None:
             window = window[expected:]
             assert int(meta[0, 0]) == len(window)
     assert cuts >= 1
+
+
+def test_stack_frame_kernel_equals_the_general_path() -> None:
+    """The fused stack kernel against the stack's general path (detector by detector,
+    kernel by kernel), on a short stream with an alarm, its end and a NaN feature."""
+    from trajwatch.detectors.stack import DetectorStack, StackConfig
+
+    config = StackConfig(
+        warmup_frames=20, min_calibration=10, settle_calibration=20, calibration=64,
+        drift_block=5, release_frames=4,
+    )  # fmt: skip
+    xs = np.random.default_rng(15).normal(1.0, 0.1, size=(160, 4))
+    xs[100:104] += 3.0
+    xs[130, 2] = np.nan
+    fused, general = DetectorStack(config), DetectorStack(config)
+    general.fused = False
+    got = [(fused.advance(x), fused.last_surprise, fused.last_onset) for x in xs]
+    expected = [(general.advance(x), general.last_surprise, general.last_onset) for x in xs]
+    assert fused._fused is not None and general._fused is None
+    assert got == expected
+    assert [c for c, _, _ in got if c] == ["start", "end", "start", "end"]

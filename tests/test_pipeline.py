@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from trajwatch.detectors.stack import DetectorStack
 from trajwatch.frame import Frame
 from trajwatch.pipeline import Pipeline, PipelineConfig, run
 
@@ -54,6 +57,36 @@ def test_sources_are_watched_separately(
 def test_no_alarm_during_warm_up(clash_frames: list[Frame]) -> None:
     config = PipelineConfig(warmup_frames=len(clash_frames))
     assert run(clash_frames, Pipeline(config)).events == []
+
+
+@pytest.mark.parametrize(
+    ("fusion", "lstm"), [("cauchy", False), ("vote", False), ("cauchy", True)]
+)
+def test_optimised_path_gives_the_events_and_scores_of_the_plain_one(
+    clean_frames: list[Frame],
+    clash_frames: list[Frame],
+    fusion: str,
+    lstm: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real EMT MD, two sources interleaved: the fused detector kernel against the
+    stack's plain path (one kernel per detector and step), bit for bit; also with the
+    shipped LSTM in the fusion."""
+
+    def watch(fused: bool) -> tuple[list[str], list[tuple[str, float]]]:
+        monkeypatch.setattr(DetectorStack, "fused", fused)
+        pipeline = Pipeline(PipelineConfig(fusion=fusion, lstm=lstm))
+        events, scores = [], []
+        for a, b in zip(clean_frames, clash_frames, strict=True):
+            for frame in (a, b):
+                events += [e.to_json() for e in pipeline.process(frame)]
+                scores.append((frame.source, pipeline.sources[frame.source].last_score))
+        assert all((w.stack._fused is not None) == fused for w in pipeline.sources.values())
+        return events, scores
+
+    plain = watch(False)
+    assert watch(True) == plain
+    assert any('"anomaly"' in e for e in plain[0])
 
 
 def _pushed_atom(frames: list[Frame], at: int) -> int:

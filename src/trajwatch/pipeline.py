@@ -29,8 +29,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trajwatch.detectors import evidence
+from trajwatch.detectors.drift import Change
 from trajwatch.detectors.external import ExternalScore
-from trajwatch.detectors.stack import DetectorStack, StackConfig, Step
+from trajwatch.detectors.stack import DetectorStack, StackConfig
 from trajwatch.detectors.state import load, save
 from trajwatch.detectors.threshold import Calibrator
 from trajwatch.events import Event, FeatureDeviation
@@ -116,6 +117,7 @@ class SourceWatch:
         self.scored = _scored(self.engine.names, config.unscored)
         """Indices of the features the detectors see."""
         self.names = tuple(self.engine.names[i] for i in self.scored)
+        self._x = np.empty(self.scored.size)
         per_frame = _per_frame_features(self.names)
         self._per_frame = np.array([n in per_frame for n in self.names], dtype=bool)
         if reference is not None:
@@ -171,7 +173,7 @@ class SourceWatch:
         self.last_features = features
         if change is not None:
             return [self._structure_changed(frame, index, change, reset_lstm=ahead is None)]
-        x = features[self.scored]
+        x = features.take(self.scored, out=self._x)  # a reused buffer: no array per frame
         lstm = self.lstm
         if lstm is not None:
             if ahead is None:
@@ -179,30 +181,30 @@ class SourceWatch:
             else:
                 lstm_score, lstm_frames = ahead.lstm_score, ahead.lstm_frames
             self._slot.set(lstm_score)
-        step = self.stack.update(x)
         stack = self.stack
+        alarm = stack.advance(x)
         if (
             lstm is not None
             and 0 < lstm_frames <= self.config.lstm_calibration
             and not (stack.alarm.active or stack.frozen)
         ):
             self._calibrator.add(lstm_score)  # the source's own first frames
-        self.last_score = step.surprise
-        if step.change is None and not step.drift:
+        self.last_score = stack.last_surprise
+        if alarm is None and not stack.last_drift:
             return []
         events: list[Event] = []
-        if step.change in ("start", "escalate"):
-            events.append(self._anomaly(frame, index, x, step))
-        elif step.change == "end":
+        if alarm == "start" or alarm == "escalate":
+            events.append(self._anomaly(frame, index, x, alarm))
+        elif alarm == "end":
             events.append(
                 self._event(
-                    "recovered", frame, index, step.surprise, self._alarm_severity,
+                    "recovered", frame, index, stack.last_surprise, self._alarm_severity,
                     self._alarm_detector,
                     message=f"alarm raised at frame {self._alarm_frame} is over",
                 )
             )  # fmt: skip
-        if step.drift:
-            events.append(self._drift(frame, index, x, step))
+        if stack.last_drift:
+            events.append(self._drift(frame, index, x, stack.last_drift))
         return events
 
     def prefetch(self, frames: Sequence[Frame]) -> None:
@@ -257,28 +259,32 @@ class SourceWatch:
             message=what,
         )
 
-    def _anomaly(self, frame: Frame, index: int, x: NDArray[np.float64], step: Step) -> Event:
+    def _anomaly(self, frame: Frame, index: int, x: NDArray[np.float64], change: str) -> Event:
         config = self.config
-        z = self.stack.deviations(x)
+        stack = self.stack
+        surprise = stack.last_surprise
+        z = stack.deviations(x)
         features = evidence.top_features(
             self.names, x, z, config.top_features, urgent=self._per_frame
         )
         atoms = evidence.atoms(self._attribution(), features, config.top_atoms)
-        names = self.stack.names
-        lead = int(np.argmax(step.surprises))
-        detector = f"{self.stack.fusion.describe()}:{names[lead]}"
-        severity = self.stack.severity(step.surprise)
+        names = stack.names
+        surprises = stack.surprises
+        lead = int(np.argmax(surprises))
+        detector = f"{stack.fusion.describe()}:{names[lead]}"
+        severity = stack.severity(surprise)
         prefix = ""
-        if step.change == "escalate":
+        if change == "escalate":
             prefix = f"escalates the alarm raised at frame {self._alarm_frame}: "
         else:
             self._alarm_frame = index
         self._alarm_detector, self._alarm_severity = detector, severity
-        pairs = zip(names, step.surprises, strict=True)
+        pairs = zip(names, surprises, strict=True)
         per_detector = ", ".join(f"{n} {_p(s)}" for n, s in pairs)
         if self.lstm is not None and names[lead] == "lstm":
             worst = ", ".join(f"{n} {d:+.1f}x" for n, d in self.lstm.explain(config.top_features))
             per_detector += f"; lstm worst reconstructed: {worst}"
+        onset = stack.last_onset
         return Event(
             "anomaly",
             frame=index,
@@ -286,18 +292,20 @@ class SourceWatch:
             time=frame.time,
             source=self.source,
             detector=detector,
-            score=step.surprise,
+            score=surprise,
             threshold=config.threshold,
             severity=severity,
-            onset_frame=step.onset if step.onset is not None else index,
+            onset_frame=onset if onset is not None else index,
             features=features,
             atoms=atoms,
             message=f"{prefix}{_describe(features)}; p: {per_detector}",
         )
 
-    def _drift(self, frame: Frame, index: int, x: NDArray[np.float64], step: Step) -> Event:
+    def _drift(
+        self, frame: Frame, index: int, x: NDArray[np.float64], drift: Sequence[Change]
+    ) -> Event:
         names = self.names
-        changes = step.drift[: self.config.top_features]
+        changes = drift[: self.config.top_features]
         features = [FeatureDeviation(names[c.feature], float(x[c.feature]), c.z) for c in changes]
         lead = changes[0]
         return self._event(

@@ -65,7 +65,8 @@ class MDSpec:
     """One MD run: an fcc metal supercell under EMT, recorded every ``interval`` steps."""
 
     element: str = "Cu"
-    repeat: int = 3
+    repeat: int | tuple[int, int, int] = 3
+    """Cubic cells per axis (4 atoms each), or three counts for a rectangular supercell."""
     temperature: float = 300.0
     timestep_fs: float = 2.0
     steps: int = 300

@@ -127,11 +127,21 @@ def _quantum_learn(x: np.ndarray, quantum: np.ndarray) -> None:
 # ------------------------------------------------------------- per-feature tail scale
 
 
+# The tail scale needs one high order statistic of each feature's last W |z| (for
+# q = 0.99 and W = 256, the third largest), not the whole sorted window: each feature
+# keeps the T largest values of its window, sorted descending, T = the most any window
+# size up to W needs (see TailScale). A new value enters that list in O(T); a value
+# leaving the window that was in it makes the list be counted again from the window,
+# O(W T), which happens for about T/W of the frames.
+
+
 @njit(cache=True, nogil=True)
-def _tail_learn(z: np.ndarray, ring: np.ndarray, srt: np.ndarray, meta: np.ndarray) -> None:
-    """Slide |z_k| into feature k's window of recent |z| (``(d, W)``, arrival order and
-    sorted; ``meta`` ``(d, 2)`` fill and head). Non-finite z are skipped."""
+def _tail_learn(z: np.ndarray, ring: np.ndarray, top: np.ndarray, meta: np.ndarray) -> None:
+    """Slide |z_k| into feature k's window of recent |z| (``ring`` ``(d, W)``, arrival
+    order; ``top`` ``(d, T)``, the window's T largest values, largest first; ``meta``
+    ``(d, 2)`` fill and head). Non-finite z are skipped."""
     d, w = ring.shape
+    t = top.shape[1]
     for k in range(d):
         v = z[k]
         if not math.isfinite(v):
@@ -139,25 +149,56 @@ def _tail_learn(z: np.ndarray, ring: np.ndarray, srt: np.ndarray, meta: np.ndarr
         a = abs(v)
         n = int(meta[k, 0])
         head = int(meta[k, 1])
-        if n == w:
-            _sorted_replace(srt[k], n, ring[k, head], a)
-        else:
-            _sorted_insert(srt[k], n, a)
-            meta[k, 0] = n + 1
+        row = top[k]
+        old = ring[k, head]
         ring[k, head] = a
         meta[k, 1] = (head + 1) % w
+        if n < w:
+            meta[k, 0] = n + 1
+            _top_insert(row, min(n, t), a)
+        elif old >= row[t - 1]:
+            _top_count(ring[k], row)  # the value leaving was one of the largest
+        else:
+            _top_insert(row, t, a)
+
+
+@njit(cache=True, nogil=True)
+def _top_insert(row: np.ndarray, filled: int, value: float) -> None:
+    """Put ``value`` into the descending list ``row[:filled]`` (of capacity len(row)),
+    dropping the smallest if the list is full and ``value`` is larger than it."""
+    cap = row.shape[0]
+    if filled == cap:
+        if not value > row[cap - 1]:
+            return
+        filled -= 1
+    i = filled
+    while i > 0 and row[i - 1] < value:
+        row[i] = row[i - 1]
+        i -= 1
+    row[i] = value
+
+
+@njit(cache=True, nogil=True)
+def _top_count(window: np.ndarray, row: np.ndarray) -> None:
+    """``row`` = the len(row) largest values of the full ``window``, descending."""
+    for i in range(row.shape[0]):
+        row[i] = -math.inf
+    for i in range(window.shape[0]):
+        _top_insert(row, row.shape[0], window[i])
 
 
 @njit(cache=True, nogil=True)
 def _tail_scaled_max(
-    z: np.ndarray, srt: np.ndarray, meta: np.ndarray, q: float, reference: float, min_n: int
+    z: np.ndarray, top: np.ndarray, meta: np.ndarray, q: float, reference: float, min_n: int
 ) -> float:
     """max_k |z_k| * reference / max(reference, q-quantile of feature k's recent |z|).
 
     For a feature with normal tails the quantile is about ``reference`` (2.576 for
     q = 0.99) and |z| passes unchanged; a heavy-tailed one (a kurtosis, an integer lag)
     is measured in units of its own tail. Features with fewer than ``min_n`` recent
-    values, and non-finite z (+inf for a feature gone non-finite), pass unchanged.
+    values, and non-finite z (+inf for a feature gone non-finite), pass unchanged. The
+    quantile is the order statistic of rank ceil(q n) - 1 (0-based, ascending) of the n
+    recent values, read from the list of the largest (``top``, see :func:`_tail_learn`).
     """
     best = 0.0
     for k in range(z.size):
@@ -168,7 +209,7 @@ def _tail_scaled_max(
         n = int(meta[k, 0])
         if n >= min_n and math.isfinite(a):
             rank = min(n - 1, max(0, math.ceil(q * n) - 1))
-            tau = srt[k, rank]
+            tau = top[k, n - 1 - rank]
             if tau > reference:
                 a = a * reference / tau
         if a > best:
@@ -181,33 +222,80 @@ def _tail_scaled_max(
 
 @njit(cache=True, nogil=True)
 def _bisect_left(a: np.ndarray, n: int, value: float) -> int:
-    """First index i in the sorted ``a[:n]`` with a[i] >= value (n if none)."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    """First index i in the sorted ``a[:n]`` with a[i] >= value (n if none).
+
+    Branch-free halving (the comparison becomes a conditional move): on the sorted
+    windows here the classic bisection mispredicts about every other step.
+    """
+    if n <= 0:
+        return 0
+    base = 0
+    size = n
+    while size > 1:
+        half = size >> 1
+        if a[base + half] < value:
+            base += half
+        size -= half
+    return base + 1 if a[base] < value else base
+
+
+# The shifts below index with unsigned integers: Numba then leaves out the wraparound of
+# negative indices, and LLVM turns the loops into memmove (about 5x faster).
+
+
+@njit(cache=True, nogil=True)
+def _shift_down(a: np.ndarray, lo: int, hi: int) -> None:
+    """a[lo:hi] = a[lo + 1:hi + 1], element by element from lo up."""
+    one = np.uint64(1)
+    m = np.uint64(lo)
+    end = np.uint64(hi)
+    while m < end:
+        a[m] = a[m + one]
+        m += one
+
+
+@njit(cache=True, nogil=True)
+def _shift_up(a: np.ndarray, lo: int, hi: int) -> None:
+    """a[lo + 1:hi + 1] = a[lo:hi], element by element from hi down."""
+    one = np.uint64(1)
+    m = np.uint64(hi)
+    start = np.uint64(lo)
+    while m > start:
+        a[m] = a[m - one]
+        m -= one
+
+
+@njit(cache=True, nogil=True)
+def _bisect_left_pair(a: np.ndarray, n: int, u: float, v: float) -> tuple[int, int]:
+    """``(_bisect_left(a, n, u), _bisect_left(a, n, v))``, the two searches in lockstep:
+    their loads are independent, so the processor overlaps them."""
+    if n <= 0:
+        return 0, 0
+    bu = 0
+    bv = 0
+    size = n
+    while size > 1:
+        half = size >> 1
+        if a[bu + half] < u:
+            bu += half
+        if a[bv + half] < v:
+            bv += half
+        size -= half
+    return (bu + 1 if a[bu] < u else bu), (bv + 1 if a[bv] < v else bv)
 
 
 @njit(cache=True, nogil=True)
 def _sorted_replace(a: np.ndarray, n: int, old: float, new: float) -> None:
     """Replace one ``old`` by ``new`` in the sorted prefix ``a[:n]``, moving only the
     values between the two positions."""
-    i = _bisect_left(a, n, old)
+    i, j = _bisect_left_pair(a, n, old, new)
     if i >= n:
         i = n - 1
-    j = _bisect_left(a, n, new)
     if j > i:
-        for m in range(i, j - 1):
-            a[m] = a[m + 1]
+        _shift_down(a, i, j - 1)
         a[j - 1] = new
     else:
-        for m in range(i, j, -1):
-            a[m] = a[m - 1]
+        _shift_up(a, j, i)
         a[j] = new
 
 
@@ -215,8 +303,7 @@ def _sorted_replace(a: np.ndarray, n: int, old: float, new: float) -> None:
 def _sorted_insert(a: np.ndarray, n: int, value: float) -> None:
     """Insert ``value`` into the sorted prefix ``a[:n]`` (``a`` has room for n + 1)."""
     i = _bisect_left(a, n, value)
-    for j in range(n, i, -1):
-        a[j] = a[j - 1]
+    _shift_up(a, i, n)
     a[i] = value
 
 
@@ -347,7 +434,7 @@ def _zscore_score(
     min_streak: float,
     quantum: np.ndarray,
     z: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
     q: float,
     reference: float,
@@ -355,9 +442,9 @@ def _zscore_score(
 ) -> float:
     """:func:`_welford_z`, then :func:`_tail_scaled_max` if a tail window exists."""
     best = _welford_z(x, stats, rel_floor, abs_floor, min_streak, quantum, z)
-    if tail_srt.shape[0] == 0:
+    if tail_top.shape[0] == 0:
         return best
-    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+    return _tail_scaled_max(z, tail_top, tail_meta, q, reference, min_n)
 
 
 @njit(cache=True, nogil=True)
@@ -367,12 +454,12 @@ def _zscore_learn(
     stats: np.ndarray,
     quantum: np.ndarray,
     tail_ring: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
 ) -> None:
     """Learn ``x`` whose z under the current statistics is ``z``."""
-    if tail_srt.shape[0] != 0:
-        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    if tail_top.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_top, tail_meta)
     _welford_learn(x, stats)
     _quantum_learn(x, quantum)
 
@@ -388,7 +475,7 @@ def _robust_score(
     abs_floor: float,
     min_streak: float,
     z: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
     q: float,
     reference: float,
@@ -396,9 +483,9 @@ def _robust_score(
 ) -> float:
     """:func:`_robust_z`, then :func:`_tail_scaled_max` if a tail window exists."""
     best = _robust_z(x, meta, center, spread, quantum, rel_floor, abs_floor, min_streak, z)
-    if tail_srt.shape[0] == 0:
+    if tail_top.shape[0] == 0:
         return best
-    return _tail_scaled_max(z, tail_srt, tail_meta, q, reference, min_n)
+    return _tail_scaled_max(z, tail_top, tail_meta, q, reference, min_n)
 
 
 @njit(cache=True, nogil=True)
@@ -413,12 +500,12 @@ def _robust_learn_scored(
     refresh_per_call: int,
     quantum: np.ndarray,
     tail_ring: np.ndarray,
-    tail_srt: np.ndarray,
+    tail_top: np.ndarray,
     tail_meta: np.ndarray,
 ) -> None:
     """Learn ``x`` whose robust z under the current window is ``z``."""
-    if tail_srt.shape[0] != 0:
-        _tail_learn(z, tail_ring, tail_srt, tail_meta)
+    if tail_top.shape[0] != 0:
+        _tail_learn(z, tail_ring, tail_top, tail_meta)
     _robust_learn(x, ring, srt, meta, center, spread, refresh_per_call, quantum)
 
 
@@ -909,3 +996,257 @@ def _adwin(
             cut += 1
             meta[k, 0] = n - best_i
     return cut
+
+
+# -------------------------------------------------------------- alarm switch and onset
+
+
+@njit(cache=True, nogil=True)
+def _hysteresis(
+    state: np.ndarray, threshold: float, release: float, release_frames: int, score: float
+) -> int:
+    """One step of the alarm switch; 0 no change, 1 the alarm starts, 2 it ends.
+
+    ``state`` is ``[active (0/1), peak, quiet]``: an alarm starts above ``threshold`` and
+    ends after ``release_frames`` consecutive scores at or below ``release``.
+    """
+    if state[0] == 0.0:
+        if score > threshold:
+            state[0] = 1.0
+            state[1] = score
+            state[2] = 0.0
+            return 1
+        return 0
+    if score > state[1]:
+        state[1] = score
+    state[2] = state[2] + 1.0 if score <= release else 0.0
+    if state[2] >= release_frames:
+        state[0] = 0.0
+        return 2
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def _cusum(state: np.ndarray, index: int, surprise: float, reference: float, cap: float) -> None:
+    """One step of the onset CUSUM; ``state`` is ``[sum, start, slow mean]``.
+
+    S = max(0, S + min(s, cap) - max(reference, m + 1/2)), m a slow running mean of
+    min(s, 5); when S returns to 0 the next excursion starts at the next frame.
+    """
+    s = surprise if surprise < cap else cap
+    state[2] += 0.01 * ((s if s < 5.0 else 5.0) - state[2])
+    k = state[2] + 0.5
+    total = state[0] + s - (k if k > reference else reference)
+    if total <= 0.0:
+        state[0] = 0.0
+        state[1] = index + 1
+    else:
+        state[0] = total
+
+
+# ------------------------------------------------- the whole stack in one call (speed)
+
+# The detector stack of z-type detectors (``ZScore``, ``RobustZScore``) runs each frame
+# after warm-up as one call of :func:`_stack_frame`: Numba's dispatcher costs per call
+# and per argument, and the stack used to make about ten calls a frame. Its scalars live
+# in two float vectors: ``p`` (parameters, set once) and ``rt`` (per-frame results and
+# state). Layouts (literals here: Numba's cache only sees edits to this module):
+P_THRESHOLD = 0
+P_RELEASE = 1
+P_RELEASE_FRAMES = 2
+P_LEARN_BELOW = 3
+P_CRITICAL = 4
+P_SETTLE = 5  # calibration size below which an alarm needs the critical level
+P_MIN_CAL = 6
+P_FROZEN = 7
+P_FUSION = 8  # FUSION_* below
+P_VOTE_K = 9
+P_CUSUM_REF = 10
+P_CUSUM_CAP = 11
+P_Z_REL = 12  # ZScore: rel_floor, abs_floor, min_streak, tail q, reference, min_n
+P_Z_ABS = 13
+P_Z_STREAK = 14
+P_Z_Q = 15
+P_Z_REF = 16
+P_Z_MIN_N = 17
+P_R_REL = 18  # RobustZScore: rel_floor, abs_floor, min_streak, refresh_per_frame
+P_R_ABS = 19
+P_R_STREAK = 20
+P_R_REFRESH = 21
+P_EXPLAINER = 22  # KIND_* of the first z-type detector, whose z feed drift detection
+P_N = 23  # number of detectors J
+P_KIND = 24  # J entries (KIND_*), then J fusion weights
+KIND_ZSCORE = 0
+KIND_ROBUST = 1
+KIND_EXTERNAL = 2  # a score set from outside (the LSTM's slot): never learns, never ready
+FUSION_CAUCHY = 0
+FUSION_MIN = 1
+FUSION_VOTE = 2
+
+RT_FUSED = 0  # the frame's fused surprise
+RT_ONSET = 1  # onset frame of an alarm that starts or escalates
+RT_CRITICAL = 2  # the alarm under way has reached the critical level
+RT_ALL_READY = 3
+RT_DET = 4  # J entries each: ready, scores, surprises, scratch
+
+# status bits returned by _stack_frame: the alarm change (0 none, 1 start, 2 end,
+# 3 escalate) in the low bits, and whether the drift block sums took this frame
+CHANGE_MASK = 3
+ESCALATE = 3
+DRIFT_FED = 4
+
+
+@njit(cache=True, nogil=True)
+def _kth_largest(values: np.ndarray, k: int, scratch: np.ndarray) -> float:
+    """The k-th largest of ``values`` (k >= 1), as ``np.partition(v, n - k)[n - k]``."""
+    n = values.size
+    for i in range(n):  # insertion sort of a handful of values, into scratch
+        v = values[i]
+        j = i
+        while j > 0 and scratch[j - 1] > v:
+            scratch[j] = scratch[j - 1]
+            j -= 1
+        scratch[j] = v
+    return float(scratch[n - k])
+
+
+@njit(cache=True, nogil=True)
+def _stack_frame(
+    x: np.ndarray,
+    index: int,
+    alarm: np.ndarray,
+    cusum: np.ndarray,
+    drift_sum: np.ndarray,
+    drift_n: np.ndarray,
+    drift_clip: float,
+    p: np.ndarray,
+    rt: np.ndarray,
+    z_stats: np.ndarray,
+    z_quantum: np.ndarray,
+    z_z: np.ndarray,
+    zt_ring: np.ndarray,
+    zt_top: np.ndarray,
+    zt_meta: np.ndarray,
+    r_ring: np.ndarray,
+    r_srt: np.ndarray,
+    r_meta: np.ndarray,
+    r_center: np.ndarray,
+    r_spread: np.ndarray,
+    r_quantum: np.ndarray,
+    r_z: np.ndarray,
+    cal_rings: np.ndarray,
+    cal_states: np.ndarray,
+    cal_tails: np.ndarray,
+) -> int:
+    """One frame of the detector stack after warm-up; returns the status bits.
+
+    The same steps, in the same order and with the same kernels, as the stack's general
+    path (``DetectorStack.update``): score every detector, turn the scores into
+    surprises, fuse, CUSUM, alarm switch (a young calibration needs the critical level;
+    escalation), then, with no alarm on, calibrate, learn clearly normal frames, update
+    readiness, and add the explainer's z (the first z-type detector's) to the drift block
+    sums.
+    ``drift_n`` of size 0 means no drift watch. ``zt_*`` of size 0: no tail scale.
+    """
+    J = int(p[P_N])
+    ready = rt[RT_DET : RT_DET + J]
+    scores = rt[RT_DET + J : RT_DET + 2 * J]
+    surprises = rt[RT_DET + 2 * J : RT_DET + 3 * J]
+    scratch = rt[RT_DET + 3 * J : RT_DET + 4 * J]
+    weights = p[P_KIND + J : P_KIND + 2 * J]
+    for j in range(J):  # (an external slot's score is already in ``scores``)
+        if p[P_KIND + j] == KIND_ZSCORE:
+            scores[j] = _zscore_score(
+                x, z_stats, p[P_Z_REL], p[P_Z_ABS], p[P_Z_STREAK], z_quantum, z_z, zt_top,
+                zt_meta, p[P_Z_Q], p[P_Z_REF], int(p[P_Z_MIN_N]),
+            )  # fmt: skip
+        elif p[P_KIND + j] == KIND_ROBUST:
+            scores[j] = _robust_z(
+                x, r_meta, r_center, r_spread, r_quantum, p[P_R_REL], p[P_R_ABS],
+                p[P_R_STREAK], r_z,
+            )  # fmt: skip
+    _calib_surprise_all(scores, cal_rings, cal_states, cal_tails, int(p[P_MIN_CAL]), surprises)
+    method = p[P_FUSION]
+    if method == FUSION_CAUCHY:
+        fused = _cauchy_surprise(surprises, weights)
+    elif method == FUSION_MIN:
+        top = surprises[0]
+        for j in range(1, J):
+            if surprises[j] > top:
+                top = surprises[j]
+        fused = top - math.log10(J)
+        if not fused > 0.0:
+            fused = 0.0
+    else:
+        fused = _kth_largest(surprises, int(p[P_VOTE_K]), scratch)
+    rt[RT_FUSED] = fused
+    _cusum(cusum, index, fused, p[P_CUSUM_REF], p[P_CUSUM_CAP])
+    threshold = p[P_THRESHOLD]
+    critical = p[P_CRITICAL]
+    level = fused
+    if (
+        alarm[0] == 0.0
+        and level > threshold
+        and level < critical
+        and cal_states[0, 0] < p[P_SETTLE]
+    ):
+        level = threshold  # not enough calibration yet for a mild alarm
+    change = _hysteresis(alarm, threshold, p[P_RELEASE], int(p[P_RELEASE_FRAMES]), level)
+    if change == 1:
+        rt[RT_CRITICAL] = 1.0 if fused >= critical else 0.0
+        rt[RT_ONSET] = cusum[1] if cusum[1] < index else index
+    elif alarm[0] != 0.0 and rt[RT_CRITICAL] == 0.0 and fused >= critical:
+        rt[RT_CRITICAL] = 1.0
+        change = ESCALATE
+        rt[RT_ONSET] = index
+    if alarm[0] != 0.0:
+        return change
+    if p[P_FROZEN] == 0.0:
+        # calibration takes every frame judged normal; detectors only clearly normal ones
+        for j in range(J):
+            if ready[j] != 0.0 and math.isfinite(scores[j]):
+                _calib_add(scores[j], cal_rings[j], cal_states[j], cal_tails[j])
+        if fused < p[P_LEARN_BELOW]:
+            for j in range(J):
+                if p[P_KIND + j] == KIND_ZSCORE:
+                    _zscore_learn(x, z_z, z_stats, z_quantum, zt_ring, zt_top, zt_meta)
+                elif p[P_KIND + j] == KIND_ROBUST:
+                    _robust_learn(
+                        x, r_ring, r_srt, r_meta, r_center, r_spread, int(p[P_R_REFRESH]),
+                        r_quantum,
+                    )  # fmt: skip
+            if rt[RT_ALL_READY] == 0.0:  # readiness never goes back
+                all_ready = True
+                for j in range(J):
+                    ready[j] = 1.0 if _z_ready(p[P_KIND + j], z_stats, r_meta) else 0.0
+                    all_ready = all_ready and ready[j] != 0.0
+                rt[RT_ALL_READY] = 1.0 if all_ready else 0.0
+    if drift_n.size == 0:
+        return change
+    _block_add(z_z if p[P_EXPLAINER] == KIND_ZSCORE else r_z, drift_sum, drift_n, drift_clip)
+    return change | DRIFT_FED
+
+
+@njit(cache=True, nogil=True)
+def _z_ready(kind: float, z_stats: np.ndarray, r_meta: np.ndarray) -> bool:
+    """``ZScore.ready`` (some feature seen twice) or ``RobustZScore.ready`` (three
+    times); an external slot never is."""
+    if kind == KIND_EXTERNAL:
+        return False
+    if kind == KIND_ZSCORE:
+        d = z_stats.shape[1]
+        if d == 0:
+            return False
+        top = z_stats[0, 0]
+        for k in range(1, d):
+            if z_stats[0, k] > top:
+                top = z_stats[0, k]
+        return bool(top >= 2.0)
+    d = r_meta.shape[0] - 1
+    if d == 0:
+        return False
+    top = r_meta[0, 0]
+    for k in range(1, d):
+        if r_meta[k, 0] > top:
+            top = r_meta[k, 0]
+    return bool(top >= 3.0)

@@ -176,17 +176,28 @@ class DriftWatch:
 
     def update(self, z: NDArray[np.float64]) -> list[Change]:
         """Add one frame's z-scores (NaN = unknown); returns the changes found, if any."""
-        if self._sum.size != z.size:
-            self._sum = np.zeros(z.size)
-            self._n = np.zeros(z.size)
+        self._ensure(z.size)
         _kernels._block_add(z, self._sum, self._n, self.clip)
+        return self._tick()
+
+    def _ensure(self, size: int) -> None:
+        if self._sum.size != size:
+            self._sum = np.zeros(size)
+            self._n = np.zeros(size)
+
+    def _tick(self) -> list[Change]:
+        """Count a frame whose z-scores are in the block sums; test a block when full.
+
+        (The detector stack's fused kernel adds to the block sums itself, then calls this.)
+        """
         self.frames += 1
         if self.frames % self.block:
             return []
-        mean = np.divide(self._sum, self._n, out=np.full(z.size, np.nan), where=self._n > 0)
+        size = self._sum.size
+        mean = np.divide(self._sum, self._n, out=np.full(size, np.nan), where=self._n > 0)
         self._sum[:] = 0.0
         self._n[:] = 0.0
-        index = np.arange(z.size) if self.features is None else self.features
+        index = np.arange(size) if self.features is None else self.features
         mean = mean[index]
         changes = [
             Change(int(index[k]), "page-hinkley", float(mean[k]))

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from trajwatch.detectors import _kernels
 from trajwatch.events import FeatureDeviation
 
 __all__ = ["STRUCTURE_HINTS", "Cusum", "atoms", "top_features"]
@@ -44,35 +45,36 @@ class Cusum:
     The reference is max(``reference``, m + 0.5), m a slow running mean of the surprise
     (α = 0.01, values capped at 5): 1 while p-values are calibrated (m ≈ 0.43), higher
     when a judged run sits a little off its reference model all along, so the sum still
-    returns to 0 between faults.
+    returns to 0 between faults. The state lives in the array :attr:`state` (sum, start,
+    mean), so the detector stack's fused kernel can drive the same CUSUM.
     """
 
     def __init__(self, reference: float = 1.0, cap: float = 50.0) -> None:
         self.reference = reference
         self.cap = cap
-        self.sum = 0.0
-        self.start = 0
-        self.mean = 1.0 / math.log(10.0)
+        self.state: NDArray[np.float64] = np.array([0.0, 0.0, 1.0 / math.log(10.0)])
+
+    @property
+    def sum(self) -> float:
+        return float(self.state[0])
+
+    @property
+    def start(self) -> int:
+        return int(self.state[1])
+
+    @property
+    def mean(self) -> float:
+        return float(self.state[2])
 
     def update(self, index: int, surprise: float) -> None:
-        s = surprise if surprise < self.cap else self.cap
-        self.mean += 0.01 * ((s if s < 5.0 else 5.0) - self.mean)
-        k = self.mean + 0.5
-        total = self.sum + s - (k if k > self.reference else self.reference)
-        if total <= 0.0:
-            self.sum = 0.0
-            self.start = index + 1
-        else:
-            self.sum = total
+        _kernels._cusum(self.state, index, surprise, self.reference, self.cap)
 
     def onset(self, index: int) -> int:
         """First frame of the excursion under way at ``index`` (``index`` if none)."""
         return min(self.start, index)
 
     def reset(self, index: int = 0) -> None:
-        self.sum = 0.0
-        self.start = index
-        self.mean = 1.0 / math.log(10.0)
+        self.state[:] = (0.0, index, 1.0 / math.log(10.0))
 
 
 def top_features(

@@ -11,13 +11,24 @@ that hovers around the threshold does not flap.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from trajwatch.detectors import _kernels
 
 __all__ = ["Hysteresis"]
 
+_CHANGES: Final[tuple[Literal["start", "end"] | None, ...]] = (None, "start", "end")
+
 
 class Hysteresis:
-    """Two-level switch over a score stream; ``active`` is True during an alarm."""
+    """Two-level switch over a score stream; ``active`` is True during an alarm.
+
+    The switch keeps its state in the small array :attr:`state` (active, peak, quiet
+    frames) so that the detector stack's fused kernel can drive the same switch.
+    """
 
     def __init__(self, threshold: float, release: float, release_frames: int = 10) -> None:
         if not release < threshold:
@@ -25,21 +36,19 @@ class Hysteresis:
         self.threshold = threshold
         self.release = release
         self.release_frames = release_frames
-        self.active = False
-        self.peak = 0.0
-        self._quiet = 0
+        self.state: NDArray[np.float64] = np.zeros(3)
+        """[active (0/1), peak score of the alarm, consecutive quiet frames]"""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.state[0])
+
+    @property
+    def peak(self) -> float:
+        return float(self.state[1])
 
     def update(self, score: float) -> Literal["start", "end"] | None:
-        if not self.active:
-            if score > self.threshold:
-                self.active = True
-                self.peak = score
-                self._quiet = 0
-                return "start"
-            return None
-        self.peak = max(self.peak, score)
-        self._quiet = self._quiet + 1 if score <= self.release else 0
-        if self._quiet >= self.release_frames:
-            self.active = False
-            return "end"
-        return None
+        code = _kernels._hysteresis(
+            self.state, self.threshold, self.release, self.release_frames, score
+        )
+        return _CHANGES[code]

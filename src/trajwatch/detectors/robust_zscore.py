@@ -102,7 +102,7 @@ class RobustZScore:
         if self.tail is None:
             return _NO_TAIL
         self.tail._ensure(self.center.size)
-        return self.tail.ring, self.tail.sorted, self.tail.meta
+        return self.tail.ring, self.tail.top, self.tail.meta
 
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)

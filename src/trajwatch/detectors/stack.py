@@ -34,7 +34,7 @@ Two modes: *self-baseline* (a fresh stack learns normal from the start of the ru
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -55,6 +55,16 @@ from trajwatch.detectors.threshold import Calibrator
 from trajwatch.detectors.zscore import ZScore
 
 __all__ = ["DETECTORS", "DetectorStack", "StackConfig", "Step", "make_detector", "warmup"]
+
+_FUSION_CODES = {
+    "cauchy": _kernels.FUSION_CAUCHY,
+    "min": _kernels.FUSION_MIN,
+    "vote": _kernels.FUSION_VOTE,
+}
+_Change = Literal["start", "end", "escalate"]
+_CHANGES: tuple[_Change | None, ...] = (None, "start", "end", "escalate")
+_EMPTY = np.zeros(0)
+_NO_TAIL = (np.zeros((0, 1)), np.zeros((0, 1)), np.zeros((0, 2)))
 
 
 def _river_hst(seed: int) -> Detector:
@@ -185,8 +195,6 @@ class DetectorStack:
         self._explainer = next(
             (d for d in self.detectors if isinstance(d, (ZScore, RobustZScore))), None
         )
-        self._scores = np.zeros(len(self.detectors))
-        self._surprises = np.zeros(len(self.detectors))
         self.reset_stream()
 
     def reset_stream(self) -> None:
@@ -196,7 +204,8 @@ class DetectorStack:
         self.alarm = Hysteresis(c.threshold, c.release, c.release_frames)
         self.cusum = Cusum(c.cusum_reference)
         self._alarm_critical = False
-        self.drift: DriftWatch | None = (
+        self._rt[_kernels.RT_CRITICAL] = 0.0
+        self.drift = (
             DriftWatch(
                 block=c.drift_block,
                 cooldown=c.drift_cooldown,
@@ -208,6 +217,43 @@ class DetectorStack:
             else None
         )
         self.last_surprise = 0.0
+        self.last_onset: int | None = None
+        """Onset frame of the alarm that started or escalated at the latest frame."""
+        self.last_drift: Sequence[Change] = ()
+        """Drift found at the latest frame (usually none)."""
+
+    # The per-stream runtime is public (a caller may hand a stack another's); the fused
+    # kernel's arguments are cached, so replacing one of these drops the cache.
+
+    @property
+    def alarm(self) -> Hysteresis:
+        """The alarm switch (hysteresis) of this stream."""
+        return self._alarm
+
+    @alarm.setter
+    def alarm(self, value: Hysteresis) -> None:
+        self._alarm = value
+        self._args: tuple[Any, ...] | None = None
+
+    @property
+    def cusum(self) -> Cusum:
+        """The onset CUSUM of this stream."""
+        return self._cusum
+
+    @cusum.setter
+    def cusum(self, value: Cusum) -> None:
+        self._cusum = value
+        self._args = None
+
+    @property
+    def drift(self) -> DriftWatch | None:
+        """Drift detection of this stream (None when off)."""
+        return self._drift
+
+    @drift.setter
+    def drift(self, value: DriftWatch | None) -> None:
+        self._drift = value
+        self._args = None
 
     # ------------------------------------------------------------------ per frame
 
@@ -222,11 +268,19 @@ class DetectorStack:
             c.ring, c.state, c.tail = self._rings[j], self._states[j], self._tails[j]
         self._ready = np.array([bool(d.ready) for d in self.detectors], dtype=np.bool_)
         self._all_ready = bool(self._ready.all())
+        # Per-frame scalars in one vector (the fused kernel's ``rt``, see _kernels):
+        # scores and surprises are views of it.
+        n = len(self.detectors)
+        self._rt = np.zeros(_kernels.RT_DET + 4 * n)
+        self._scores = self._rt[_kernels.RT_DET + n : _kernels.RT_DET + 2 * n]
+        self._surprises = self._rt[_kernels.RT_DET + 2 * n : _kernels.RT_DET + 3 * n]
         self._fast = False
+        self._fused: tuple[Any, ...] | None = None
+        self._externals: list[tuple[int, Any]] = []
 
     def _go_fast(self, size: int) -> None:
         # Detectors have allocated for ``size`` features: from now on the stack checks
-        # the vector once and calls their unchecked methods.
+        # the vector once and calls their unchecked methods, or one fused kernel.
         self.n_features = size
         self._score_fns = [getattr(d, "_score", d.score_one) for d in self.detectors]
         # Detectors that keep the z of the vector they just scored learn it without
@@ -235,20 +289,113 @@ class DetectorStack:
             getattr(d, "_learn_scored", getattr(d, "_learn", d.learn_one)) for d in self.detectors
         ]
         self._cauchy = self.fusion.method == "cauchy"
+        self._fused = self._fuse() if self.fused else None
+        self._args = None
         self._fast = True
+
+    fused = True
+    """Run a stack of z-type detectors as one kernel call per frame (same results as the
+    general path; False forces the general path, for comparison)."""
+
+    def _fuse(self) -> tuple[Any, ...] | None:
+        """Parameters and detector arrays of :func:`_kernels._stack_frame`, or None when
+        this stack is not one it covers (at most one ZScore and one RobustZScore without
+        tail scale, at least one of them, and any external slots such as the LSTM's;
+        Cauchy, min or vote fusion)."""
+        from trajwatch.detectors.external import ExternalScore  # (it imports this module)
+
+        k = _kernels
+        kinds = [type(d) for d in self.detectors]
+        if (
+            self.fusion.method not in _FUSION_CODES
+            or any(t not in (ZScore, RobustZScore, ExternalScore) for t in kinds)
+            or kinds.count(ZScore) > 1
+            or kinds.count(RobustZScore) > 1
+            or self._explainer is None
+        ):
+            return None
+        zs = next((d for d in self.detectors if type(d) is ZScore), None)
+        rz = next((d for d in self.detectors if type(d) is RobustZScore), None)
+        if rz is not None and rz.tail is not None:
+            return None
+        self._externals = [
+            (j, d) for j, d in enumerate(self.detectors) if type(d) is ExternalScore
+        ]
+        c = self.config
+        n = len(self.detectors)
+        p = np.zeros(k.P_KIND + 2 * n)
+        p[k.P_THRESHOLD] = c.threshold
+        p[k.P_RELEASE] = c.release
+        p[k.P_RELEASE_FRAMES] = c.release_frames
+        p[k.P_LEARN_BELOW] = c.learn_below
+        p[k.P_CRITICAL] = c.critical
+        p[k.P_SETTLE] = c.settle_calibration
+        p[k.P_MIN_CAL] = c.min_calibration
+        p[k.P_FROZEN] = float(self.frozen)
+        p[k.P_FUSION] = _FUSION_CODES[self.fusion.method]
+        p[k.P_VOTE_K] = self.fusion.k
+        p[k.P_CUSUM_REF] = self.cusum.reference
+        p[k.P_CUSUM_CAP] = self.cusum.cap
+        p[k.P_N] = n
+        kind = {ZScore: k.KIND_ZSCORE, RobustZScore: k.KIND_ROBUST, ExternalScore: k.KIND_EXTERNAL}
+        p[k.P_KIND : k.P_KIND + n] = [kind[t] for t in kinds]
+        p[k.P_EXPLAINER] = kind[type(self._explainer)]
+        p[k.P_KIND + n : k.P_KIND + 2 * n] = self.fusion.weights
+        if zs is not None:
+            tail = zs.tail
+            p[k.P_Z_REL], p[k.P_Z_ABS], p[k.P_Z_STREAK] = (
+                zs.rel_floor,
+                zs.abs_floor,
+                float(zs.min_streak),
+            )
+            p[k.P_Z_Q] = 0.99 if tail is None else tail.q
+            p[k.P_Z_REF] = 0.0 if tail is None else tail.reference
+            p[k.P_Z_MIN_N] = 0 if tail is None else tail.min_n
+            z_arrays = (zs.stats, zs.quantum, zs.z, *zs._tail_arrays)
+        else:
+            z_arrays = (np.zeros((4, 0)), np.zeros((0, 3)), np.zeros(0), *_NO_TAIL)
+        if rz is not None:
+            p[k.P_R_REL], p[k.P_R_ABS], p[k.P_R_STREAK] = (
+                rz.rel_floor,
+                rz.abs_floor,
+                float(rz.min_streak),
+            )
+            p[k.P_R_REFRESH] = rz.refresh_per_frame
+            r_arrays = (rz.ring, rz.sorted, rz.meta, rz.center, rz.spread, rz.quantum, rz.z)
+        else:
+            r_arrays = (
+                np.zeros((0, 1)), np.zeros((0, 1)), np.zeros((1, 3)), np.zeros(0),
+                np.zeros(0), np.zeros((0, 3)), np.zeros(0),
+            )  # fmt: skip
+        rt = self._rt
+        rt[k.RT_DET : k.RT_DET + n] = self._ready
+        rt[k.RT_ALL_READY] = float(self._all_ready)
+        rt[k.RT_CRITICAL] = float(self._alarm_critical)
+        return (p, rt, *z_arrays, *r_arrays, self._rings, self._states, self._tails)
 
     def update(self, x: NDArray[np.float64]) -> Step:
         """Score, judge and (if normal and not frozen) learn one feature vector.
 
         ``Step.surprises`` is a buffer the next call overwrites.
         """
+        change = self.advance(x)
+        return Step(
+            self.frames - 1, self.last_surprise, self._surprises, change, self.last_onset,
+            list(self.last_drift),
+        )  # fmt: skip
+
+    def advance(self, x: NDArray[np.float64]) -> Literal["start", "end", "escalate"] | None:
+        """:meth:`update` without building a :class:`Step`: returns the alarm change and
+        leaves the rest in :attr:`last_surprise`, :attr:`last_onset`, :attr:`last_drift`
+        and :attr:`surprises`."""
         x = as_vector(x)
         if self._fast and x.size != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {x.size}")
         index = self.frames
         self.frames += 1
         config = self.config
-        surprises = self._surprises
+        self.last_onset = None
+        self.last_drift = ()
         if index < config.warmup_frames:
             if not self.frozen:
                 # Second half of the warm-up: score before learning, so the calibrators
@@ -259,11 +406,59 @@ class DetectorStack:
                         self.calibrators[j].add(det.score_one(x))
                     det.learn_one(x)
             self.cusum.update(index, 0.0)
-            return Step(index, 0.0, surprises)
+            return None
         if not self._fast:
             for det in self.detectors:
                 det.score_one(x)  # allocates for this size, learns nothing
             self._go_fast(x.size)
+        if self._fused is not None:
+            return self._advance_fused(x, index)
+        return self._advance_general(x, index)
+
+    @property
+    def surprises(self) -> NDArray[np.float64]:
+        """Per-detector surprise of the latest frame (a buffer the next frame overwrites)."""
+        return self._surprises
+
+    def _advance_fused(
+        self, x: NDArray[np.float64], index: int
+    ) -> Literal["start", "end", "escalate"] | None:
+        k = _kernels
+        args = self._args
+        if args is None:
+            args = self._args = self._fused_args(x.size)
+        for j, slot in self._externals:  # scores set from outside (the LSTM's)
+            self._scores[j] = slot.score_one(x)
+        status = k._stack_frame(x, index, *args)
+        self.last_surprise = float(self._rt[k.RT_FUSED])
+        change = _CHANGES[status & k.CHANGE_MASK]
+        if change is not None and change != "end":
+            self.last_onset = int(self._rt[k.RT_ONSET])
+        if status & k.DRIFT_FED:
+            drift = self._drift
+            assert drift is not None  # the kernel only feeds a drift watch that exists
+            changes = drift._tick()
+            if changes:
+                self.last_drift = changes
+        return change
+
+    def _fused_args(self, size: int) -> tuple[Any, ...]:
+        """All arguments of the fused kernel but the vector and its index."""
+        assert self._fused is not None
+        drift = self._drift
+        if drift is None:
+            return (self._alarm.state, self._cusum.state, _EMPTY, _EMPTY, 0.0, *self._fused)
+        drift._ensure(size)
+        return (
+            self._alarm.state, self._cusum.state, drift._sum, drift._n, drift.clip,
+            *self._fused,
+        )  # fmt: skip
+
+    def _advance_general(
+        self, x: NDArray[np.float64], index: int
+    ) -> Literal["start", "end", "escalate"] | None:
+        config = self.config
+        surprises = self._surprises
         scores = self._scores
         for j, score in enumerate(self._score_fns):
             scores[j] = score(x)
@@ -292,9 +487,8 @@ class DetectorStack:
         elif alarm.active and not self._alarm_critical and fused >= config.critical:
             self._alarm_critical = True
             change = "escalate"
-        step = Step(index, fused, surprises, change)
         if change in ("start", "escalate"):
-            step.onset = self.cusum.onset(index) if change == "start" else index
+            self.last_onset = self.cusum.onset(index) if change == "start" else index
         if not alarm.active:
             if not self.frozen:
                 # Calibration takes every frame judged normal, its tail included (leaving
@@ -311,8 +505,8 @@ class DetectorStack:
                             self._ready[j] = det.ready
                         self._all_ready = bool(self._ready.all())
             if self.drift is not None and self._explainer is not None:
-                step.drift = self.drift.update(self._explainer.z)
-        return step
+                self.last_drift = self.drift.update(self._explainer.z)
+        return change
 
     def deviations(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         """Signed z per feature from the stack's z-type detector (NaN if it has none)."""
@@ -336,6 +530,7 @@ class DetectorStack:
     def freeze(self) -> DetectorStack:
         """Stop learning: detectors and calibrators keep what they know."""
         self.frozen = True
+        self._fast = False  # the fused kernel's parameters are taken again
         return self
 
     def spawn(self) -> DetectorStack:
@@ -413,4 +608,14 @@ def warmup() -> float:
         fusion(surprises)
         drift.update(x)
     calibrator.quantile(0.5)
+    # The default stack past its warm-up: the fused kernel (an alarm, its end, drift
+    # blocks), and the general path's alarm switch and CUSUM.
+    config = StackConfig(warmup_frames=4, min_calibration=2, calibration=16, drift_block=2)
+    xs = rng.normal(size=(40, 6))
+    xs[30] += 1e3
+    for fused in (True, False):
+        stack = DetectorStack(config)
+        stack.fused = fused
+        for x in xs:
+            stack.advance(x)
     return time.perf_counter() - start

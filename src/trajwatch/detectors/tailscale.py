@@ -3,10 +3,10 @@
 MD features do not all have normal tails: a window's displacement kurtosis, a crest
 factor or an integer lag make excursions that a max-|z| rule reads as faults although
 they come back every few hundred frames. :class:`TailScale` keeps each feature's last
-``window`` |z| values (arrival order and sorted, as in
-:mod:`~trajwatch.detectors.robust_zscore`) and divides |z_k| by
-max(1, q_k / reference), where q_k is the feature's ``q``-quantile of recent |z| and
-``reference`` the same quantile for a normal variable (2.576 for q = 0.99). Features with
+``window`` |z| values (in arrival order, with the few largest of them sorted: the
+quantile is a high order statistic) and divides |z_k| by max(1, q_k / reference), where
+q_k is the feature's ``q``-quantile of recent |z| and ``reference`` the same quantile
+for a normal variable (2.576 for q = 0.99). Features with
 normal tails pass unchanged; a fault that moves a feature far beyond its own tail still
 scores high, and a feature gone non-finite still scores infinity.
 
@@ -44,25 +44,25 @@ class TailScale:
         self.min_n = min_n
         self.reference = _normal_abs_quantile(q)
         self.ring: NDArray[np.float64] = np.zeros((0, window))
-        self.sorted: NDArray[np.float64] = np.zeros((0, window))
+        self.top: NDArray[np.float64] = np.zeros((0, _top_size(window, q)))
+        """Per feature, the largest values of the window, largest first (as many as the
+        quantile may need: 3 for q = 0.99 and a window of 256)."""
         self.meta: NDArray[np.float64] = np.zeros((0, 2))
 
     def _ensure(self, size: int) -> None:
         if self.ring.shape[0] != size:
             self.ring = np.zeros((size, self.window))
-            self.sorted = np.zeros((size, self.window))
+            self.top = np.zeros((size, self.top.shape[1]))
             self.meta = np.zeros((size, 2))
 
     def learn(self, z: NDArray[np.float64]) -> None:
         self._ensure(z.size)
-        _kernels._tail_learn(z, self.ring, self.sorted, self.meta)
+        _kernels._tail_learn(z, self.ring, self.top, self.meta)
 
     def scaled_max(self, z: NDArray[np.float64]) -> float:
         self._ensure(z.size)
         return float(
-            _kernels._tail_scaled_max(
-                z, self.sorted, self.meta, self.q, self.reference, self.min_n
-            )
+            _kernels._tail_scaled_max(z, self.top, self.meta, self.q, self.reference, self.min_n)
         )
 
     def get_state(self) -> State:
@@ -70,7 +70,7 @@ class TailScale:
             "type": type(self).__name__,
             "params": {"window": self.window, "q": self.q, "min_n": self.min_n},
             "ring": self.ring.copy(),
-            "sorted": self.sorted.copy(),
+            "top": self.top.copy(),
             "meta": self.meta.copy(),
         }
 
@@ -78,9 +78,24 @@ class TailScale:
     def from_state(cls, state: dict[str, Any]) -> TailScale:
         ts = cls(**state["params"])
         ts.ring = np.array(state["ring"], dtype=np.float64).reshape(-1, ts.window)
-        ts.sorted = np.array(state["sorted"], dtype=np.float64).reshape(-1, ts.window)
         ts.meta = np.array(state["meta"], dtype=np.float64).reshape(-1, 2)
+        ts.top = np.zeros((ts.ring.shape[0], ts.top.shape[1]))
+        if "top" in state:
+            ts.top[:] = np.array(state["top"], dtype=np.float64).reshape(ts.top.shape)
+        else:  # a state written when the whole window was kept sorted
+            srt = np.array(state["sorted"], dtype=np.float64).reshape(-1, ts.window)
+            for k, n in enumerate(ts.meta[:, 0].astype(int)):
+                m = min(n, ts.top.shape[1])
+                ts.top[k, :m] = srt[k, n - m : n][::-1]
         return ts
+
+
+def _top_size(window: int, q: float) -> int:
+    """How many of the largest values the q-quantile can be: the most n - rank(n) over
+    every fill n of the window, rank(n) = ceil(q n) - 1 as the kernel computes it."""
+    return max(
+        (n - min(n - 1, max(0, math.ceil(q * n) - 1)) for n in range(1, window + 1)), default=1
+    )
 
 
 def _normal_abs_quantile(q: float) -> float:

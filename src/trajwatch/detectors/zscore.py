@@ -104,7 +104,7 @@ class ZScore:
         if self.tail is None:
             return _NO_TAIL
         self.tail._ensure(self.stats.shape[1])
-        return self.tail.ring, self.tail.sorted, self.tail.meta
+        return self.tail.ring, self.tail.top, self.tail.meta
 
     def std(self) -> NDArray[np.float64]:
         c = self.stats[0]

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from trajwatch.features._kernels import (
+    HIST_SIZE,
     _anisotropy,
     _central_moments,
     _combine_moments,
@@ -147,6 +148,75 @@ R_HAS_RDF = 20
 R_RDF_NORM = 21  # this frame's RDF centres times the pair density (N - 1) / V
 R_LAGS = 22  # then one MSD column per lag, then one VACF column per lag
 
+# --- the engine's state, packed into three flat arrays by element type (plus the DFT and
+# the pair lists, which grow): Numba's dispatcher costs per argument, and 22 separate
+# state arrays cost about 1 us a frame to pass. istate begins with the sizes that
+# _carve needs to cut the flat arrays into the views the kernels use.
+S_N = 0  # atoms
+S_M = 1  # tagged atoms
+S_W = 2  # window W
+S_L = 3  # lags
+S_BINS = 4  # RDF bins
+S_WORK = 5  # length of a work row
+N_SIZES = 6
+N_WORK_ROWS = 11
+
+
+def state_sizes(n: int, m: int, w: int, lags: int, bins: int, work: int) -> tuple[int, ...]:
+    """Lengths of the flat float64, int64 and int32 state arrays (see :func:`_carve`)."""
+    floats = (N_FBUF + N_GEOM * 9 + N_ATOMS_ROWS * n * 3 + 2 * n + w * (R_LAGS + 2 * lags)
+              + 2 * w * m * 3 + (w + 2) * bins + N_WORK_ROWS * work)  # fmt: skip
+    ints = N_SIZES + N_IBUF + w + m + lags + HIST_SIZE + m + 1
+    return floats, ints, n + w * n
+
+
+@njit(cache=True, nogil=True)
+def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # type: ignore[no-untyped-def]
+    """The views of the packed state: ibuf, fbuf, geom, atoms, disp, masses, numbers0,
+    tagged, lags, ring, ring_u, ring_v, ring_bins, hist, rdf_ring, rstart, work."""
+    n = istate[S_N]
+    m = istate[S_M]
+    w = istate[S_W]
+    nl = istate[S_L]
+    bins = istate[S_BINS]
+    ww = istate[S_WORK]
+    o = N_SIZES
+    ibuf = istate[o : o + N_IBUF + w]
+    o += N_IBUF + w
+    tagged = istate[o : o + m]
+    o += m
+    lags = istate[o : o + nl]
+    o += nl
+    hist = istate[o : o + HIST_SIZE]
+    o += HIST_SIZE
+    rstart = istate[o : o + m + 1]
+    o = 0
+    fbuf = fstate[o : o + N_FBUF]
+    o += N_FBUF
+    geom = fstate[o : o + N_GEOM * 9].reshape((N_GEOM, 3, 3))
+    o += N_GEOM * 9
+    atoms = fstate[o : o + N_ATOMS_ROWS * n * 3].reshape((N_ATOMS_ROWS, n, 3))
+    o += N_ATOMS_ROWS * n * 3
+    disp = fstate[o : o + n]
+    o += n
+    masses = fstate[o : o + n]
+    o += n
+    cols = R_LAGS + 2 * nl
+    ring = fstate[o : o + w * cols].reshape((w, cols))
+    o += w * cols
+    ring_u = fstate[o : o + w * m * 3].reshape((w, m, 3))
+    o += w * m * 3
+    ring_v = fstate[o : o + w * m * 3].reshape((w, m, 3))
+    o += w * m * 3
+    rdf_ring = fstate[o : o + (w + 2) * bins].reshape((w + 2, bins))
+    o += (w + 2) * bins
+    work = fstate[o : o + N_WORK_ROWS * ww].reshape((N_WORK_ROWS, ww))
+    numbers0 = i32state[:n]
+    ring_bins = i32state[n : n + w * n].reshape((w, n))
+    return (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u,
+            ring_v, ring_bins, hist, rdf_ring, rstart, work)  # fmt: skip
+
+
 # Values whose spread is below this fraction of their mean count as constant: skew,
 # kurtosis and the spectrum of a constant are NaN, not rounding noise.
 FLAT = 1e-12
@@ -156,13 +226,20 @@ _AMU_A2_PER_FS2_IN_EV = 103.6426957
 _KB_EV_PER_K = 8.617330337217213e-05
 
 
+_EXPONENT = 0x7FF0000000000000  # the exponent bits of a float64: all set for inf and NaN
+
+
 @njit(cache=True, nogil=True)
 def _count_nonfinite(a: np.ndarray) -> int:
+    """Entries of the C-contiguous (N, 3) ``a`` that are NaN or infinite.
+
+    Read as integers: a branch-free integer sum that the compiler vectorises (a float
+    test per entry does not), about 5x faster at 10,000 atoms.
+    """
+    bits = a.reshape(a.size).view(np.int64)
     bad = 0
-    for i in range(a.shape[0]):
-        for k in range(a.shape[1]):
-            if not math.isfinite(a[i, k]):
-                bad += 1
+    for i in range(bits.size):
+        bad += (bits[i] & _EXPONENT) == _EXPONENT
     return bad
 
 
@@ -434,7 +511,12 @@ def _push_lags(
     slot: int,
     n_window: int,
 ) -> None:
-    """MSD and VACF of the tagged atoms between this frame and each lag back."""
+    """MSD and VACF of the tagged atoms between this frame and each lag back.
+
+    Four lags at a time: each sum still runs over the atoms in order (the same result,
+    bit for bit), but four independent sums overlap in the processor instead of each
+    waiting for its previous addition.
+    """
     W = ring.shape[0]
     M = tagged.shape[0]
     L = lags.shape[0]
@@ -445,29 +527,68 @@ def _push_lags(
             ring_u[slot, m, k] = u_new[i, k]
     now_u = ring_u[slot]
     now_v = ring_v[slot]
-    for li in range(L):
-        lag = lags[li]
-        if lag > n_window - 1:
-            break
-        back = (slot - lag) % W
-        then_u = ring_u[back]
-        msd = 0.0
+    nl = 0
+    while nl < L and lags[nl] <= n_window - 1:
+        nl += 1
+    with_v = row[R_HAS_V] > 0.0
+    for l0 in range(0, nl, 4):
+        b0 = (slot - lags[l0]) % W
+        b1 = (slot - lags[min(l0 + 1, nl - 1)]) % W  # past the last lag: repeat it
+        b2 = (slot - lags[min(l0 + 2, nl - 1)]) % W
+        b3 = (slot - lags[min(l0 + 3, nl - 1)]) % W
+        u0, u1, u2, u3 = ring_u[b0], ring_u[b1], ring_u[b2], ring_u[b3]
+        s0 = s1 = s2 = s3 = 0.0
         for m in range(M):
-            dx = now_u[m, 0] - then_u[m, 0]
-            dy = now_u[m, 1] - then_u[m, 1]
-            dz = now_u[m, 2] - then_u[m, 2]
-            msd += dx * dx + dy * dy + dz * dz
-        row[R_LAGS + li] = msd / M
-        if row[R_HAS_V] > 0.0 and ring[back, R_HAS_V] > 0.0:
-            then_v = ring_v[back]
-            dot = 0.0
-            for m in range(M):
-                dot += (
-                    now_v[m, 0] * then_v[m, 0]
-                    + now_v[m, 1] * then_v[m, 1]
-                    + now_v[m, 2] * then_v[m, 2]
-                )
-            row[R_LAGS + L + li] = dot / M
+            x = now_u[m, 0]
+            y = now_u[m, 1]
+            z = now_u[m, 2]
+            dx = x - u0[m, 0]
+            dy = y - u0[m, 1]
+            dz = z - u0[m, 2]
+            s0 += dx * dx + dy * dy + dz * dz
+            dx = x - u1[m, 0]
+            dy = y - u1[m, 1]
+            dz = z - u1[m, 2]
+            s1 += dx * dx + dy * dy + dz * dz
+            dx = x - u2[m, 0]
+            dy = y - u2[m, 1]
+            dz = z - u2[m, 2]
+            s2 += dx * dx + dy * dy + dz * dz
+            dx = x - u3[m, 0]
+            dy = y - u3[m, 1]
+            dz = z - u3[m, 2]
+            s3 += dx * dx + dy * dy + dz * dz
+        _put4(row, R_LAGS + l0, nl - l0, s0 / M, s1 / M, s2 / M, s3 / M)
+        if not with_v:
+            continue
+        v0, v1, v2, v3 = ring_v[b0], ring_v[b1], ring_v[b2], ring_v[b3]
+        s0 = s1 = s2 = s3 = 0.0
+        for m in range(M):
+            x = now_v[m, 0]
+            y = now_v[m, 1]
+            z = now_v[m, 2]
+            s0 += x * v0[m, 0] + y * v0[m, 1] + z * v0[m, 2]
+            s1 += x * v1[m, 0] + y * v1[m, 1] + z * v1[m, 2]
+            s2 += x * v2[m, 0] + y * v2[m, 1] + z * v2[m, 2]
+            s3 += x * v3[m, 0] + y * v3[m, 1] + z * v3[m, 2]
+        at = R_LAGS + L + l0
+        backs = (b0, b1, b2, b3)
+        values = (s0 / M, s1 / M, s2 / M, s3 / M)
+        for j in range(min(4, nl - l0)):
+            if ring[backs[j], R_HAS_V] > 0.0:
+                row[at + j] = values[j]
+
+
+@njit(cache=True, nogil=True)
+def _put4(row: np.ndarray, at: int, count: int, a: float, b: float, c: float, d: float) -> None:
+    """``row[at:at + count] = (a, b, c, d)[:count]``."""
+    row[at] = a
+    if count > 1:
+        row[at + 1] = b
+    if count > 2:
+        row[at + 2] = c
+    if count > 3:
+        row[at + 3] = d
 
 
 @njit(cache=True, nogil=True)
@@ -540,30 +661,18 @@ def _update(
     has_energy: bool,
     has_time: bool,
     out: np.ndarray,
-    ibuf: np.ndarray,
-    fbuf: np.ndarray,
-    geom: np.ndarray,
-    atoms: np.ndarray,
-    disp: np.ndarray,
-    masses: np.ndarray,
-    numbers0: np.ndarray,
-    tagged: np.ndarray,
-    lags: np.ndarray,
-    ring: np.ndarray,
-    ring_u: np.ndarray,
-    ring_v: np.ndarray,
-    ring_bins: np.ndarray,
-    hist: np.ndarray,
-    rdf_ring: np.ndarray,
+    fstate: np.ndarray,
+    istate: np.ndarray,
+    i32state: np.ndarray,
+    dft: np.ndarray,
     cpairs: np.ndarray,
     cshift: np.ndarray,
     rpairs: np.ndarray,
     rshift: np.ndarray,
-    rstart: np.ndarray,
-    dft: np.ndarray,
-    work: np.ndarray,
 ) -> int:
     """Take one frame: update the state and write every feature into ``out``."""
+    (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u, ring_v,
+     ring_bins, hist, rdf_ring, rstart, work) = _carve(fstate, istate, i32state)  # fmt: skip
     n = positions.shape[0]
     for i in range(n):
         if numbers[i] != numbers0[i]:
@@ -816,20 +925,33 @@ def _window(
     if nv > 0:
         out[O_RMS_V] = math.sqrt(v2 / (n_atoms * nv))
 
-    # MSD(lag), averaged over every origin in the window
+    # MSD(lag), averaged over every origin in the window. The sums of all lags are built
+    # in one pass over the window (lag after lag per frame, frames in order: each sum
+    # adds the same values in the same order as a pass per lag, but the lags' additions
+    # overlap instead of each waiting for the previous one).
+    nl = 0
+    while nl < L and lags[nl] <= count - 1:
+        nl += 1
     msd = work[5]
     lag_time = work[6]
-    nl = 0
-    for li in range(L):
-        lag = lags[li]
-        if lag > count - 1:
-            break
-        total_msd = 0.0
-        for k in range(lag, count):
-            total_msd += ring[order[k], R_LAGS + li]
-        msd[nl] = total_msd / (count - lag)
-        lag_time[nl] = lag * dt
-        nl += 1
+    vsum = work[9]  # (rows 9 and 10 are _push_signal's scratch, free by now)
+    vcount = work[10]
+    msd[:nl] = 0.0
+    vsum[:nl] = 0.0
+    vcount[:nl] = 0.0
+    for k in range(1, count):
+        row = ring[order[k]]
+        li = 0
+        while li < nl and lags[li] <= k:
+            msd[li] += row[R_LAGS + li]
+            value = row[R_LAGS + L + li]
+            if not math.isnan(value):
+                vsum[li] += value
+                vcount[li] += 1.0
+            li += 1
+    for li in range(nl):
+        msd[li] = msd[li] / (count - lags[li])
+        lag_time[li] = lags[li] * dt
     if nl >= 1:
         mm = 0.0
         for k in range(nl):
@@ -850,20 +972,10 @@ def _window(
         vlag = work[6]
         vval = work[7]
         nc = 0
-        for li in range(L):
-            lag = lags[li]
-            if lag > count - 1:
-                break
-            total_c = 0.0
-            m = 0
-            for k in range(lag, count):
-                value = ring[order[k], R_LAGS + L + li]
-                if not math.isnan(value):
-                    total_c += value
-                    m += 1
-            if m > 0:
-                vlag[nc] = lag
-                vval[nc] = total_c / m / c0
+        for li in range(nl):
+            if vcount[li] > 0.0:
+                vlag[nc] = lags[li]
+                vval[nc] = vsum[li] / vcount[li] / c0
                 nc += 1
         if nc > 0 and vlag[0] == 1.0:
             out[O_VACF_DECAY] = 1.0 - vval[0]

@@ -29,7 +29,6 @@ from numpy.typing import NDArray
 
 from trajwatch.elements import MASSES, SYMBOLS
 from trajwatch.features import _kernels_update as kern
-from trajwatch.features._kernels import HIST_SIZE
 from trajwatch.features.catalogue import FEATURE_NAMES, lag_set
 from trajwatch.features.reference import tagged_atoms
 from trajwatch.frame import Frame
@@ -90,6 +89,7 @@ class FeatureEngine:
         self.skin = float(skin)
         self.names: tuple[str, ...] = FEATURE_NAMES
         self.lags = lag_set(window)
+        """The MSD/VACF lags (``catalogue.lag_set(window)``)."""
         self.structure_change: str | None = None
         self._numbers: NDArray[np.int32] | None = None
         self._last: Frame | None = None
@@ -99,63 +99,44 @@ class FeatureEngine:
     # ------------------------------------------------------------------ state
 
     def _allocate(self, n: int) -> None:
-        """Preallocate every buffer for ``n`` atoms; nothing is allocated per frame."""
+        """Preallocate every buffer for ``n`` atoms; nothing is allocated per frame.
+
+        The state lives in three flat arrays (float64, int64, int32: one kernel argument
+        each) that ``_kernels_update._carve`` cuts into the named views below.
+        """
         w = self.window
         tagged = tagged_atoms(n, self.sample_atoms)
         m = len(tagged)
-        lags = len(self.lags)
-        self._tagged = tagged
-        self._ibuf = np.zeros(kern.N_IBUF + w, dtype=np.int64)
-        self._fbuf = np.zeros(kern.N_FBUF)
-        self._geom = np.zeros((kern.N_GEOM, 3, 3))
+        lags = lag_set(w)
+        work = max(w, 16)
+        floats, ints, int32s = kern.state_sizes(n, m, w, len(lags), self.rdf_bins, work)
+        self._fstate = np.zeros(floats)
+        self._istate = np.zeros(ints, dtype=np.int64)
+        self._i32state = np.zeros(int32s, dtype=np.int32)
+        self._istate[: kern.N_SIZES] = (n, m, w, len(lags), self.rdf_bins, work)
+        (
+            self._ibuf, self._fbuf, self._geom, self._atoms, self._disp, self._masses,
+            self._numbers0, self._tagged, self.lags, self._ring, self._ring_u, self._ring_v,
+            self._ring_bins, self._hist, self._rdf_ring, self._rstart, self._work,
+        ) = kern._carve(self._fstate, self._istate, self._i32state)  # fmt: skip
+        self._tagged[:] = tagged
+        self.lags[:] = lags
         self._geom[kern.G_EYE] = np.eye(3)
-        self._atoms = np.zeros((kern.N_ATOMS_ROWS, n, 3))
-        self._disp = np.zeros(n)
-        self._masses = np.zeros(n)
-        self._numbers0 = np.zeros(n, dtype=np.int32)
-        self._ring = np.zeros((w, kern.R_LAGS + 2 * lags))
-        self._ring_u = np.zeros((w, m, 3))
-        self._ring_v = np.zeros((w, m, 3))
-        self._ring_bins = np.zeros((w, n), dtype=np.int32)
-        self._hist = np.zeros(HIST_SIZE, dtype=np.int64)
-        self._rdf_ring = np.zeros((w + 2, self.rdf_bins))
         self._cpairs = np.zeros((8 * n + 16, 2), dtype=np.int64)
         self._cshift = np.zeros((8 * n + 16, 3))
         self._rpairs = np.zeros((64 * m + 16, 2), dtype=np.int64)
         self._rshift = np.zeros((64 * m + 16, 3))
-        self._rstart = np.zeros(m + 1, dtype=np.int64)
         self._dft = np.zeros((3, w), dtype=np.complex128)
         self._dft[2] = np.exp(-2j * np.pi * np.arange(w) / w)
-        self._work = np.zeros((11, max(w, 16)))
         self._pack()
         self._n = n
         self.reset()
 
     def _pack(self) -> None:
         self._state = (
-            self._ibuf,
-            self._fbuf,
-            self._geom,
-            self._atoms,
-            self._disp,
-            self._masses,
-            self._numbers0,
-            self._tagged,
-            self.lags,
-            self._ring,
-            self._ring_u,
-            self._ring_v,
-            self._ring_bins,
-            self._hist,
-            self._rdf_ring,
-            self._cpairs,
-            self._cshift,
-            self._rpairs,
-            self._rshift,
-            self._rstart,
-            self._dft,
-            self._work,
-        )
+            self._fstate, self._istate, self._i32state, self._dft, self._cpairs, self._cshift,
+            self._rpairs, self._rshift,
+        )  # fmt: skip
 
     def reset(self) -> None:
         """Forget all history: the next frame starts a new segment (no change reported)."""

@@ -444,7 +444,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_demo, _add_replay, _add_monitor, _add_scan, _add_imd_bridge, _add_keygen):
+    for add in (
+        _add_demo,
+        _add_replay,
+        _add_monitor,
+        _add_scan,
+        _add_imd_bridge,
+        _add_keygen,
+        _add_bench,
+    ):
         add(sub)
     return parser
 
@@ -1161,3 +1169,49 @@ def _run_keygen(args: argparse.Namespace) -> int:
         public, secret = keygen(args.directory, name)
         print(f"{name}: public {public}, secret {secret}")
     return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite: every figure beside its baseline, one table",
+        description="Run every benchmarks/bench_*.py of a trajwatch checkout (found beside "
+        "the package source or in the current directory) and print one table: each figure "
+        "beside its baseline measured in the same run (bare pyzmq, ASE and extxyz readers, "
+        "batch recompute, River, the study's batch pipeline), the target and pass/fail. "
+        "The first run generates MD data (cached under ~/.cache/trajwatch-bench).",
+        epilog=_examples(
+            "trajwatch bench --quick                    # under 2 minutes once data is cached",
+            "trajwatch bench --json bench.json          # the full suite (about 20 minutes)",
+            "trajwatch bench --quick --only reader headline",
+            "trajwatch bench --list",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="small data, few repeats")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these")
+    p.add_argument("--dir", type=Path, metavar="PATH", help="the benchmarks directory")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.set_defaults(command=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from trajwatch import bench
+
+    directory = bench.find_benchmarks(args.dir)
+    if args.list:
+        for name, path in bench.discover(directory).items():
+            print(f"{name:<12} {path}")
+        return 0
+    suite = bench.run_suite(
+        directory,
+        quick=args.quick,
+        only=args.only,
+        progress=lambda line: print(f"trajwatch bench: {line}", file=sys.stderr, flush=True),
+    )
+    print(bench.report(suite))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(bench.to_json(suite))
+    return 1 if suite.failed else 0

@@ -245,6 +245,26 @@ def run(quick: bool = False) -> dict[str, Any]:
     return results
 
 
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: frames/s against ASE and extxyz, time to the first frame."""
+    from trajwatch.bench import row
+
+    rows = []
+    for r in results["throughput"]:
+        fps, n = r["fps"], r["atoms"]
+        rows.append(row(f"read, {n} atoms (CPU)", fps["trajwatch"], unit="frames/s",
+                        baseline=fps["ase"], baseline_name="ASE", target=">= 10x ASE",
+                        ok=r["vs_ase"] >= 10))  # fmt: skip
+        rows.append(row(f"read, {n} atoms (CPU)", fps["trajwatch"], unit="frames/s",
+                        baseline=fps["extxyz"], baseline_name="extxyz",
+                        target=">= 1x extxyz", ok=r["vs_extxyz"] >= 1.0))  # fmt: skip
+    first = results["first_frame"]
+    rows.append(row(f"first frame, {first['file_mb']:.0f} MB file (warm)", first["warm_ms"],
+                    unit="ms", baseline=first["ase_ms"], baseline_name="ASE",
+                    target="< 5 ms", ok=first["warm_ms"] < 5.0))  # fmt: skip
+    return rows
+
+
 def format_table(results: dict[str, Any]) -> str:
     lines = [
         "trajwatch streaming extxyz reader (ASE-written EMT MD: positions, momenta, forces)",

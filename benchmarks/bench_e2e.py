@@ -267,16 +267,16 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(row(f"e2e capacity by CPU time, {n} atoms", r["pipeline_capacity_fps"],
                         unit="frames/s", baseline=1e6 / r["raw_cpu_us"],
                         baseline_name="bare pyzmq"))  # fmt: skip
-    for r in result["latency"]:
-        rows.append(row(f"e2e p99 latency, {r['atoms']} atoms at {r['rate']:.0f}/s",
-                        r["pipeline_p99_ms"], unit="ms", baseline=r["raw_p99_ms"],
-                        baseline_name="bare pyzmq"))  # fmt: skip
+    rows += [row(f"e2e p99 latency, {r['atoms']} atoms at {r['rate']:.0f}/s",
+                 r["pipeline_p99_ms"], unit="ms", baseline=r["raw_p99_ms"],
+                 baseline_name="bare pyzmq") for r in result["latency"]]  # fmt: skip
     return rows
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"end-to-end benchmark ({'quick: one pass, fewer frames' if result['quick'] else 'full'})"
-          f"; load average {result['machine']['loadavg'][0]:.2f}")  # fmt: skip
+    mode = "quick: one pass, fewer frames" if result["quick"] else "full"
+    load = result["machine"]["loadavg"][0]
+    print(f"end-to-end benchmark ({mode}); load average {load:.2f}")
     print()
     bench_features.print_end_to_end(result["throughput"])
     print()

@@ -403,8 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, fewer repeats")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--end-to-end", action="store_true",
-                        help="also the end-to-end section (bench_e2e.py has it in the suite)")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="also the end-to-end section (bench_e2e.py has it in the suite)",
+    )
     args = parser.parse_args(argv)
     result = run(quick=args.quick, end_to_end=args.end_to_end)
     print_table(result)

@@ -452,21 +452,19 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     receiving side's CPU per frame (the figure a loaded machine disturbs least)."""
     from trajwatch.bench import row
 
-    rows = []
-    for r in result["throughput"]:
-        rows.append(row(f"publish -> Frame, {r['atoms']} atoms", r["trajwatch_fps"],
-                        unit="frames/s", baseline=r["bare_fps"], baseline_name="bare pyzmq",
-                        target=">= 0.8x bare", ok=r["ratio"] >= 0.8))  # fmt: skip
+    rows = [row(f"publish -> Frame, {r['atoms']} atoms", r["trajwatch_fps"],
+                unit="frames/s", baseline=r["bare_fps"], baseline_name="bare pyzmq",
+                target=">= 0.8x bare", ok=r["ratio"] >= 0.8)
+            for r in result["throughput"]]  # fmt: skip
     for r in result["latency"]:
         ok = r["trajwatch_p99_ms"] < 0.5 if r["atoms"] == 100 else None
         rows.append(row(f"p99 latency, {r['atoms']} atoms at {r['rate']:.0f}/s",
                         r["trajwatch_p99_ms"], unit="ms", baseline=r["bare_p99_ms"],
                         baseline_name="bare pyzmq", target="< 0.5 ms" if ok is not None else "",
                         ok=ok))  # fmt: skip
-    for r in result["cpu_per_frame"]:
-        rows.append(row(f"receive CPU per frame, {r['atoms']} atoms", r["tw_recv_us"],
-                        unit="us", baseline=r["bare_recv_us"],
-                        baseline_name="bare pyzmq"))  # fmt: skip
+    rows += [row(f"receive CPU per frame, {r['atoms']} atoms", r["tw_recv_us"], unit="us",
+                 baseline=r["bare_recv_us"], baseline_name="bare pyzmq")
+             for r in result["cpu_per_frame"]]  # fmt: skip
     return rows
 
 

@@ -17,7 +17,7 @@ What it checks:
   replay re-opens its file on every loop).
 
     python benchmarks/bench_soak.py            # 1,000,000 frames, 3-6 minutes
-    python benchmarks/bench_soak.py --quick --json soak.json   # 100,000 frames
+    python benchmarks/bench_soak.py --quick --json soak.json   # 40,000 frames
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from trajwatch.frame import Frame
 from trajwatch.replay.xyz import write_extxyz
 
 FULL_FRAMES = 1_000_000
-QUICK_FRAMES = 100_000
+QUICK_FRAMES = 40_000
 BASELINE_FRAMES = 10_000
 RSS_BUDGET_MB = 50.0
 
@@ -255,6 +255,25 @@ def run(
         },
         "pass": bool(complete and rss_growth <= RSS_BUDGET_MB and no_leaks),
     }
+
+
+def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: the monitor's memory growth, leaks, and the rate it kept."""
+    from trajwatch.bench import row
+
+    base = result["monitor"]["baseline"]["rss_mb"]
+    end = result["monitor"]["end"]["rss_mb"]
+    frames, first = result["frames"], result["baseline_frames"]
+    note = "" if frames >= FULL_FRAMES else f"quick: {frames:,} frames, not {FULL_FRAMES:,}"
+    complete = result["monitor_summary"]["frames"] == frames
+    return [
+        row(f"monitor RSS after {frames:,} frames", end, unit="MB", baseline=base,
+            baseline_name=f"after {first:,}", target=f"<= +{RSS_BUDGET_MB:g} MB",
+            ok=result["rss_growth_mb"] <= RSS_BUDGET_MB, note=note),
+        row("fds/sockets/threads and frames, end vs start", result["frames_per_second"],
+            unit="frames/s", target="no growth, none lost",
+            ok=bool(result["pass"]) and complete, note=note),
+    ]  # fmt: skip
 
 
 def print_table(result: dict[str, Any]) -> None:

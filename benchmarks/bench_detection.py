@@ -93,7 +93,10 @@ trajectories (a new fault, other physics), so the cache is made again."""
 
 
 def _cache_path(case: Case) -> Path:
-    spec = json.dumps(asdict(case.spec), sort_keys=True) + SUITE_VERSION
+    fields = asdict(case.spec)
+    if fields.get("potential") == "emt":  # keys made before the option existed stay valid
+        del fields["potential"]
+    spec = json.dumps(fields, sort_keys=True) + SUITE_VERSION
     key = hashlib.sha256(spec.encode()).hexdigest()[:16]
     return CACHE / f"{case.name}-{key}.npz"
 

@@ -11,7 +11,7 @@ machine the numbers came from.
 >>> r["ratio"], r["pass"]
 (3.0, False)
 >>> print(format_table([{"benchmark": "reader", **r}]).splitlines()[2])
-reader     frames/s, 100 atoms       9,000  ASE 3,000     3.00  >= 10x ASE      FAIL
+reader     frames/s, 100 atoms      9,000  ASE 3,000   3.00  >= 10x ASE  FAIL
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ What it checks:
   replay re-opens its file on every loop).
 
     python benchmarks/bench_soak.py            # 1,000,000 frames, 3-6 minutes
-    python benchmarks/bench_soak.py --quick --json soak.json   # 40,000 frames
+    python benchmarks/bench_soak.py --quick --json soak.json   # 30,000 frames
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from trajwatch.frame import Frame
 from trajwatch.replay.xyz import write_extxyz
 
 FULL_FRAMES = 1_000_000
-QUICK_FRAMES = 40_000
+QUICK_FRAMES = 30_000
 BASELINE_FRAMES = 10_000
 RSS_BUDGET_MB = 50.0
 
@@ -164,7 +164,7 @@ def run(
         t0 = time.monotonic()
         monitor = _trajwatch(
             "monitor", "--no-tui", "--lossless", "--bind", "--endpoint", endpoint,
-            "--events", str(folder / "events.jsonl"), "--idle-timeout", "5",
+            "--events", str(folder / "events.jsonl"), "--idle-timeout", "2" if quick else "5",
             "--stall-timeout", "0",
             stdout=subprocess.DEVNULL, stderr=monitor_err,
         )  # fmt: skip

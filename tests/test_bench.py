@@ -81,7 +81,7 @@ def test_table_of_real_output_lists_every_row(real: tuple[int, dict[str, Any], s
     _, document, stdout = real
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("benchmark"))
-    for name in ("metric", "trajwatch", "baseline", "ratio", "target", "result"):
+    for name in bench.COLUMNS:
         assert name in lines[header]
     body = [line for line in lines[header + 2 :] if line.startswith("detectors")]
     assert len(body) == len(document["rows"])
@@ -188,3 +188,14 @@ def test_table_formats_missing_and_large_values() -> None:
     table = bench.format_table(rows).splitlines()
     assert "123,456" in table[2] and table[2].rstrip().endswith("-")
     assert "0.000123" in table[3] and "b 0.5 " in table[3] and "0.000246" in table[3]
+
+
+def test_markdown_table_has_one_line_per_row(tmp_path: Path) -> None:
+    folder = _fake_suite(tmp_path / "benchmarks")
+    out = tmp_path / "table.md"
+    assert main(["bench", "--dir", str(folder), "--only", "good", "plain",
+                 "--markdown", str(out)]) == 0  # fmt: skip
+    lines = out.read_text().splitlines()
+    assert lines[0] == "| " + " | ".join(bench.COLUMNS) + " |"
+    assert len(lines) == 2 + 3
+    assert lines[2] == "| good | rate |  | 2.00 | them 4.00 | 0.5 | <= 3 | pass |"

@@ -6,12 +6,12 @@ measured in the same run (one :func:`row` per figure). The runner imports each f
 path, runs it, and gathers the rows into one table and one JSON document with the
 machine the numbers came from.
 
->>> r = row("frames/s, 100 atoms", 9000.0, baseline=3000.0, baseline_name="ASE",
-...         target=">= 10x ASE", ok=False)
+>>> r = row("read, 100 atoms", 9000.0, unit="frames/s", baseline=3000.0,
+...         baseline_name="ASE", target=">= 10x ASE", ok=False)
 >>> r["ratio"], r["pass"]
 (3.0, False)
 >>> print(format_table([{"benchmark": "reader", **r}]).splitlines()[2])
-reader     frames/s, 100 atoms      9,000  ASE 3,000   3.00  >= 10x ASE  FAIL
+reader     read, 100 atoms  frames/s      9,000  ASE 3,000   3.00  >= 10x ASE  FAIL
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ __all__ = [
     "Suite",
     "discover",
     "find_benchmarks",
+    "format_markdown",
     "format_table",
     "machine_info",
     "row",
@@ -260,31 +261,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(module: str) -> str | None:
+def _version(distribution: str) -> str | None:
+    """An installed distribution's version, without importing it (torch takes seconds)."""
+    from importlib import metadata
+
     try:
-        imported = importlib.import_module(module)
-    except Exception:  # absent or broken: the JSON says so
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
         return None
-    return str(getattr(imported, "__version__", "?"))
 
 
 def machine_info() -> dict[str, Any]:
     """Where and when the numbers were taken: CPU, cores, load, versions, date, commit."""
     from trajwatch import __version__
 
-    versions = {
-        name: _version(module)
-        for name, module in (
-            ("numpy", "numpy"),
-            ("numba", "numba"),
-            ("torch", "torch"),
-            ("pyzmq", "zmq"),
-            ("river", "river"),
-            ("ase", "ase"),
-            ("extxyz", "extxyz"),
-            ("scikit-learn", "sklearn"),
-        )
-    }
+    names = ("numpy", "numba", "torch", "pyzmq", "river", "ase", "extxyz", "scikit-learn")
+    versions = {name: _version(name) for name in names}
     try:
         import zmq
 
@@ -325,10 +317,10 @@ def _commit() -> str | None:
 def _number(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
-    if not isinstance(value, (int, float)):
-        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     v = float(value)
     if math.isnan(v):
         return "nan"
@@ -350,36 +342,46 @@ def _verdict(value: Any) -> str:
     return "-" if value is None else ("pass" if value else "FAIL")
 
 
+COLUMNS = ("benchmark", "metric", "unit", "trajwatch", "baseline", "ratio", "target", "result")
+
+
+def _cells(r: Row) -> tuple[str, ...]:
+    base = "-"
+    if r.get("baseline") is not None:
+        base = f"{r.get('baseline_name') or 'baseline'} {_number(r['baseline'])}".strip()
+    return (
+        str(r["benchmark"]),
+        str(r["metric"]),
+        str(r.get("unit") or ""),
+        _number(r.get("trajwatch")),
+        base,
+        _number(r.get("ratio")),
+        str(r.get("target") or "-"),
+        _verdict(r.get("pass")),
+    )
+
+
 def format_table(rows: Iterable[Row]) -> str:
-    """The one table: benchmark, metric, trajwatch, baseline, ratio, target, pass/fail."""
-    head = ("benchmark", "metric", "trajwatch", "baseline", "ratio", "target", "result")
-    body = []
-    for r in rows:
-        unit = f" {r['unit']}" if r.get("unit") else ""
-        base = "-"
-        if r.get("baseline") is not None:
-            base = f"{r.get('baseline_name') or 'baseline'} {_number(r['baseline'])}".strip()
-        body.append(
-            (
-                str(r["benchmark"]),
-                f"{r['metric']}{unit}",
-                _number(r.get("trajwatch")),
-                base,
-                _number(r.get("ratio")),
-                str(r.get("target") or "-"),
-                _verdict(r.get("pass")),
-            )
-        )
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h)
-              for i, h in enumerate(head)]  # fmt: skip
-    right = {2, 4}
+    """The one table: benchmark, metric, unit, trajwatch, baseline, ratio, target, result."""
+    body = [_cells(r) for r in rows]
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(COLUMNS)]
+    right = {3, 5}
 
     def line(cells: Sequence[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
         return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), rule, *(line(b) for b in body)])
+    return "\n".join([line(COLUMNS), rule, *(line(b) for b in body)])
+
+
+def format_markdown(rows: Iterable[Row]) -> str:
+    """The same table in Markdown (for the README)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = [c.replace("|", "\\|") for c in _cells(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def report(suite: Suite) -> str:

@@ -1190,6 +1190,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--quick", action="store_true", help="small data, few repeats")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    p.add_argument(
+        "--markdown", type=Path, metavar="PATH", help="also write the table as Markdown"
+    )
     p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these")
     p.add_argument("--dir", type=Path, metavar="PATH", help="the benchmarks directory")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
@@ -1214,4 +1217,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(bench.to_json(suite))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(bench.format_markdown(suite.rows) + "\n")
     return 1 if suite.failed else 0

@@ -35,11 +35,27 @@ from numpy.typing import NDArray
 
 from trajwatch.features.catalogue import WINDOW_FEATURES
 
-__all__ = ["CONTAMINATION", "STRIDE", "WINDOW", "StudyPipeline", "window_ends", "windows_of"]
+__all__ = [
+    "CONTAMINATION",
+    "STRIDE",
+    "WINDOW",
+    "StudyPipeline",
+    "available",
+    "window_ends",
+    "windows_of",
+]
 
 WINDOW = 50
 STRIDE = 10
 CONTAMINATION = 0.05
+
+
+def available() -> bool:
+    """Whether scikit-learn (the study's models) is installed; without it the benchmarks
+    leave the study's pipeline out and say so."""
+    import importlib.util
+
+    return importlib.util.find_spec("sklearn") is not None
 
 
 def window_ends(n_frames: int, start: int = 0) -> NDArray[np.intp]:

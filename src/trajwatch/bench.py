@@ -401,6 +401,10 @@ def report(suite: Suite) -> str:
         f"{sum(verdicts)} of {len(verdicts)} targets met; {len(suite.runs)} benchmarks in "
         f"{suite.seconds:.0f} s"
     )
+    notes = [f"  {r['benchmark']}, {r['metric']}: {r['note']}"
+             for r in suite.rows if r.get("note")]  # fmt: skip
+    if notes:
+        lines += ["notes:", *notes]
     lines += [f"ERROR in {r.name}: {r.error}" for r in suite.runs if r.error]
     return "\n".join(lines)
 

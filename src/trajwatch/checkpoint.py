@@ -158,7 +158,7 @@ def restore_checkpoint(pipeline: Pipeline, checkpoint: Checkpoint) -> list[str]:
     """
     restored = []
     for name, entry in checkpoint.sources.items():
-        watch = SourceWatch(name, pipeline.config, pipeline.reference)
+        watch = SourceWatch(name, pipeline.config, pipeline.reference, pipeline.lstm)
         if list(entry["features"]) != list(watch.names):
             logger.warning("checkpoint of %r has other features; it starts afresh", name)
             continue

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from trajwatch.detectors.stack import DetectorStack
     from trajwatch.events import Event
     from trajwatch.frame import Frame
+    from trajwatch.lstm.model import LSTMModel
     from trajwatch.monitor.state import MonitorState
     from trajwatch.pipeline import Pipeline, PipelineConfig
     from trajwatch.sinks import Sink
@@ -237,6 +238,61 @@ def _add_scan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(command=_run_scan)
 
 
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from trajwatch.lstm.config import TrainConfig  # torch-free: --help stays fast
+
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="fit the LSTM autoencoder on trusted trajectories (reference mode)",
+        description="Compute the features of each trusted trajectory (e.g. an AIMD run), fit "
+        "an LSTM autoencoder on windows of them (AdamW, early stopping on the last part of "
+        "each run), calibrate its threshold on the held-out windows and write the model "
+        "file. Seeded: the same files and options give the same model. See docs/lstm.md.",
+        epilog=_examples(
+            "trajwatch train aimd.extxyz -o model.pt",
+            "trajwatch train run1.xyz run2.extxyz.gz -o model.pt --seed 1 --max-epochs 100",
+            "trajwatch scan mlff.extxyz --model model.pt --events events.jsonl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="PATH",
+                   help="model file to write")  # fmt: skip
+    p.add_argument("--window", type=int, default=d.window, help="frames per window (%(default)s)")
+    p.add_argument("--hidden", type=int, default=d.hidden, help="LSTM units (%(default)s)")
+    p.add_argument("--latent", type=int, default=d.latent, help="latent size (%(default)s)")
+    p.add_argument("--max-epochs", type=int, default=d.max_epochs, help="(%(default)s)")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="epochs without improvement before stopping (%(default)s)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(%(default)s)")
+    p.add_argument("--lr", type=float, default=d.learning_rate, help="AdamW (%(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(%(default)s)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="end share of each run held out for validation (%(default)s)")  # fmt: skip
+    p.add_argument("--stride", type=int, default=d.stride,
+                   help="frames between training windows (%(default)s)")  # fmt: skip
+    p.add_argument("--alpha", type=float, default=d.alpha,
+                   help="false-alarm rate per window for the threshold (%(default)s)")  # fmt: skip
+    p.add_argument("--margin", type=float, default=d.margin,
+                   help="factor on the calibrated threshold (%(default)s)")  # fmt: skip
+    p.add_argument("--scaling", choices=("reference", "stream"), default=d.scaling,
+                   help="standardise with the training data's statistics (reference, to judge "
+                   "runs of the same system) or each run's own first frames (stream, for "
+                   "other systems) (%(default)s)")  # fmt: skip
+    p.add_argument("--scaling-frames", type=int, default=d.scaling_frames,
+                   help="frames a stream-scaled model learns each run's scale from "
+                   "(%(default)s)")  # fmt: skip
+    p.add_argument("--scaling-skip", type=int, default=d.scaling_skip,
+                   help="first frames of a run it leaves out of them (%(default)s)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=d.seed, help="(%(default)s)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (%(default)s)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="count and skip malformed frames instead of stopping")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(command=_run_train)
+
+
 def _add_reference_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "detection",
@@ -269,6 +325,24 @@ def _add_reference_options(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="K for --fusion vote (default: %(default)s)",
     )
+    # The LSTM autoencoder (docs/lstm.md): one more detector in the fusion.
+    g.add_argument(
+        "--model",
+        type=Path,
+        metavar="PATH",
+        help="LSTM autoencoder model file (from trajwatch train) to judge windows with "
+        "(default: the weights shipped with trajwatch)",
+    )
+    g.add_argument(
+        "--no-lstm", action="store_true", help="leave the LSTM autoencoder out of the fusion"
+    )
+    g.add_argument(
+        "--lstm-stride",
+        type=int,
+        default=1,
+        metavar="N",
+        help="score the LSTM window every N frames (default: %(default)s)",
+    )
 
 
 def _detection(args: argparse.Namespace) -> tuple[PipelineConfig, DetectorStack | None]:
@@ -292,6 +366,7 @@ def _detection(args: argparse.Namespace) -> tuple[PipelineConfig, DetectorStack 
         PipelineConfig(),
         fusion=getattr(args, "fusion", "cauchy"),
         vote_k=getattr(args, "vote_k", 2),
+        **_lstm_options(args),
     )
     model = None
     path: Path | None = getattr(args, "reference", None)
@@ -444,15 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"trajwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (
-        _add_demo,
-        _add_replay,
-        _add_monitor,
-        _add_scan,
-        _add_imd_bridge,
-        _add_keygen,
-        _add_bench,
-    ):
+    commands = (_add_demo, _add_replay, _add_monitor, _add_scan, _add_train, _add_imd_bridge)
+    for add in (*commands, _add_keygen, _add_bench):
         add(sub)
     return parser
 
@@ -534,7 +602,55 @@ def _pipeline(args: argparse.Namespace, sinks: Sequence[Sink]) -> Pipeline:
     from trajwatch.pipeline import Pipeline
 
     config, reference = _detection(args)
-    return Pipeline(config, sinks, reference=reference)
+    return Pipeline(config, sinks, reference=reference, lstm=_lstm(args, config))
+
+
+def _lstm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The PipelineConfig fields of --model, --no-lstm and --lstm-stride."""
+    model: Path | None = getattr(args, "model", None)
+    off = bool(getattr(args, "no_lstm", False))
+    if model is not None:
+        if off:
+            raise ValueError("--model and --no-lstm contradict each other")
+        if not model.is_file():
+            raise FileNotFoundError(f"no such file: {model}")
+    stride = int(getattr(args, "lstm_stride", 1))
+    if stride < 1:
+        raise ValueError("--lstm-stride must be at least 1")
+    return {"lstm": not off, "lstm_model": str(model or ""), "lstm_stride": stride}
+
+
+def _lstm(args: argparse.Namespace, config: PipelineConfig) -> LSTMModel | None:
+    """The LSTM model, loaded (and run once) a single time per command; None if it is off.
+
+    The shipped weights are skipped with a warning if they do not fit this feature engine;
+    a --model that does not fit is an error.
+    """
+    if not config.lstm:
+        return None
+    cached: tuple[LSTMModel | None] | None = getattr(args, "_lstm_cache", None)
+    if cached is not None:
+        return cached[0]
+    import numpy as np
+
+    from trajwatch.features.engine import FeatureEngine
+    from trajwatch.lstm.model import FeatureMismatchError
+    from trajwatch.lstm.scorer import WindowScorer
+    from trajwatch.pipeline import load_lstm
+
+    model = load_lstm(config)
+    assert model is not None
+    try:
+        model.feature_index(FeatureEngine(window=config.window).names)
+    except FeatureMismatchError as error:
+        if config.lstm_model:
+            raise
+        logging.getLogger("trajwatch").warning("running without the LSTM: %s", error)
+        args._lstm_cache = (None,)
+        return None
+    WindowScorer(model).push(np.zeros((model.first_scored_frame + 1, len(model.features))))
+    args._lstm_cache = (model,)
+    return model
 
 
 def _use_tui(args: argparse.Namespace) -> bool:
@@ -1168,6 +1284,67 @@ def _run_keygen(args: argparse.Namespace) -> int:
     for name in args.names:
         public, secret = keygen(args.directory, name)
         print(f"{name}: public {public}, secret {secret}")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from trajwatch.features.engine import FeatureEngine
+    from trajwatch.lstm.config import TrainConfig
+    from trajwatch.lstm.training import EpochReport, train
+    from trajwatch.pipeline import PipelineConfig
+    from trajwatch.replay.xyz import XYZReader
+
+    config = TrainConfig(
+        window=args.window, hidden=args.hidden, latent=args.latent,
+        batch_size=args.batch_size, max_epochs=args.max_epochs, patience=args.patience,
+        learning_rate=args.lr, weight_decay=args.weight_decay, val_fraction=args.val_fraction,
+        stride=args.stride, alpha=args.alpha, margin=args.margin, scaling=args.scaling,
+        scaling_frames=args.scaling_frames, scaling_skip=args.scaling_skip, seed=args.seed,
+        threads=args.threads,
+    )  # fmt: skip
+    console = Console(stderr=True)
+    sequences = []
+    names: tuple[str, ...] = ()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TextColumn("{task.fields[info]}"), console=console,
+                  disable=args.quiet, transient=True) as progress:  # fmt: skip
+        for path in args.files:
+            engine = FeatureEngine(window=PipelineConfig().window)  # as the pipeline's
+            names = tuple(engine.names)
+            rows = []
+            with XYZReader(path, skip_bad=args.skip_bad) as reader:
+                task = progress.add_task(path.name, total=None, info="")
+                for frame in reader:
+                    rows.append(engine.update(frame))
+                    if len(rows) % 64 == 0:
+                        progress.update(task, info=f"{len(rows)} frames")
+            progress.update(task, total=1, completed=1, info=f"{len(rows)} frames")
+            sequences.append(np.vstack(rows) if rows else np.zeros((0, len(names))))
+            console.print(f"{path}: {len(rows)} frames")
+
+        task = progress.add_task("training", total=config.max_epochs, info="")
+
+        def on_epoch(r: EpochReport) -> None:
+            info = f"train {r.train_loss:.4g}  val {r.val_loss:.4g}  best {r.best_val_loss:.4g}"
+            progress.update(task, completed=r.epoch, info=info)
+
+        model = train(
+            sequences, names, config, on_epoch=on_epoch, sources=[p.name for p in args.files]
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(args.output)
+    info = model.info
+    console.print(
+        f"{args.output}: {info['train_windows']} training / {info['val_windows']} validation "
+        f"windows, {info['epochs']} epochs (best {info['best_epoch']}), validation loss "
+        f"{info['initial_val_loss']:.4g} -> {info['best_val_loss']:.4g}, threshold "
+        f"{model.threshold:.4g} (alpha {config.alpha:g}, margin {config.margin:g}), "
+        f"{args.output.stat().st_size / 1024:.0f} KiB"
+    )
     return 0
 
 

@@ -19,20 +19,28 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from trajwatch.detectors import evidence
+from trajwatch.detectors.external import ExternalScore
 from trajwatch.detectors.stack import DetectorStack, StackConfig, Step
 from trajwatch.detectors.state import load, save
+from trajwatch.detectors.threshold import Calibrator
 from trajwatch.events import Event, FeatureDeviation
 from trajwatch.features.engine import FeatureEngine
 from trajwatch.frame import Frame
 from trajwatch.sinks import Sink
+
+if TYPE_CHECKING:  # torch is imported only when the LSTM is switched on
+    from trajwatch.detectors.lstm import LSTMDetector
+    from trajwatch.lstm.model import LSTMModel
 
 __all__ = [
     "Pipeline",
@@ -64,6 +72,16 @@ class PipelineConfig(StackConfig):
     """Features drift detection watches: ``frame`` (per-frame observables such as the
     kinetic temperature, energy, forces; all features if the engine has none) or
     ``all``."""
+    lstm: bool = False
+    """Add the LSTM autoencoder to the fusion (``docs/lstm.md``)."""
+    lstm_model: str = ""
+    """Its model file; "" for the weights shipped with trajwatch."""
+    lstm_stride: int = 1
+    """Score the LSTM window every this many frames (the score holds in between)."""
+    lstm_calibration: int = 200
+    """The LSTM's p-values come from the model's validation errors plus the source's
+    first this many scored frames (those judged normal); then its calibration stays as it
+    is, so that a fault that builds up slowly does not become the norm."""
 
     def stack_config(self, names: Sequence[str] | None = None) -> StackConfig:
         """The stack's part of the config; with the scored feature ``names``, drift
@@ -82,12 +100,19 @@ class SourceWatch:
     """Everything trajwatch keeps about one source: features, detector stack, alarm."""
 
     def __init__(
-        self, source: str, config: PipelineConfig, reference: DetectorStack | None = None
+        self,
+        source: str,
+        config: PipelineConfig,
+        reference: DetectorStack | None = None,
+        lstm: LSTMModel | None = None,
     ) -> None:
         self.source = source
         self.config = config
         self.engine = FeatureEngine(window=config.window, top_atoms=config.top_atoms)
         self.reference = reference
+        self.lstm = _lstm_detector(lstm, self.engine.names, config)
+        """The LSTM autoencoder over all features (None when it is off)."""
+        self._ahead: deque[_Ahead] = deque()
         self.scored = _scored(self.engine.names, config.unscored)
         """Indices of the features the detectors see."""
         self.names = tuple(self.engine.names[i] for i in self.scored)
@@ -111,7 +136,20 @@ class SourceWatch:
     def _new_stack(self) -> DetectorStack:
         if self.reference is not None:
             return self.reference.spawn()
-        return DetectorStack(self.config.stack_config(self.names), n_features=len(self.names))
+        config = _with_lstm(self.config.stack_config(self.names), self.lstm is not None)
+        return DetectorStack(config, n_features=len(self.names))
+
+    @property
+    def stack(self) -> DetectorStack:
+        """The detector stack judging this source."""
+        return self._stack
+
+    @stack.setter
+    def stack(self, stack: DetectorStack) -> None:
+        # whoever replaces the stack (a structure change, a restored checkpoint), the LSTM
+        # keeps feeding the slot of the stack in use
+        self._slot, self._calibrator = _lstm_slot(stack, self.lstm)
+        self._stack = stack
 
     @property
     def detector_name(self) -> str:
@@ -120,13 +158,35 @@ class SourceWatch:
     def process(self, frame: Frame) -> list[Event]:
         index = self.frames
         self.frames += 1
-        features = self.engine.update(frame)
+        if self._ahead:
+            ahead = self._ahead.popleft()
+            if ahead.frame is not frame:
+                raise RuntimeError("frames given to prefetch must then be processed in order")
+            features, change, self._attribution = ahead.features, ahead.change, ahead.attribution
+        else:
+            features = self.engine.update(frame)
+            change = getattr(self.engine, "structure_change", None)
+            self._attribution = self.engine.attribution
+            ahead = None
         self.last_features = features
-        change = getattr(self.engine, "structure_change", None)
         if change is not None:
-            return [self._structure_changed(frame, index, change)]
+            return [self._structure_changed(frame, index, change, reset_lstm=ahead is None)]
         x = features[self.scored]
+        lstm = self.lstm
+        if lstm is not None:
+            if ahead is None:
+                lstm_score, lstm_frames = lstm.score_one(features), lstm.scored_frames
+            else:
+                lstm_score, lstm_frames = ahead.lstm_score, ahead.lstm_frames
+            self._slot.set(lstm_score)
         step = self.stack.update(x)
+        stack = self.stack
+        if (
+            lstm is not None
+            and 0 < lstm_frames <= self.config.lstm_calibration
+            and not (stack.alarm.active or stack.frozen)
+        ):
+            self._calibrator.add(lstm_score)  # the source's own first frames
         self.last_score = step.surprise
         if step.change is None and not step.drift:
             return []
@@ -145,9 +205,44 @@ class SourceWatch:
             events.append(self._drift(frame, index, x, step))
         return events
 
-    def _structure_changed(self, frame: Frame, index: int, what: str) -> Event:
+    def prefetch(self, frames: Sequence[Frame]) -> None:
+        """Run the feature engine over ``frames`` now and score their LSTM windows in one
+        batch; :meth:`process` then takes them, in the same order, at the cost of the
+        detectors alone. The events are the same as without prefetching."""
+        rows: list[NDArray[np.float64]] = []
+        ahead: list[_Ahead] = []
+
+        def score() -> None:  # the windows of the rows since the last reset, batched
+            if self.lstm is not None and rows:
+                before = self.lstm.scored_frames
+                scores = self.lstm.score_many(np.vstack(rows))
+                first = len(rows) - (self.lstm.scored_frames - before)  # first with a score
+                for k, (item, s) in enumerate(zip(ahead[-len(rows) :], scores, strict=True)):
+                    item.lstm_score = float(s)
+                    item.lstm_frames = before + max(0, k - first + 1)
+                rows.clear()
+
+        for frame in frames:
+            features = self.engine.update(frame)
+            change = getattr(self.engine, "structure_change", None)
+            ahead.append(_Ahead(frame, features, change, self.engine.attribution_later()))
+            if change is not None:
+                score()
+                if self.lstm is not None:
+                    self.lstm.reset()
+                ahead[-1].lstm_score = math.nan  # not scored: the stream starts afresh
+            else:
+                rows.append(features)
+        score()
+        self._ahead.extend(ahead)
+
+    def _structure_changed(
+        self, frame: Frame, index: int, what: str, *, reset_lstm: bool = True
+    ) -> Event:
         """Atoms appeared, vanished or changed element: the run broke; start afresh."""
         self.stack = self._new_stack()
+        if self.lstm is not None and reset_lstm:  # (prefetch resets it in its own pass)
+            self.lstm.reset()
         return Event(
             "anomaly",
             frame=index,
@@ -168,7 +263,7 @@ class SourceWatch:
         features = evidence.top_features(
             self.names, x, z, config.top_features, urgent=self._per_frame
         )
-        atoms = evidence.atoms(self.engine.attribution(), features, config.top_atoms)
+        atoms = evidence.atoms(self._attribution(), features, config.top_atoms)
         names = self.stack.names
         lead = int(np.argmax(step.surprises))
         detector = f"{self.stack.fusion.describe()}:{names[lead]}"
@@ -181,6 +276,9 @@ class SourceWatch:
         self._alarm_detector, self._alarm_severity = detector, severity
         pairs = zip(names, step.surprises, strict=True)
         per_detector = ", ".join(f"{n} {_p(s)}" for n, s in pairs)
+        if self.lstm is not None and names[lead] == "lstm":
+            worst = ", ".join(f"{n} {d:+.1f}x" for n, d in self.lstm.explain(config.top_features))
+            per_detector += f"; lstm worst reconstructed: {worst}"
         return Event(
             "anomaly",
             frame=index,
@@ -263,6 +361,76 @@ def _describe(features: Sequence[FeatureDeviation]) -> str:
     return ", ".join(f"{f.name}={f.value:.4g} ({f.deviation:+.1f} sd)" for f in features)
 
 
+# -- the LSTM autoencoder as one more detector in the fusion (docs/lstm.md) ----------------
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """A frame whose features (and LSTM score) :meth:`SourceWatch.prefetch` computed."""
+
+    frame: Frame
+    features: NDArray[np.float64]
+    change: str | None
+    attribution: Callable[[], Any]
+    lstm_score: float = 0.0
+    lstm_frames: int = 0
+
+
+def _with_lstm(config: StackConfig, on: bool) -> StackConfig:
+    """The stack config with the ``lstm`` slot added (once) when the LSTM is on."""
+    if not on or "lstm" in config.detectors:
+        return config
+    return replace(config, detectors=(*config.detectors, "lstm"))
+
+
+def _lstm_detector(
+    model: LSTMModel | None, names: Sequence[str], config: PipelineConfig
+) -> LSTMDetector | None:
+    if model is None:
+        return None
+    from trajwatch.detectors.lstm import LSTMDetector
+
+    return LSTMDetector(model, features=names, stride=config.lstm_stride)
+
+
+def _lstm_slot(
+    stack: DetectorStack, lstm: LSTMDetector | None
+) -> tuple[ExternalScore, Calibrator]:
+    """The stack's ``lstm`` slot and its calibrator, seeded with the model's validation
+    errors (so the LSTM counts from its first window on)."""
+    if lstm is None and "lstm" in stack.names:
+        raise ValueError(
+            "the detector stack has an LSTM slot (a reference fitted with the LSTM?) but the "
+            "LSTM is off: switch it on (lstm=True, or leave out --no-lstm)"
+        )
+    if lstm is not None and "lstm" not in stack.names:
+        raise ValueError(
+            "the detector stack has no LSTM slot (a reference fitted without the LSTM?): "
+            "refit it with the LSTM on, or switch the LSTM off (--no-lstm)"
+        )
+    if lstm is None:
+        return ExternalScore(), Calibrator(1)
+    j = stack.names.index("lstm")
+    slot: ExternalScore = stack.detectors[j]
+    calibrator = stack.calibrators[j]
+    if calibrator.n == 0:
+        errors = lstm.model.calibration.errors
+        picked = np.linspace(0, errors.size - 1, min(errors.size, calibrator.size))
+        # a fixed shuffle: the ring forgets its oldest entries first, not its smallest
+        for e in np.random.default_rng(0).permutation(errors[picked.round().astype(int)]):
+            calibrator.add(float(e))
+    return slot, calibrator
+
+
+def load_lstm(config: PipelineConfig) -> LSTMModel | None:
+    """The LSTM model ``config`` asks for (None if the LSTM is off)."""
+    if not config.lstm:
+        return None
+    from trajwatch.lstm.model import LSTMModel
+
+    return LSTMModel.load(config.lstm_model) if config.lstm_model else LSTMModel.load_default()
+
+
 class Pipeline:
     """Routes each frame to its source's :class:`SourceWatch`; hands events to the sinks.
 
@@ -276,18 +444,42 @@ class Pipeline:
         sinks: Sequence[Sink] = (),
         *,
         reference: DetectorStack | None = None,
+        lstm: LSTMModel | None = None,
     ) -> None:
         self.config = config or PipelineConfig()
         self.sinks = list(sinks)
         self.reference = reference
+        self.lstm = lstm if lstm is not None else load_lstm(self.config)
+        """The LSTM model every source uses (None: no LSTM), loaded once."""
+        if self.lstm is not None:  # refuse a model of other features now, not at frame 0
+            self.lstm.feature_index(FeatureEngine(window=self.config.window).names)
         self.sources: dict[str, SourceWatch] = {}
         self.events: list[Event] = []
 
-    def process(self, frame: Frame) -> list[Event]:
-        watch = self.sources.get(frame.source)
+    def _watch(self, source: str) -> SourceWatch:
+        watch = self.sources.get(source)
         if watch is None:
-            watch = SourceWatch(frame.source, self.config, self.reference)
-            self.sources[frame.source] = watch
+            watch = SourceWatch(source, self.config, self.reference, self.lstm)
+            self.sources[source] = watch
+        return watch
+
+    @property
+    def batches(self) -> bool:
+        """True when :meth:`prefetch` pays: the LSTM scores windows faster in batches."""
+        return self.lstm is not None
+
+    def prefetch(self, frames: Sequence[Frame]) -> None:
+        """Compute the features and LSTM scores of ``frames`` (which must then go through
+        :meth:`process`, in this order) in one batch per source. Callers that hold
+        several frames at once (a file, a backed-up socket) call it first."""
+        by_source: dict[str, list[Frame]] = {}
+        for frame in frames:
+            by_source.setdefault(frame.source, []).append(frame)
+        for source, batch in by_source.items():
+            self._watch(source).prefetch(batch)
+
+    def process(self, frame: Frame) -> list[Event]:
+        watch = self._watch(frame.source)
         events = watch.process(frame)
         for event in events:
             self.events.append(event)
@@ -296,28 +488,42 @@ class Pipeline:
         return events
 
 
-def fit_reference(frames: Iterable[Frame], config: PipelineConfig | None = None) -> DetectorStack:
+def fit_reference(
+    frames: Iterable[Frame], config: PipelineConfig | None = None, *, lstm: LSTMModel | None = None
+) -> DetectorStack:
     """Fit the detector stack on a trusted run and freeze it (reference mode).
 
-    The run is watched in self-baseline mode, so frames it flags are not learned.
+    The run is watched in self-baseline mode, so frames it flags are not learned. With
+    the LSTM on (``config.lstm`` or an ``lstm`` model), its scores join the stack too.
     """
     config = config or PipelineConfig()
+    model = lstm if lstm is not None else load_lstm(config)
     engine = FeatureEngine(window=config.window, top_atoms=config.top_atoms)
     scored = _scored(engine.names, config.unscored)
     names = [engine.names[i] for i in scored]
-    stack = DetectorStack(config.stack_config(names), n_features=scored.size)
-    n = 0
+    stack_config = _with_lstm(config.stack_config(names), model is not None)
+    stack = DetectorStack(stack_config, n_features=scored.size)
+    detector = _lstm_detector(model, engine.names, config)
+    slot, calibrator = _lstm_slot(stack, detector)
+    rows = []
     for frame in frames:
-        features = engine.update(frame)
-        if getattr(engine, "structure_change", None) is not None and n:
-            raise ValueError(f"the reference run changed structure at frame {n}")
-        stack.update(features[scored])
-        n += 1
+        rows.append(engine.update(frame))
+        if getattr(engine, "structure_change", None) is not None and len(rows) > 1:
+            raise ValueError(f"the reference run changed structure at frame {len(rows) - 1}")
+    n = len(rows)
     if n <= config.warmup_frames + config.min_calibration:
         raise ValueError(
             f"a reference needs more than {config.warmup_frames + config.min_calibration} "
             f"frames (warm-up + calibration), got {n}"
         )
+    features = np.vstack(rows)
+    lstm_scores = detector.score_many(features) if detector is not None else np.zeros(n)
+    for i in range(n):
+        slot.set(float(lstm_scores[i]))
+        stack.update(features[i, scored])
+        has_score = detector is not None and i >= detector.model.first_scored_frame
+        if has_score and not stack.alarm.active:  # the trusted run calibrates it too
+            calibrator.add(float(lstm_scores[i]))
     stack.meta = {
         "feature_names": [engine.names[i] for i in scored],
         "window": config.window,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,18 +269,32 @@ class FeatureEngine:
 
     def attribution(self) -> Attribution:
         """Atoms behind the latest frame's features (largest movers, closest pair)."""
+        return self.attribution_later()()
+
+    def attribution_later(self) -> Callable[[], Attribution]:
+        """:meth:`attribution` of the latest frame, worked out when called, even after the
+        engine has moved on (it keeps a copy of the frame's per-atom displacements). The
+        pipeline runs the engine ahead like this when it scores LSTM windows in batches."""
         closest = (int(self._ibuf[kern.I_CLOSEST_I]), int(self._ibuf[kern.I_CLOSEST_J]))
         last = self._last
+        top = self.top_atoms
         if last is None or last.n_atoms == 0:
-            return Attribution(np.empty(0, dtype=np.intp), (-1, -1))
+            return lambda: Attribution(np.empty(0, dtype=np.intp), (-1, -1))
         if self._ibuf[kern.I_LAST_BAD]:
-            bad = np.flatnonzero(~np.isfinite(last.positions).all(axis=1))
-            return Attribution(bad[: self.top_atoms].astype(np.intp), (-1, -1))
+            positions = last.positions
+            return lambda: Attribution(
+                np.flatnonzero(~np.isfinite(positions).all(axis=1))[:top].astype(np.intp),
+                (-1, -1),
+            )
         if self._ibuf[kern.I_PUSHED] < 2:  # the segment's first frame has no displacement
-            return Attribution(np.empty(0, dtype=np.intp), closest)
-        k = min(self.top_atoms, self._disp.size)
-        order = np.argsort(-self._disp, kind="stable")[:k]
-        return Attribution(order.astype(np.intp), closest)
+            return lambda: Attribution(np.empty(0, dtype=np.intp), closest)
+        disp = self._disp.copy()
+
+        def later() -> Attribution:
+            order = np.argsort(-disp, kind="stable")[: min(top, disp.size)]
+            return Attribution(order.astype(np.intp), closest)
+
+        return later
 
     @property
     def neighbor_list_builds(self) -> tuple[int, int]:

@@ -38,6 +38,9 @@ __all__ = ["FrameObserver", "LiveView", "StateLogHandler", "ingest"]
 
 Receive = Callable[[float], "Frame | None"]
 
+BATCH = 64
+"""Most frames taken off the socket at once when they queue up (with the LSTM on)."""
+
 
 class FrameObserver(Protocol):
     """Sees every frame before the pipeline does (the flagged-frame dump keeps context)."""
@@ -75,12 +78,19 @@ def ingest(
         frame = receive(poll)
         now = now_mono()
         if frame is not None:
+            batch = [frame]
+            if pipeline.batches:  # frames that queued up meanwhile: score them in one batch
+                cap = BATCH if max_frames is None else min(BATCH, max_frames - frames)
+                while len(batch) < cap and (more := receive(0.0)) is not None:
+                    batch.append(more)
+                pipeline.prefetch(batch)
             wall = now_wall()
-            for observer in observers:
-                observer.observe(frame)
-            events = pipeline.process(frame)
-            state.observe(frame, pipeline.sources[frame.source], events, wall=wall, now=now)
-            frames += 1
+            for frame in batch:
+                for observer in observers:
+                    observer.observe(frame)
+                events = pipeline.process(frame)
+                state.observe(frame, pipeline.sources[frame.source], events, wall=wall, now=now)
+            frames += len(batch)
             last = now
             if max_frames is not None and frames >= max_frames:
                 return "max-frames"

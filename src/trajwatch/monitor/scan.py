@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def scan_file(
     with XYZReader(path, skip_bad=skip_bad) as reader:
         report.source = reader.source
         try:
-            for frame in reader:
+            for frame in _prefetched(reader, pipeline):
                 for observer in observers:
                     observer.observe(frame)
                 events = pipeline.process(frame)
@@ -115,6 +116,27 @@ def scan_file(
         progress(size, size, report.frames)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _prefetched(frames: Iterable[Frame], pipeline: Pipeline, chunk: int = 64) -> Iterator[Frame]:
+    """``frames``, handed to :meth:`Pipeline.prefetch` ``chunk`` at a time when that pays
+    (the LSTM scores windows in batches)."""
+    if not pipeline.batches:
+        yield from frames
+        return
+    it = iter(frames)
+    while True:
+        batch: list[Frame] = []
+        try:
+            batch.extend(islice(it, chunk))
+        except Exception:  # a bad frame: the good ones before it are judged first
+            pipeline.prefetch(batch)
+            yield from batch
+            raise
+        pipeline.prefetch(batch)
+        yield from batch
+        if len(batch) < chunk:
+            return
 
 
 def render_scan_table(reports: Sequence[FileReport]) -> Table:

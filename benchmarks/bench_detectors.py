@@ -220,6 +220,9 @@ def summary(r: dict[str, Any]) -> list[dict[str, Any]]:
                  baseline_name="feature engine", target=f"<= {stack_limit:g} us",
                  ok=us <= stack_limit) for d, us in r["stack_us"].items()]  # fmt: skip
     river = r["stall"]["river-hst"]
+    hst = r["stall"]["hst"]
+    rows.append(row("hst learn_one, median (wall)", hst["median_us"], unit="us",
+                    baseline=river["median_us"], baseline_name="River HST"))  # fmt: skip
     for name in ("hst", "loda"):
         s = r["stall"][name]
         rows.append(row(f"{name} learn_one, worst window swap (wall)", s["swap_max_us"],

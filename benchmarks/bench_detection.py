@@ -12,7 +12,11 @@ Three systems see the same feature vectors (the pipeline's feature engine, per r
 
 * ``trajwatch``: the default :class:`~trajwatch.pipeline.Pipeline` (self-baseline);
 * ``river-hst``: River's ``HalfSpaceTrees`` (min-max scaled) under ``QuantileFilter``;
-* ``z>3``: a plain Welford |z| > 3 rule on any feature.
+* ``z>3``: a plain Welford |z| > 3 rule on any feature;
+* ``study``: the seed study's batch pipeline (``study_pipeline.py``: windows of 50 frames
+  every 10, the 27 window features, Isolation Forest + one-class SVM, both must agree),
+  fitted on the clean run of the same metal and temperature (scored in-sample there, as
+  the study scored its reference); a flagged window is an alarm at its last frame.
 
 Scoring: an alarm (anomaly or drift event for trajwatch; the first frame of each run of
 flagged frames for the baselines) is a true positive when it is the first alarm at or
@@ -89,7 +93,10 @@ trajectories (a new fault, other physics), so the cache is made again."""
 
 
 def _cache_path(case: Case) -> Path:
-    spec = json.dumps(asdict(case.spec), sort_keys=True) + SUITE_VERSION
+    fields = asdict(case.spec)
+    if fields.get("potential") == "emt":  # keys made before the option existed stay valid
+        del fields["potential"]
+    spec = json.dumps(fields, sort_keys=True) + SUITE_VERSION
     key = hashlib.sha256(spec.encode()).hexdigest()[:16]
     return CACHE / f"{case.name}-{key}.npz"
 
@@ -260,6 +267,18 @@ def run_zscore_rule(case: Case, xs: np.ndarray, limit: float = 3.0) -> Outcome:
     return Outcome(case, _events(flags), len(xs))
 
 
+def run_study(case: Case, xs: np.ndarray, names: Sequence[str], model: Any) -> Outcome:
+    """The study's batch pipeline: flagged windows, each an alarm at its last frame."""
+    from study_pipeline import window_ends, windows_of
+
+    flagged = model.predict(windows_of(xs, names))
+    flags = np.zeros(len(xs), dtype=bool)
+    ends = window_ends(len(xs))
+    flags[ends[flagged]] = True
+    flags[:SILENT] = False
+    return Outcome(case, _events(flags.tolist()), len(xs))
+
+
 def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """Per-fault detection rate and delays, false alarms per 10k clean frames, event F1."""
     per_fault: dict[str, dict[str, Any]] = {}
@@ -304,15 +323,28 @@ def run(quick: bool) -> dict[str, Any]:
 
     warmup_features()
     warmup_detectors()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from study_pipeline import StudyPipeline, available, windows_of
+
     names = list(FeatureEngine().names)
     outcomes: dict[str, list[Outcome]] = {"trajwatch": [], "river-hst": [], "z>3": []}
+    with_study = available()  # scikit-learn installed
+    if with_study:
+        outcomes["study"] = []
     start = time.perf_counter()
-    for case in suite(quick):
+    study: dict[tuple[str, float], StudyPipeline] = {}
+    for case in suite(quick):  # each metal and temperature's clean run comes first
         frames = frames_of(case)
         ours, xs = run_trajwatch(case, frames)
         outcomes["trajwatch"].append(ours)
         outcomes["river-hst"].append(run_river_hst(case, xs, names))
         outcomes["z>3"].append(run_zscore_rule(case, xs))
+        system = (case.spec.element, case.spec.temperature)
+        if not with_study:
+            continue
+        if case.fault is None:
+            study[system] = StudyPipeline().fit(windows_of(xs, names))
+        outcomes["study"].append(run_study(case, xs, names, study[system]))
     results = {name: summarise(o) for name, o in outcomes.items()}
     runs = {
         o.case.name: {"fault_frame": o.fault_frame, "alarms": o.alarms}
@@ -334,19 +366,19 @@ def table(result: dict[str, Any]) -> str:
     ours = systems["trajwatch"]["per_fault"]
     lines = [
         f"{'fault':<11} {'kind':<8} {'detected':>9} {'median delay':>13} {'max delay':>10}"
-        f"   {'river-hst':>10} {'z>3':>10}",
+        f"   {'river-hst':>10} {'z>3':>10} {'study':>10}",
     ]
     for fault, row in ours.items():
         other = []
-        for name in ("river-hst", "z>3"):
-            r = systems[name]["per_fault"][fault]
-            other.append(f"{r['detected']}/{r['runs']}")
+        for name in ("river-hst", "z>3", "study"):
+            r = systems.get(name, {}).get("per_fault", {}).get(fault)
+            other.append(f"{r['detected']}/{r['runs']}" if r else "-")
         med = "-" if row["median_delay"] is None else f"{row['median_delay']:g}"
         mx = "-" if row["max_delay"] is None else f"{row['max_delay']}"
         lines.append(
             f"{fault:<11} {row['kind']:<8} {row['detected']:>4}/{row['runs']:<4} "
             f"{med:>13} {mx:>10}"
-            f"   {other[0]:>10} {other[1]:>10}"
+            f"   {other[0]:>10} {other[1]:>10} {other[2]:>10}"
         )
     lines.append("")
     lines.append(
@@ -364,6 +396,49 @@ def table(result: dict[str, Any]) -> str:
         f"F1 ratio = trajwatch F1 / system F1"
     )
     return "\n".join(lines)
+
+
+def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: F1 against each baseline, false alarms, detections, delays."""
+    from trajwatch.bench import row
+
+    systems = result["systems"]
+    ours = systems["trajwatch"]
+    names = {"river-hst": "River HST", "z>3": "|z|>3", "study": "study batch"}
+    rows = [row("event F1, labelled fault suite", ours["f1"], baseline=systems[k]["f1"],
+                baseline_name=label, target=f"> {label}", ok=ours["f1"] > systems[k]["f1"])
+            for k, label in names.items() if k in systems]  # fmt: skip
+    study = systems.get("study")
+    if study is None:
+        rows.append(row("study batch pipeline", None, note="skipped: no scikit-learn"))
+    rows.append(row("false alarms per 10k clean frames", ours["false_alarms_per_10k"],
+                    baseline=study["false_alarms_per_10k"] if study else None,
+                    baseline_name="study batch", target="<= 1",
+                    ok=ours["false_alarms_per_10k"] <= 1))  # fmt: skip
+    faults = ours["per_fault"]
+    required = [f for f in faults if f != "degrade"]  # degrade: not one of the issue's
+    found = sum(faults[f]["detected"] for f in required)
+    runs = sum(faults[f]["runs"] for f in required)
+    study_found = sum(study["per_fault"][f]["detected"] for f in required) if study else None
+    rows.append(row(f"required faults detected (of {runs})", found, baseline=study_found,
+                    baseline_name="study batch", target=f"{runs}/{runs}",
+                    ok=found == runs))  # fmt: skip
+    for kind, limit in (("abrupt", 5), ("gradual", 100)):
+        kinds = [f for f in required if faults[f]["kind"] == kind]
+        mine = [faults[f]["median_delay"] for f in kinds]
+        worst = None if None in mine else max(mine)
+        base, note = None, ""
+        if study:
+            theirs = {f: study["per_fault"][f]["median_delay"] for f in kinds}
+            found_delays = [d for d in theirs.values() if d is not None]
+            base = max(found_delays) if found_delays else None
+            missed = [f for f, d in theirs.items() if d is None]
+            note = f"study batch never finds: {', '.join(missed)}" if missed else ""
+        rows.append(row(f"median delay, worst {kind} fault", worst, unit="frames",
+                        baseline=base, baseline_name="study batch",
+                        target=f"<= {limit} frames", ok=worst is not None and worst <= limit,
+                        note=note))  # fmt: skip
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

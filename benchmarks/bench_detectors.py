@@ -219,6 +219,32 @@ def run(quick: bool) -> dict[str, Any]:
     }
 
 
+def summary(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: each detector and the stack against the targets, the window
+    swaps against River's HalfSpaceTrees."""
+    from trajwatch.bench import row
+
+    limit, engine = r["targets"]["detector_us"], r["engine_us"]
+    rows = [row(f"{name} score+learn, {r['features']} features (CPU)", d["in_stack_us"],
+                unit="us", baseline=engine, baseline_name="feature engine",
+                target=f"<= {limit:g} us", ok=d["in_stack_us"] <= limit)
+            for name, d in r["detectors"].items()]  # fmt: skip
+    stack_limit = r["targets"]["stack_us"]
+    rows += [row(f"default stack, {d} features (CPU)", us, unit="us", baseline=engine,
+                 baseline_name="feature engine", target=f"<= {stack_limit:g} us",
+                 ok=us <= stack_limit) for d, us in r["stack_us"].items()]  # fmt: skip
+    river = r["stall"]["river-hst"]
+    hst = r["stall"]["hst"]
+    rows.append(row("hst learn_one, median (wall)", hst["median_us"], unit="us",
+                    baseline=river["median_us"], baseline_name="River HST"))  # fmt: skip
+    for name in ("hst", "loda"):
+        s = r["stall"][name]
+        rows.append(row(f"{name} learn_one, worst window swap (wall)", s["swap_max_us"],
+                        unit="us", baseline=river["swap_max_us"],
+                        baseline_name="River HST"))  # fmt: skip
+    return rows
+
+
 def table(r: dict[str, Any]) -> str:
     engine = r["engine_us"]
     lines = [

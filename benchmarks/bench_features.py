@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -392,34 +391,31 @@ def bench_end_to_end(quick: bool) -> list[dict[str, Any]]:
 # -- the benchmark ----------------------------------------------------------------------
 
 
-def run(quick: bool = False, e2e_only: bool = False) -> dict[str, Any]:
-    """Run the whole benchmark; the results as a JSON-able dict."""
+def run(quick: bool = False, *, end_to_end: bool = False) -> dict[str, Any]:
+    """Run the benchmark; the results as a JSON-able dict.
+
+    The end-to-end section (``end_to_end=True``, ``--end-to-end``) is off by default:
+    ``bench_e2e.py`` owns those figures in the suite, so they are measured once.
+    """
     t0 = time.perf_counter()
     compile_seconds = warmup()
-    warmup_detectors()
-    checks: dict[str, bool] = {}
-    incremental: dict[str, Any] = {}
-    per_frame: list[dict[str, Any]] = []
-    scaling = math.nan
-    if not e2e_only:
-        incremental = bench_incremental(quick)
-        per_frame = bench_per_frame(quick)
-        cost = {r["atoms"]: r["us_per_frame"] for r in per_frame}
-        scaling = cost[10000] / cost[1000]
-        checks = {
-            "incremental_vs_batch_min_50x": incremental["ratio_vs_numpy_batch"] >= 50,
-            "incremental_vs_compiled_replay_min_50x": (
-                incremental["ratio_vs_compiled_replay"] >= 50
-            ),
-            "scaling_10000_over_1000_max_12": scaling <= 12,
-        }
-    end_to_end = bench_end_to_end(quick)
-    e2e = {r["nominal_atoms"]: r for r in end_to_end}
-    checks.update({
-        "e2e_100_atoms_min_20000fps": e2e[100]["pipeline_fps"] >= 20_000,
-        "e2e_100_atoms_min_0.6x_bare": e2e[100]["ratio_vs_subscriber"] >= 0.6,
-        "e2e_10000_atoms_min_1000fps": e2e[10000]["pipeline_fps"] >= 1_000,
-    })  # fmt: skip
+    if end_to_end:
+        warmup_detectors()
+    incremental = bench_incremental(quick)
+    per_frame = bench_per_frame(quick)
+    e2e_rows = bench_end_to_end(quick) if end_to_end else []
+    cost = {r["atoms"]: r["us_per_frame"] for r in per_frame}
+    e2e = {r["nominal_atoms"]: r for r in e2e_rows}
+    scaling = cost[10000] / cost[1000]
+    checks = {
+        "incremental_vs_batch_min_50x": incremental["ratio_vs_numpy_batch"] >= 50,
+        "incremental_vs_compiled_replay_min_50x": incremental["ratio_vs_compiled_replay"] >= 50,
+        "scaling_10000_over_1000_max_12": scaling <= 12,
+    }
+    if e2e:
+        checks["e2e_100_atoms_min_20000fps"] = e2e[100]["pipeline_fps"] >= 20_000
+        checks["e2e_100_atoms_min_0.6x_bare"] = e2e[100]["ratio_vs_subscriber"] >= 0.6
+        checks["e2e_10000_atoms_min_1000fps"] = e2e[10000]["pipeline_fps"] >= 1_000
     return {
         "benchmark": "features",
         "quick": quick,
@@ -434,11 +430,60 @@ def run(quick: bool = False, e2e_only: bool = False) -> dict[str, Any]:
         "incremental": incremental,
         "per_frame": per_frame,
         "scaling_10000_over_1000": scaling,
-        "end_to_end": end_to_end,
+        "end_to_end": e2e_rows,
         "checks": checks,
         "pass": all(checks.values()),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: incremental update against batch recompute, per-frame cost."""
+    from trajwatch.bench import row
+
+    inc = result["incremental"]
+    w, n = inc["window"], inc["atoms"]
+    rows = [
+        row(f"window update, W={w}, {n} atoms (CPU)", inc["update_us"], unit="us",
+            baseline=inc["numpy_batch_us"], baseline_name="NumPy batch",
+            target=">= 50x faster", ok=inc["ratio_vs_numpy_batch"] >= 50),
+        row(f"window update, W={w}, {n} atoms (CPU)", inc["update_us"], unit="us",
+            baseline=inc["compiled_replay_us"], baseline_name="compiled batch",
+            target=">= 50x faster", ok=inc["ratio_vs_compiled_replay"] >= 50),
+    ]  # fmt: skip
+    rows += [row(f"features per frame, {r['atoms']} atoms (CPU)", r["us_per_frame"], unit="us")
+             for r in result["per_frame"]]  # fmt: skip
+    scaling = result["scaling_10000_over_1000"]
+    rows.append(row("cost(10,000 atoms) / cost(1,000)", scaling, target="<= 12 (O(N))",
+                    ok=scaling <= 12))  # fmt: skip
+    return rows
+
+
+def print_end_to_end(rows: list[dict[str, Any]]) -> None:
+    """The end-to-end table (also printed by ``bench_e2e.py``)."""
+    print("end to end, publisher process -> tcp -> Subscriber -> Pipeline (best of repeats)")
+    print("wall clock: frames/s received; ratios to the Subscriber-only and raw pyzmq loops")
+    print(f"{'atoms':>6} {'pipeline f/s':>13} {'subscriber f/s':>15} {'raw f/s':>9} "
+          f"{'vs sub':>7} {'vs raw':>7}")  # fmt: skip
+    for r in rows:
+        print(f"{r['atoms']:>6} {r['pipeline_fps']:>13,.0f} {r['subscriber_fps']:>15,.0f} "
+              f"{r['raw_fps']:>9,.0f} {r['ratio_vs_subscriber']:>7.2f} "
+              f"{r['ratio_vs_raw']:>7.2f}")  # fmt: skip
+    print("receiving thread's CPU per frame (us) and what one core could sustain")
+    print(f"{'atoms':>6} {'pipeline':>9} {'subscriber':>11} {'raw':>6} {'capacity f/s':>13} "
+          f"{'vs sub':>7}")  # fmt: skip
+    for r in rows:
+        print(f"{r['atoms']:>6} {r['pipeline_cpu_us']:>9.1f} {r['subscriber_cpu_us']:>11.1f} "
+              f"{r['raw_cpu_us']:>6.1f} {r['pipeline_capacity_fps']:>13,.0f} "
+              f"{r['capacity_ratio_vs_subscriber']:>7.2f}")  # fmt: skip
+    print("consumer CPU split (us per frame): receive + decode (Subscriber loop), then in")
+    print("this process on the same frames: features, detectors, glue (Pipeline.process - both)")
+    print(f"{'atoms':>6} {'receive':>8} {'features':>9} {'detectors':>10} {'glue':>6} {'sum':>7}")
+    for r in rows:
+        sp = r["split_us"]
+        total = sp["receive"] + sp["pipeline"]
+        print(f"{r['atoms']:>6} {sp['receive']:>8.1f} {sp['features']:>9.1f} "
+              f"{sp['detectors']:>10.1f} {sp['glue']:>6.1f} {total:>7.1f}")  # fmt: skip
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -446,49 +491,25 @@ def print_table(result: dict[str, Any]) -> None:
           f"load average {result['machine']['loadavg'][0]:.2f} on {result['machine']['cpus']} "
           f"cpus; warmup {result['warmup_seconds']:.2f} s")  # fmt: skip
     inc = result["incremental"]
-    if inc:
-        print()
-        print(f"incremental vs batch, W={inc['window']}, {inc['atoms']} atoms (CPU time)")
-        print(f"  update            {inc['update_us']:>12,.1f} us")
-        print(f"  NumPy batch       {inc['numpy_batch_us']:>12,.1f} us   "
-              f"ratio {inc['ratio_vs_numpy_batch']:>9,.0f}x")  # fmt: skip
-        print(f"  compiled replay   {inc['compiled_replay_us']:>12,.1f} us   "
-              f"ratio {inc['ratio_vs_compiled_replay']:>9,.1f}x")  # fmt: skip
-        print()
-        print("per-frame cost (CPU time, rebuilds and RDF frames included)")
-        print(f"{'atoms':>6} {'us/frame':>9} {'ns/atom':>8} {'list builds':>12}")
-        for r in result["per_frame"]:
-            builds = f"{r['contact_list_builds']}+{r['rdf_list_builds']}"
-            print(f"{r['atoms']:>6} {r['us_per_frame']:>9.1f} {r['us_per_atom'] * 1e3:>8.1f} "
-                  f"{builds:>12}")  # fmt: skip
-        print(f"  scaling cost(10000) / cost(1000) = {result['scaling_10000_over_1000']:.2f}")
     print()
-    print("end to end: a producer process replays a real EMT MD extxyz file (read by")
-    print("trajwatch's reader) through a lossless Publisher -> tcp -> this process, on one core")
-    print("wall clock frames/s (best of repeats), ratios to the bare receive loops fed by the")
-    print("same producer in the same run: 'sub' = Subscriber.recv only, 'raw' = pyzmq")
-    print(f"{'atoms':>6} {'pipeline f/s':>13} {'subscriber f/s':>15} {'raw f/s':>9} "
-          f"{'vs sub':>7} {'vs raw':>7} {'reader f/s':>11}")  # fmt: skip
-    for r in result["end_to_end"]:
-        print(f"{r['atoms']:>6} {r['pipeline_fps']:>13,.0f} {r['subscriber_fps']:>15,.0f} "
-              f"{r['raw_fps']:>9,.0f} {r['ratio_vs_subscriber']:>7.2f} "
-              f"{r['ratio_vs_raw']:>7.2f} {r['reader_fps']:>11,.0f}")  # fmt: skip
-    print("consumer CPU per frame (us, receiving thread) and what one core could sustain")
-    print(f"{'atoms':>6} {'pipeline':>9} {'subscriber':>11} {'raw':>6} {'capacity f/s':>13} "
-          f"{'vs sub':>7}")  # fmt: skip
-    for r in result["end_to_end"]:
-        print(f"{r['atoms']:>6} {r['pipeline_cpu_us']:>9.1f} {r['subscriber_cpu_us']:>11.1f} "
-              f"{r['raw_cpu_us']:>6.1f} {r['pipeline_capacity_fps']:>13,.0f} "
-              f"{r['capacity_ratio_vs_subscriber']:>7.2f}")  # fmt: skip
-    print("consumer CPU split (us per frame): receive + decode (Subscriber loop), then in")
-    print("this process on the same frames: features, detectors, glue (Pipeline.process - both)")
-    print(f"{'atoms':>6} {'receive':>8} {'features':>9} {'detectors':>10} {'glue':>6} {'sum':>7}")
-    for r in result["end_to_end"]:
-        sp = r["split_us"]
-        total = sp["receive"] + sp["pipeline"]
-        print(f"{r['atoms']:>6} {sp['receive']:>8.1f} {sp['features']:>9.1f} "
-              f"{sp['detectors']:>10.1f} {sp['glue']:>6.1f} {total:>7.1f}")  # fmt: skip
+    print(f"incremental vs batch, W={inc['window']}, {inc['atoms']} atoms (CPU time)")
+    print(f"  update            {inc['update_us']:>12,.1f} us")
+    print(f"  NumPy batch       {inc['numpy_batch_us']:>12,.1f} us   "
+          f"ratio {inc['ratio_vs_numpy_batch']:>9,.0f}x")  # fmt: skip
+    print(f"  compiled replay   {inc['compiled_replay_us']:>12,.1f} us   "
+          f"ratio {inc['ratio_vs_compiled_replay']:>9,.1f}x")  # fmt: skip
     print()
+    print("per-frame cost (CPU time, rebuilds and RDF frames included)")
+    print(f"{'atoms':>6} {'us/frame':>9} {'ns/atom':>8} {'list builds':>12}")
+    for r in result["per_frame"]:
+        builds = f"{r['contact_list_builds']}+{r['rdf_list_builds']}"
+        print(f"{r['atoms']:>6} {r['us_per_frame']:>9.1f} {r['us_per_atom'] * 1e3:>8.1f} "
+              f"{builds:>12}")  # fmt: skip
+    print(f"  scaling cost(10000) / cost(1000) = {result['scaling_10000_over_1000']:.2f}")
+    print()
+    if result["end_to_end"]:
+        print_end_to_end(result["end_to_end"])
+        print()
     for name, ok in result["checks"].items():
         print(f"  {'pass' if ok else 'FAIL'}  {name}")
 
@@ -500,9 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, fewer repeats")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end part")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="also the end-to-end section (bench_e2e.py has it in the suite)",
+    )
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, e2e_only=args.e2e_only)
+    result = run(quick=args.quick, end_to_end=args.end_to_end)
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

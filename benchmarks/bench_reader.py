@@ -78,6 +78,19 @@ def generate_md(path: Path, repeat: tuple[int, int, int], frames: int, seed: int
     return path
 
 
+CACHE = Path(os.environ.get("TRAJWATCH_BENCH_CACHE", Path.home() / ".cache" / "trajwatch-bench"))
+
+
+def cached_md(repeat: tuple[int, int, int], frames: int, seed: int) -> Path:
+    """:func:`generate_md` once, kept under ``CACHE`` (the MD is most of a quick run)."""
+    path = CACHE / f"reader-cu{'x'.join(map(str, repeat))}-{frames}-{seed}.extxyz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = generate_md(path.with_suffix(".tmp.extxyz"), repeat, frames, seed)
+        tmp.replace(path)
+    return path
+
+
 def tile(source: Path, target: Path, copies: int = 0, min_bytes: int = 0) -> Path:
     """Concatenate ``source`` ``copies`` times, or until the file has ``min_bytes``."""
     data = source.read_bytes()
@@ -211,7 +224,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="trajwatch-bench-") as tmp:
         tmpdir = Path(tmp)
         for n_atoms, repeat, md_frames, copies in sizes:
-            md = generate_md(tmpdir / f"md{n_atoms}.extxyz", repeat, md_frames, seed=n_atoms)
+            md = cached_md(repeat, md_frames, seed=n_atoms)
             path = tile(md, tmpdir / f"cu{n_atoms}.extxyz", copies=copies)
             check_agreement(path)
             rates, wall = best_rates(path, readers, rounds)
@@ -243,6 +256,26 @@ def run(quick: bool = False) -> dict[str, Any]:
                 shutil.copyfileobj(src, dst, 1 << 20)
             results["first_frame"]["gzip_warm_ms"] = first_frame_ms(packed, repeats=21)
     return results
+
+
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: frames/s against ASE and extxyz, time to the first frame."""
+    from trajwatch.bench import row
+
+    rows = []
+    for r in results["throughput"]:
+        fps, n = r["fps"], r["atoms"]
+        rows.append(row(f"read, {n} atoms (CPU)", fps["trajwatch"], unit="frames/s",
+                        baseline=fps["ase"], baseline_name="ASE", target=">= 10x ASE",
+                        ok=r["vs_ase"] >= 10))  # fmt: skip
+        rows.append(row(f"read, {n} atoms (CPU)", fps["trajwatch"], unit="frames/s",
+                        baseline=fps["extxyz"], baseline_name="extxyz",
+                        target=">= 1x extxyz", ok=r["vs_extxyz"] >= 1.0))  # fmt: skip
+    first = results["first_frame"]
+    rows.append(row(f"first frame, {first['file_mb']:.0f} MB file (warm)", first["warm_ms"],
+                    unit="ms", baseline=first["ase_ms"], baseline_name="ASE",
+                    target="< 5 ms", ok=first["warm_ms"] < 5.0))  # fmt: skip
+    return rows
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ What it checks:
   replay re-opens its file on every loop).
 
     python benchmarks/bench_soak.py            # 1,000,000 frames, 3-6 minutes
-    python benchmarks/bench_soak.py --quick --json soak.json   # 100,000 frames
+    python benchmarks/bench_soak.py --quick --json soak.json   # 30,000 frames
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from trajwatch.frame import Frame
 from trajwatch.replay.xyz import write_extxyz
 
 FULL_FRAMES = 1_000_000
-QUICK_FRAMES = 100_000
+QUICK_FRAMES = 30_000
 BASELINE_FRAMES = 10_000
 RSS_BUDGET_MB = 50.0
 
@@ -164,7 +164,7 @@ def run(
         t0 = time.monotonic()
         monitor = _trajwatch(
             "monitor", "--no-tui", "--lossless", "--bind", "--endpoint", endpoint,
-            "--events", str(folder / "events.jsonl"), "--idle-timeout", "5",
+            "--events", str(folder / "events.jsonl"), "--idle-timeout", "2" if quick else "5",
             "--stall-timeout", "0",
             stdout=subprocess.DEVNULL, stderr=monitor_err,
         )  # fmt: skip
@@ -255,6 +255,31 @@ def run(
         },
         "pass": bool(complete and rss_growth <= RSS_BUDGET_MB and no_leaks),
     }
+
+
+def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: the monitor's memory growth, leaks, and the rate it kept."""
+    from trajwatch.bench import row
+
+    base = result["monitor"]["baseline"]["rss_mb"]
+    end = result["monitor"]["end"]["rss_mb"]
+    frames, first = result["frames"], result["baseline_frames"]
+    note = "" if frames >= FULL_FRAMES else f"quick: {frames:,} frames, not {FULL_FRAMES:,}"
+    counts = result["monitor_summary"]
+    missing = frames - counts["frames"] + counts["lost"] + counts["malformed"]
+    kinds = ("fds", "sockets", "threads")
+    growth = sum(max(0, result[p]["end"][k] - result[p]["baseline"][k])
+                 for p in ("monitor", "replay") for k in kinds)  # fmt: skip
+    return [
+        row(f"monitor RSS after {frames:,} frames", end, unit="MB", baseline=base,
+            baseline_name=f"after {first:,}", target=f"<= +{RSS_BUDGET_MB:g} MB",
+            ok=result["rss_growth_mb"] <= RSS_BUDGET_MB, note=note),
+        row("frames lost or unprocessed", missing, unit="frames", target="0", ok=missing == 0),
+        row("fds + sockets + threads gained (both processes)", growth, target="0",
+            ok=growth == 0),
+        row("replay -> monitor, 16 atoms, lossless", result["frames_per_second"],
+            unit="frames/s"),
+    ]  # fmt: skip
 
 
 def print_table(result: dict[str, Any]) -> None:

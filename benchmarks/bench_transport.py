@@ -1,6 +1,6 @@
 """Transport benchmark: Publisher -> ZeroMQ -> Subscriber -> decoded Frame, vs bare pyzmq.
 
-The publisher runs in a separate process (this file re-run with ``--child``), the
+The publisher runs in a separate process (this file re-run with ``--serve``), the
 receiver in this one, both over tcp://127.0.0.1: with 2 cores each side gets one. The
 baseline is a bare pyzmq loop sending the very same bytes (prebuilt protocol v1 parts)
 over the same socket types and receiving them with ``recv_multipart()``; it is measured in
@@ -12,9 +12,9 @@ the same run, interleaved with trajwatch, and each figure is the best of the rep
   ``time.perf_counter()`` (CLOCK_MONOTONIC, shared by processes) in the frame's ``time``
   field right before sending and the receiver takes the difference once it holds the
   decoded Frame. p50/p99 over all frames.
-* receive variants: three ways to receive the same bytes (recv_multipart copy=True +
-  decode, copy=False + decode, and the Subscriber's own path: copy=False parts whose
-  ``more`` flag replaces a RCVMORE query, decoded in place).
+* receive variants (full runs only): three ways to receive the same bytes
+  (recv_multipart copy=True + decode, copy=False + decode, and the Subscriber's own
+  path: copy=False parts whose ``more`` flag replaces a RCVMORE query, decoded in place).
 * codec: encode and decode alone, in-process, microseconds per frame.
 
 Frames carry positions, numbers, velocities, forces, energy, cell and time (6 parts).
@@ -127,32 +127,73 @@ def _pace(target: float) -> None:
         time.sleep(delay)
 
 
-class _Sender:
-    """The publishing child process (started with argv only: nothing is pickled)."""
+def _serve() -> int:
+    """One publishing round per stdin line ``mode kind n_atoms count rate`` (see
+    :func:`_child`), then ``done``: one process serves the whole benchmark, since starting
+    a Python process costs seconds on a loaded machine."""
+    for line in sys.stdin:
+        mode, kind, n, count, rate = line.split()
+        _child(mode, kind, int(n), int(count), float(rate))
+        print("done", flush=True)
+    return 0
 
-    def __init__(self, mode: str, kind: str, n_atoms: int, count: int, rate: float) -> None:
+
+class _Server:
+    """The publishing child process (driven by text lines: nothing is pickled)."""
+
+    def __init__(self) -> None:
         env = dict(os.environ)
         src = str(Path(trajwatch.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        args = [mode, kind, str(n_atoms), str(count), str(rate)]
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", *args],
+            [sys.executable, __file__, "--serve"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
             text=True,
         )
-        assert self.proc.stdout is not None
-        self.endpoint = self.proc.stdout.readline().strip()
-        if not self.endpoint:
-            self.proc.kill()
-            raise RuntimeError("publisher process did not start")
 
-    def finish(self) -> None:
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+_server: _Server | None = None
+
+
+class _Sender:
+    """One publishing round of the server process."""
+
+    def __init__(self, mode: str, kind: str, n_atoms: int, count: int, rate: float) -> None:
+        global _server
+        if _server is None or _server.proc.poll() is not None:
+            _server = _Server()
+        self.proc = _server.proc
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{mode} {kind} {n_atoms} {count} {rate}\n")
+        self.proc.stdin.flush()
+        self.endpoint = self.proc.stdout.readline().strip()
+        if not self.endpoint.startswith("tcp://"):
+            raise RuntimeError("publisher process did not start a round")
+
+    def finish(self) -> None:
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "done":
+            raise RuntimeError("publisher process did not finish its round")
+
+
+def _close_server() -> None:
+    global _server
+    if _server is not None:
+        _server.close()
+        _server = None
 
 
 # -- receivers -----------------------------------------------------------------------
@@ -247,7 +288,7 @@ def bench_throughput(quick: bool) -> list[dict[str, Any]]:
     repeats = 2 if quick else 3
     rows = []
     for n in SIZES:
-        count = counts[n] // (4 if quick else 1)
+        count = counts[n] // (8 if quick else 1)
         tw: list[float] = []
         bare: list[float] = []
         for _ in range(repeats):  # interleaved, best of: the machine is shared
@@ -277,7 +318,7 @@ LATENCY_RATES = {100: 1000.0, 1000: 1000.0, 10000: 250.0}
 
 
 def bench_latency(quick: bool) -> list[dict[str, Any]]:
-    seconds = 2.0 if quick else 5.0
+    seconds = 1.0 if quick else 5.0
     rows = []
     for n in SIZES:
         rate = LATENCY_RATES[n]
@@ -329,8 +370,8 @@ def bench_cpu(quick: bool) -> list[dict[str, Any]]:
 
 
 def _cpu_one(ctx: zmq.Context[Any], n: int, quick: bool) -> dict[str, Any]:
-    batch = {100: 4000, 1000: 2000, 10000: 300}[n] // (2 if quick else 1)
-    repeats = 5 if quick else 9
+    batch = {100: 4000, 1000: 2000, 10000: 300}[n] // (4 if quick else 1)
+    repeats = 3 if quick else 9
     frame = make_frame(n)
     pub = Publisher(f"inproc://tw{n}", lossless=True, hwm=0, context=ctx, topic="bench")
     sub = Subscriber(f"inproc://tw{n}", lossless=True, hwm=0, context=ctx)
@@ -412,9 +453,12 @@ def _message_bytes(n_atoms: int) -> int:
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the whole benchmark; the results as a JSON-able dict."""
     t0 = time.perf_counter()
-    throughput = bench_throughput(quick)
-    latency = bench_latency(quick)
-    variants = bench_receive_variants(quick)
+    try:
+        throughput = bench_throughput(quick)
+        latency = bench_latency(quick)
+        variants = [] if quick else bench_receive_variants(quick)  # diagnostic: full only
+    finally:
+        _close_server()
     cpu = bench_cpu(quick)
     codec = bench_codec(quick)
     lat100 = next(r for r in latency if r["atoms"] == 100)
@@ -447,6 +491,27 @@ def run(quick: bool = False) -> dict[str, Any]:
     }
 
 
+def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: throughput and p99 latency beside the bare pyzmq loop, and the
+    receiving side's CPU per frame (the figure a loaded machine disturbs least)."""
+    from trajwatch.bench import row
+
+    rows = [row(f"publish -> Frame, {r['atoms']} atoms", r["trajwatch_fps"],
+                unit="frames/s", baseline=r["bare_fps"], baseline_name="bare pyzmq",
+                target=">= 0.8x bare", ok=r["ratio"] >= 0.8)
+            for r in result["throughput"]]  # fmt: skip
+    for r in result["latency"]:
+        ok = r["trajwatch_p99_ms"] < 0.5 if r["atoms"] == 100 else None
+        rows.append(row(f"p99 latency, {r['atoms']} atoms at {r['rate']:.0f}/s",
+                        r["trajwatch_p99_ms"], unit="ms", baseline=r["bare_p99_ms"],
+                        baseline_name="bare pyzmq", target="< 0.5 ms" if ok is not None else "",
+                        ok=ok))  # fmt: skip
+    rows += [row(f"receive CPU per frame, {r['atoms']} atoms", r["tw_recv_us"], unit="us",
+                 baseline=r["bare_recv_us"], baseline_name="bare pyzmq")
+             for r in result["cpu_per_frame"]]  # fmt: skip
+    return rows
+
+
 def print_table(result: dict[str, Any]) -> None:
     print(f"transport benchmark ({'quick' if result['quick'] else 'full'}); publisher in a")
     print(f"separate process; load average {result['machine']['loadavg'][0]:.2f}")
@@ -469,15 +534,16 @@ def print_table(result: dict[str, Any]) -> None:
             f"{r['rate']:>5.0f}"
         )
     print()
-    print("receive variants, frames/s (bare sender; recv only / +decode copy=True /")
-    print("+decode copy=False / Subscriber: copy=False parts, fused decode)")
-    print(f"{'atoms':>6} {'recv only':>10} {'copy':>9} {'no copy':>9} {'Subscriber':>11}")
-    for r in result["receive_variants"]:
-        print(
-            f"{r['atoms']:>6} {r['bare_fps']:>10,.0f} {r['copy_fps']:>9,.0f} "
-            f"{r['nocopy_fps']:>9,.0f} {r['trajwatch_fps']:>11,.0f}"
-        )
-    print()
+    if result["receive_variants"]:  # full runs only
+        print("receive variants, frames/s (bare sender; recv only / +decode copy=True /")
+        print("+decode copy=False / Subscriber: copy=False parts, fused decode)")
+        print(f"{'atoms':>6} {'recv only':>10} {'copy':>9} {'no copy':>9} {'Subscriber':>11}")
+        for r in result["receive_variants"]:
+            print(
+                f"{r['atoms']:>6} {r['bare_fps']:>10,.0f} {r['copy_fps']:>9,.0f} "
+                f"{r['nocopy_fps']:>9,.0f} {r['trajwatch_fps']:>11,.0f}"
+            )
+        print()
     print("CPU us per frame, one process over inproc (ratio = bare / trajwatch)")
     head = ("atoms", "tw send", "bare send", "ratio", "tw recv", "bare recv", "ratio")
     print("{:>6} {:>8} {:>9} {:>6} {:>8} {:>9} {:>6}".format(*head))
@@ -502,9 +568,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--child"]:
-        mode, kind, n, count, rate = args[1:6]
-        return _child(mode, kind, int(n), int(count), float(rate))
+    if args[:1] == ["--serve"]:
+        return _serve()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, fewer repeats")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")

@@ -667,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     commands = (_add_demo, _add_replay, _add_monitor, _add_scan, _add_train, _add_imd_bridge)
-    for add in (*commands, _add_keygen, _add_proxy, _add_events):
+    for add in (*commands, _add_keygen, _add_proxy, _add_events, _add_bench):
         add(sub)
     return parser
 
@@ -1763,3 +1763,55 @@ def _run_train(args: argparse.Namespace) -> int:
         f"{args.output.stat().st_size / 1024:.0f} KiB"
     )
     return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite: every figure beside its baseline, one table",
+        description="Run every benchmarks/bench_*.py of a trajwatch checkout (found beside "
+        "the package source or in the current directory) and print one table: each figure "
+        "beside its baseline measured in the same run (bare pyzmq, ASE and extxyz readers, "
+        "batch recompute, River, the study's batch pipeline), the target and pass/fail. "
+        "The first run generates MD data (cached under ~/.cache/trajwatch-bench).",
+        epilog=_examples(
+            "trajwatch bench --quick                    # under 2 minutes once data is cached",
+            "trajwatch bench --json bench.json          # the full suite (about 20 minutes)",
+            "trajwatch bench --quick --only reader headline",
+            "trajwatch bench --list",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="small data, few repeats")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
+    p.add_argument(
+        "--markdown", type=Path, metavar="PATH", help="also write the table as Markdown"
+    )
+    p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these")
+    p.add_argument("--dir", type=Path, metavar="PATH", help="the benchmarks directory")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.set_defaults(command=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from trajwatch import bench
+
+    directory = bench.find_benchmarks(args.dir)
+    if args.list:
+        for name, path in bench.discover(directory).items():
+            print(f"{name:<12} {path}")
+        return 0
+    suite = bench.run_suite(
+        directory,
+        quick=args.quick,
+        only=args.only,
+        progress=lambda line: print(f"trajwatch bench: {line}", file=sys.stderr, flush=True),
+    )
+    print(bench.report(suite))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(bench.to_json(suite))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(bench.format_markdown(suite.rows) + "\n")
+    return 1 if suite.failed else 0

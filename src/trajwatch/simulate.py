@@ -25,6 +25,11 @@ degrade     the forces are mixed, more every frame, with a wrong          gradua
 The ramps of ``heat`` and ``degrade`` last ``ramp_frames`` frames (default: the rest of the
 run).
 
+``potential="lj-cu"`` runs the whole trajectory, equilibration included, under a
+Lennard-Jones fit to copper instead of EMT: a stand-in for a broken ML force field that
+is stable and looks like copper (fcc, nearly the same lattice constant, energy shifted to
+agree with EMT at the start) but has the wrong stiffness, so the dynamics are off.
+
 >>> frames = list(run_md(MDSpec(steps=5, repeat=2)))
 >>> len(frames), frames[0].n_atoms, frames[-1].step
 (5, 32, 4)
@@ -43,11 +48,20 @@ import numpy as np
 from trajwatch.adapters.ase import frame_from_atoms
 from trajwatch.frame import Frame
 
-__all__ = ["ABRUPT_FAULTS", "FAULTS", "GRADUAL_FAULTS", "MDSpec", "run_md", "write_extxyz"]
+__all__ = [
+    "ABRUPT_FAULTS",
+    "FAULTS",
+    "GRADUAL_FAULTS",
+    "POTENTIALS",
+    "MDSpec",
+    "run_md",
+    "write_extxyz",
+]
 
 ABRUPT_FAULTS = ("clash", "kick", "dt", "potential", "frozen", "nan")
 GRADUAL_FAULTS = ("thermostat", "heat", "degrade")
 FAULTS = ABRUPT_FAULTS + GRADUAL_FAULTS
+POTENTIALS = ("emt", "lj-cu")
 
 _LATTICE = {
     "Cu": "fcc",
@@ -82,6 +96,8 @@ class MDSpec:
     runaway_rate: float = 1.01
     heat_factor: float = 6.0
     ramp_frames: int | None = None
+    potential: str = "emt"
+    """The force field of the whole run: ``emt``, or ``lj-cu`` (a wrong one, see above)."""
 
     def __post_init__(self) -> None:
         if self.element not in _LATTICE:
@@ -90,6 +106,8 @@ class MDSpec:
             )
         if self.fault is not None and self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}; expected one of {FAULTS}")
+        if self.potential not in POTENTIALS:
+            raise ValueError(f"potential must be one of {POTENTIALS}, not {self.potential!r}")
         if self.thermostat not in ("langevin", "nve"):
             raise ValueError(f"thermostat must be 'langevin' or 'nve', not {self.thermostat!r}")
 
@@ -106,6 +124,9 @@ def run_md(spec: MDSpec) -> Iterator[Frame]:
     atoms = bulk(spec.element, _LATTICE[spec.element], cubic=True).repeat(spec.repeat)
     atoms.rattle(0.02, seed=spec.seed)
     atoms.calc = EMT()
+    if spec.potential == "lj-cu":
+        atoms.calc = _mixed(atoms, atoms.calc, _lj_copper())
+        atoms.calc.weight = 1.0  # all wrong potential, energy offset to EMT's
     # Maxwell-Boltzmann at twice the target: equipartition halves it within ~100 fs.
     masses = atoms.get_masses()[:, None]
     momenta = rng.normal(size=(len(atoms), 3)) * np.sqrt(masses * units.kB * 2 * spec.temperature)
@@ -204,6 +225,15 @@ def _wrong_potential() -> Any:
     from ase.calculators.lj import LennardJones
 
     return LennardJones(sigma=2.0, epsilon=0.4, rc=5.0, smooth=True)
+
+
+def _lj_copper() -> Any:
+    """Lennard-Jones fitted to copper (Halicioglu & Pound 1975: epsilon 0.4093 eV,
+    sigma 2.338 Å): fcc is stable near copper's lattice constant, but the elastic
+    constants and vibrations are wrong."""
+    from ase.calculators.lj import LennardJones
+
+    return LennardJones(sigma=2.338, epsilon=0.4093, rc=5.0, smooth=True)
 
 
 def _mixed(atoms: Any, good: Any, wrong: Any) -> Any:

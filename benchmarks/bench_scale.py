@@ -319,6 +319,29 @@ def run(quick: bool = False) -> dict[str, Any]:
     return results
 
 
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The suite's rows: files/s of each scan mode beside serial, the proxy beside direct."""
+    from trajwatch.bench import row
+
+    archive = results["archive"]
+    serial = archive["modes"]["serial"]["files_per_s"]
+    rows = [
+        row(f"scan files/s, {name}" + ("" if name == "serial" else f", {archive['jobs']} workers"),
+            mode["files_per_s"],
+            unit="files/s", baseline=serial, baseline_name="serial scan",
+            ok=archive["events_identical"] if name != "serial" else None,
+            target="events identical to serial" if name != "serial" else "",
+            note=f"{mode['cores_used']:.2f} cores used")
+        for name, mode in archive["modes"].items()
+    ]  # fmt: skip
+    proxy = results["proxy"]
+    rows.append(row("frames/s through trajwatch proxy", proxy["proxy"]["frames_per_s"],
+                    unit="frames/s", baseline=proxy["direct"]["frames_per_s"],
+                    baseline_name="direct PUB/SUB", target="nothing lost",
+                    ok=proxy["proxy"]["lost"] == 0))  # fmt: skip
+    return rows
+
+
 def format_table(results: dict[str, Any]) -> str:
     archive = results["archive"]
     lines = [

@@ -52,7 +52,7 @@ from trajwatch.features.engine import FeatureEngine, warmup
 from trajwatch.frame import Frame
 from trajwatch.pipeline import Pipeline, PipelineConfig, SourceWatch
 from trajwatch.replay.xyz import iread
-from trajwatch.simulate import MDSpec, run_md, write_extxyz
+from trajwatch.simulate import MDSpec, run_md, write_with_ase
 from trajwatch.streaming import Publisher, Subscriber
 
 SIZES = (100, 1000, 10000)
@@ -193,7 +193,7 @@ def trajectory_file(atoms: int) -> Path:
         print(f"generating {path.name} (EMT MD, once; cached in {CACHE})", file=sys.stderr)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
-        write_extxyz(run_md(spec), partial)
+        write_with_ase(run_md(spec), partial)
         partial.replace(path)
     return path
 

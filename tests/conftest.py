@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trajwatch.frame import Frame
-from trajwatch.simulate import MDSpec, run_md, write_extxyz
+from trajwatch.simulate import MDSpec, run_md, write_with_ase
 
 CLASH_FRAME = 150
 """Frame index at which the faulty fixture pushes an atom into its neighbour."""
@@ -35,12 +35,12 @@ def clash_frames() -> list[Frame]:
 
 @pytest.fixture(scope="session")
 def clean_file(clean_frames: list[Frame], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_extxyz(clean_frames, tmp_path_factory.mktemp("md") / "clean.extxyz")
+    return write_with_ase(clean_frames, tmp_path_factory.mktemp("md") / "clean.extxyz")
 
 
 @pytest.fixture(scope="session")
 def clash_file(clash_frames: list[Frame], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_extxyz(clash_frames, tmp_path_factory.mktemp("md") / "clash.extxyz")
+    return write_with_ase(clash_frames, tmp_path_factory.mktemp("md") / "clash.extxyz")
 
 
 @pytest.fixture

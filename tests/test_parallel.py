@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from trajwatch.cli import build_parser, main
 from trajwatch.events import SEVERITIES, Event, FeatureDeviation
 from trajwatch.parallel import ScanTask, TaskResult, _namespace, options_of
-from trajwatch.simulate import MDSpec, run_md, write_extxyz
+from trajwatch.simulate import MDSpec, run_md, write_with_ase
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,9 @@ def archive(
     nan = MDSpec(steps=120, repeat=2, seed=22, fault="nan", fault_frame=90, source="nan")
     return [
         clean_file,
-        write_extxyz(run_md(kick), where / "kick.extxyz"),
+        write_with_ase(run_md(kick), where / "kick.extxyz"),
         clash_file,
-        write_extxyz(run_md(nan), where / "nan.extxyz"),
+        write_with_ase(run_md(nan), where / "nan.extxyz"),
     ]
 
 

@@ -42,7 +42,7 @@ from trajwatch.replay import (
     xyz,
 )
 from trajwatch.simulate import MDSpec, run_md
-from trajwatch.simulate import write_extxyz as ase_write_extxyz
+from trajwatch.simulate import write_with_ase as ase_write_extxyz
 from trajwatch.units import ASE_TIME_IN_FS
 
 SRC = Path(__file__).resolve().parents[1] / "src"

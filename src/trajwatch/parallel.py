@@ -13,8 +13,8 @@ itself (to the paths given, which a Dask worker on another node must be able to 
 the ``--features`` rows come back as text and the caller writes them into the one table.
 
 >>> import os, tempfile
->>> from trajwatch.simulate import MDSpec, run_md, write_extxyz
->>> path = write_extxyz(run_md(MDSpec(steps=120, repeat=2, fault="clash", fault_frame=90)),
+>>> from trajwatch.simulate import MDSpec, run_md, write_with_ase
+>>> path = write_with_ase(run_md(MDSpec(steps=120, repeat=2, fault="clash", fault_frame=90)),
 ...                     os.path.join(tempfile.mkdtemp(), "cu.extxyz"))
 >>> tasks = [ScanTask(str(path)).to_dict()] * 2
 >>> results = [TaskResult.from_dict(r) for _, r in in_file_order(run_pool(tasks, jobs=2))]

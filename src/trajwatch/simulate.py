@@ -55,7 +55,7 @@ __all__ = [
     "POTENTIALS",
     "MDSpec",
     "run_md",
-    "write_extxyz",
+    "write_with_ase",
 ]
 
 ABRUPT_FAULTS = ("clash", "kick", "dt", "potential", "frozen", "nan")
@@ -278,8 +278,12 @@ def _mixed(atoms: Any, good: Any, wrong: Any) -> Any:
     return Mixed()
 
 
-def write_extxyz(frames: Iterable[Frame], path: str | Path) -> Path:
-    """Write frames as ASE-style extxyz (with velocities as momenta, energy and forces)."""
+def write_with_ase(frames: Iterable[Frame], path: str | Path) -> Path:
+    """Write frames with ASE's own extxyz writer (velocities as momenta, energy, forces).
+
+    Tests and benchmarks use it for files exactly as ASE writes them; trajwatch's own
+    writer is :func:`trajwatch.replay.write_extxyz`.
+    """
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write

@@ -7,9 +7,9 @@ and the recorders after each frame, and reports progress in bytes of the file on
 :func:`render_scan_table` is the summary table, one row per file.
 
 >>> import os, tempfile
->>> from trajwatch.simulate import MDSpec, run_md, write_extxyz
+>>> from trajwatch.simulate import MDSpec, run_md, write_with_ase
 >>> from trajwatch.pipeline import Pipeline
->>> path = write_extxyz(run_md(MDSpec(steps=200, repeat=2, fault="clash", fault_frame=170)),
+>>> path = write_with_ase(run_md(MDSpec(steps=200, repeat=2, fault="clash", fault_frame=170)),
 ...                     os.path.join(tempfile.mkdtemp(), "cu.extxyz"))
 >>> report = scan_file(path, Pipeline())
 >>> report.source, report.frames, report.alarms, report.first_alarm.frame, report.worst

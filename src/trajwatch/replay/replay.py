@@ -1,10 +1,10 @@
 """Replay archived trajectories into a socket at a chosen rate, as if an engine ran.
 
 >>> import tempfile, os
->>> from trajwatch.simulate import MDSpec, run_md, write_extxyz
+>>> from trajwatch.simulate import MDSpec, run_md, write_with_ase
 >>> from trajwatch.streaming import Publisher, Subscriber
 >>> path = os.path.join(tempfile.mkdtemp(), "a.extxyz")
->>> path = write_extxyz(run_md(MDSpec(steps=3, repeat=2)), path)
+>>> path = write_with_ase(run_md(MDSpec(steps=3, repeat=2)), path)
 >>> with Subscriber("tcp://127.0.0.1:0", bind=True, lossless=True) as sub, \\
 ...      Publisher(sub.endpoint, bind=False, lossless=True) as pub:
 ...     stats = replay([path], pub, rate=None)

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import zmq
 from numpy.typing import DTypeLike
-from zmq.auth.thread import ThreadAuthenticator
 
 from trajwatch.frame import Frame
 from trajwatch.streaming.protocol import check_bind_endpoint, encode
-from trajwatch.streaming.security import Curve, Gatekeeper, secure_socket
+from trajwatch.streaming.security import Curve, Gatekeeper
+from trajwatch.streaming.sockets import OwnedSocket
 
 __all__ = ["Publisher"]
 
@@ -85,52 +85,32 @@ class Publisher:
         self.dropped = 0
         self._seqs: dict[str, int] = {}
         self._subscriptions: set[bytes] = set()
-        # A context of its own (unless given one), so close(linger=...) can wait for the
-        # queue to drain: terminating the context is what honours the linger period.
-        self._own_context = context is None
-        self._authenticator: ThreadAuthenticator | None = None
-        #: a CURVE server's allow-list, with counts of accepted and refused clients
-        self.gatekeeper: Gatekeeper | None = None
-        ctx: zmq.Context[Any] = zmq.Context() if context is None else context
-        self._context = ctx
-        try:
-            socket = ctx.socket(zmq.PUSH if lossless else zmq.XPUB)
-        except BaseException:
-            if self._own_context:
-                ctx.term()
-            raise
-        try:
-            socket.setsockopt(zmq.LINGER, 0)
+        # lossless: queue only to completed connections, so POLLOUT means "a peer is there";
+        # otherwise EAGAIN instead of a silent drop at the HWM, so drops can be counted
+        self._flags = 0 if lossless else int(zmq.NOBLOCK)
+
+        def configure(socket: zmq.Socket[Any]) -> None:
             socket.setsockopt(zmq.SNDHWM, hwm)
             if lossless:
-                # queue only to completed connections, so POLLOUT means "a peer is there"
                 socket.setsockopt(zmq.IMMEDIATE, 1)
                 if send_timeout is not None:
                     socket.setsockopt(zmq.SNDTIMEO, max(0, round(send_timeout * 1000)))
-                self._flags: int = 0
             else:
-                # EAGAIN instead of a silent drop at the HWM, so drops can be counted
                 socket.setsockopt(zmq.XPUB_NODROP, 1)
-                self._flags = int(zmq.NOBLOCK)
-            if curve is not None:
-                self._authenticator, self.gatekeeper = secure_socket(
-                    socket, ctx, curve, own_context=self._own_context
-                )
-            if bind:
-                socket.bind(endpoint)
-            else:
-                socket.connect(endpoint)
-        except BaseException:
-            socket.close(linger=0)
-            if self._authenticator is not None:
-                self._authenticator.stop()
-            if self._own_context:
-                ctx.term()
-            raise
-        self._socket: zmq.Socket[Any] = socket
-        last = socket.getsockopt(zmq.LAST_ENDPOINT)
+
+        self._owned = OwnedSocket(
+            zmq.PUSH if lossless else zmq.XPUB,
+            endpoint,
+            bind=bind,
+            context=context,
+            curve=curve,
+            configure=configure,
+        )
+        self._socket = self._owned.socket
+        #: a CURVE server's allow-list, with counts of accepted and refused clients
+        self.gatekeeper: Gatekeeper | None = self._owned.gatekeeper
         #: the endpoint actually bound or connected (a wildcard port resolved)
-        self.endpoint = last.decode() if isinstance(last, bytes) and last else endpoint
+        self.endpoint = self._owned.endpoint
 
     @property
     def closed(self) -> bool:
@@ -236,13 +216,7 @@ class Publisher:
         Publisher's own context, close then blocks until the queue is delivered or the
         time is up.
         """
-        if not self._socket.closed:
-            self._socket.close(linger=max(0, int(linger * 1000)))
-        if self._authenticator is not None:
-            self._authenticator.stop()  # before term(): its sockets would block it
-            self._authenticator = None
-        if self._own_context and not self._context.closed:
-            self._context.term()
+        self._owned.close(linger)
 
     def __enter__(self) -> Publisher:
         return self

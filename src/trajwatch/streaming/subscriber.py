@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any, Final
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from trajwatch.frame import Frame
 from trajwatch.streaming.protocol import (
@@ -47,7 +46,8 @@ from trajwatch.streaming.protocol import (
     numbers_from,
     parse_header,
 )
-from trajwatch.streaming.security import Curve, Gatekeeper, secure_socket
+from trajwatch.streaming.security import Curve, Gatekeeper
+from trajwatch.streaming.sockets import OwnedSocket
 
 __all__ = ["SourceStats", "Subscriber", "SubscriberStats"]
 
@@ -137,45 +137,28 @@ class Subscriber:
         self._next_log = 0.0
         self._suppressed = 0
         self._next_loss_log = 0.0
-        self._own_context = context is None
-        self._authenticator: ThreadAuthenticator | None = None
-        #: a CURVE server's allow-list, with counts of accepted and refused clients
-        self.gatekeeper: Gatekeeper | None = None
-        ctx: zmq.Context[Any] = zmq.Context() if context is None else context
-        self._context = ctx
-        try:
-            socket = ctx.socket(zmq.PULL if lossless else zmq.SUB)
-        except BaseException:
-            if self._own_context:
-                ctx.term()
-            raise
-        try:
-            socket.setsockopt(zmq.LINGER, 0)
+
+        def configure(socket: zmq.Socket[Any]) -> None:
             socket.setsockopt(zmq.RCVHWM, hwm)
             # libzmq drops a peer that sends a part larger than this, before allocating it
             socket.setsockopt(zmq.MAXMSGSIZE, min(self.max_bytes, (1 << 63) - 1))
             if not lossless:
                 for topic in self._topics:
                     socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
-            if curve is not None:
-                self._authenticator, self.gatekeeper = secure_socket(
-                    socket, ctx, curve, own_context=self._own_context
-                )
-            if bind:
-                socket.bind(endpoint)
-            else:
-                socket.connect(endpoint)
-        except BaseException:
-            socket.close(linger=0)
-            if self._authenticator is not None:
-                self._authenticator.stop()
-            if self._own_context:
-                ctx.term()
-            raise
-        self._socket: zmq.Socket[Any] = socket
-        last = socket.getsockopt(zmq.LAST_ENDPOINT)
+
+        self._owned = OwnedSocket(
+            zmq.PULL if lossless else zmq.SUB,
+            endpoint,
+            bind=bind,
+            context=context,
+            curve=curve,
+            configure=configure,
+        )
+        self._socket = self._owned.socket
+        #: a CURVE server's allow-list, with counts of accepted and refused clients
+        self.gatekeeper: Gatekeeper | None = self._owned.gatekeeper
         #: the endpoint actually bound or connected (a wildcard port resolved)
-        self.endpoint = last.decode() if isinstance(last, bytes) and last else endpoint
+        self.endpoint = self._owned.endpoint
 
     @property
     def closed(self) -> bool:
@@ -380,13 +363,7 @@ class Subscriber:
 
     def close(self) -> None:
         """Close the socket (LINGER=0) and, if it made its own, the context."""
-        if not self._socket.closed:
-            self._socket.close(linger=0)
-        if self._authenticator is not None:
-            self._authenticator.stop()  # before term(): its sockets would block it
-            self._authenticator = None
-        if self._own_context and not self._context.closed:
-            self._context.term()
+        self._owned.close()
 
     def __enter__(self) -> Subscriber:
         return self

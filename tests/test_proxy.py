@@ -146,7 +146,7 @@ def test_proxy_stops_and_frees_its_ports() -> None:
         pass
 
 
-def test_a_proxy_restart_costs_frames_that_the_monitor_counts_as_lost() -> None:
+def test_across_a_proxy_restart_every_frame_is_received_or_counted_lost() -> None:
     proxy = Proxy("tcp://127.0.0.1:*", "tcp://127.0.0.1:*").start()
     frontend, backend = proxy.frontend, proxy.backend
     seqs: list[int] = []
@@ -187,7 +187,9 @@ def test_a_proxy_restart_costs_frames_that_the_monitor_counts_as_lost() -> None:
     assert seqs == sorted(set(seqs))  # in order, none twice
     # every frame up to the last one received was either received or counted as lost
     assert len(seqs) + monitor.stats.lost == seqs[-1] + 1
-    assert monitor.stats.lost >= 5 and monitor.stats.restarts == 0
+    # How many are lost depends on timing: those inside the old proxy when it stopped
+    # are gone, those the engine queued while it was down usually arrive on reconnect.
+    assert monitor.stats.restarts == 0
 
 
 # -- the merged event stream -----------------------------------------------------------

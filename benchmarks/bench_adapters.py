@@ -325,7 +325,7 @@ def _measure(engine: Engine, publisher: Publisher, steps: int, rounds: int) -> d
         "engine": engine.name,
         "detail": engine.detail,
         "steps_per_block": steps,
-        "pairs": rounds,
+        "pairs": rounds,  # rounds of interleaved blocks (the name predates the split)
         "frames_published": publisher.sent - sent_before,
         "publish_every": getattr(engine, "every", 1),
         "cpu_ms_per_step_without": off_cpu * 1e3,
@@ -386,7 +386,7 @@ def _engines() -> list[tuple[str, Callable[[], Engine]]]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Measure every engine that loads here; returns the figures (see ``main``)."""
-    plan = {  # steps per block, pairs (slow engines get fewer steps per block)
+    plan = {  # steps per block, rounds (slow engines get fewer steps per block)
         "ase": (6, 3) if quick else (30, 9),
         "openmm": (200, 3) if quick else (1000, 9),
         "openmm+fe": (200, 3) if quick else (1000, 9),
@@ -408,8 +408,8 @@ def run(quick: bool = False) -> dict[str, Any]:
                 except (ImportError, OSError) as error:
                     results["skipped"][key] = f"{type(error).__name__}: {error}"
                     continue
-                steps, pairs = plan[key]
-                results["engines"][key] = _measure(engine, publisher, steps, pairs)
+                steps, rounds = plan[key]
+                results["engines"][key] = _measure(engine, publisher, steps, rounds)
                 results["engines"][key]["dropped"] = publisher.dropped
         finally:
             drain.kill()
@@ -426,7 +426,7 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
                 r["steps_per_cpu_s_with"], unit="steps/CPU s",
                 baseline=r["steps_per_cpu_s_without"], baseline_name="engine alone",
                 target="<= 2% slower", ok=bool(r["meets_2pct"]),
-                note="median ratio of interleaved pairs")
+                note="median ratio of interleaved rounds")
             for r in results["engines"].values()]  # fmt: skip
     rows += [row(f"{r['engine']} steps, its empty reporting hook only (the floor)",
                  r["steps_per_cpu_s_hook"], unit="steps/CPU s",
@@ -458,7 +458,7 @@ def print_table(results: dict[str, Any]) -> None:
         )
     for key, why in results["skipped"].items():
         print(f"{key:<12} skipped: {why}")
-    print("(ms/step and steps/s: engine process CPU time; ratio: median of interleaved pairs)")
+    print("(ms/step and steps/s: engine process CPU time; ratio: median of interleaved rounds)")
     print()
     print("Extra CPU per step, split (us): the engine's empty hook, the adapter, the transport")
     header = (
@@ -478,7 +478,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter blocks, fewer pairs")
+    parser.add_argument("--quick", action="store_true", help="shorter blocks, fewer rounds")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     results = run(quick=args.quick)

@@ -238,7 +238,7 @@ def test_openmm_reporter_converts_to_trajwatch_units() -> None:
         getVelocities=True,
         getForces=True,
         getEnergy=True,
-        enforcePeriodicBox=True,  # what Simulation hands reporters of periodic systems
+        enforcePeriodicBox=False,  # the reporter asks for positions as integrated
     )
     np.testing.assert_allclose(
         frame.positions, state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
@@ -260,6 +260,49 @@ def test_openmm_reporter_converts_to_trajwatch_units() -> None:
     assert frame.time == pytest.approx(6 * 4.0) and frame.source == "ar"
     assert frame.numbers.tolist() == [18] * 32 and frame.has_cell
     np.testing.assert_allclose(np.diag(frame.cell), [10.52] * 3)
+
+
+class BoxCheck:
+    """Keeps each frame with the context's own box and positions at the time it was sent."""
+
+    def __init__(self, simulation: Any, wrapped: bool) -> None:
+        self.simulation = simulation
+        self.wrapped = wrapped
+        self.frames: list[Frame] = []
+        self.cells: list[np.ndarray] = []
+
+    def send(self, frame: Frame) -> bool:
+        from openmm import unit
+
+        state = self.simulation.context.getState(
+            getPositions=True, enforcePeriodicBox=self.wrapped
+        )
+        box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.angstrom)
+        np.testing.assert_allclose(frame.cell, box)
+        np.testing.assert_allclose(
+            frame.positions, state.getPositions(asNumpy=True).value_in_unit(unit.angstrom)
+        )
+        self.frames.append(frame)
+        self.cells.append(frame.cell.copy())
+        return True
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_openmm_reporter_follows_a_barostat_box_and_wraps_on_request(wrap: bool) -> None:
+    import openmm as mm
+    from openmm import unit
+
+    from trajwatch.adapters.openmm import OpenMMReporter
+
+    simulation = _argon_simulation(cells=2, platform="Reference")
+    simulation.system.addForce(mm.MonteCarloBarostat(1000 * unit.bar, 80 * unit.kelvin, 1))
+    simulation.context.reinitialize(preserveState=True)
+    check = BoxCheck(simulation, wrapped=wrap)
+    simulation.reporters.append(OpenMMReporter(check, wrap=wrap))
+    simulation.step(40)
+    assert len({round(float(c[0, 0]), 9) for c in check.cells}) > 1  # the box did change
+    for frame, cell in zip(check.frames, check.cells, strict=True):
+        np.testing.assert_array_equal(frame.cell, cell)  # no frame's cell changed later
 
 
 def test_openmm_reporter_checks_the_numbers() -> None:

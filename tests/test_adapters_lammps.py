@@ -176,6 +176,47 @@ def test_clash_is_caught_and_the_run_halts_after_that_step(tmp_path: Path) -> No
     assert lmp.extract_global("ntimestep") >= alarm.step + 5
 
 
+class Check:
+    """Compares every frame with LAMMPS's own state, by atom ID, while the step runs."""
+
+    def __init__(self, lmp: Any) -> None:
+        self.lmp = lmp
+        self.frames: list[Frame] = []
+        self.cells: list[np.ndarray] = []
+        self.unsorted = 0
+
+    def send(self, frame: Frame) -> bool:
+        np.testing.assert_allclose(frame.positions, _by_id(self.lmp, "x"))
+        np.testing.assert_allclose(frame.forces, _by_id(self.lmp, "f"))
+        n = self.lmp.extract_setting("nlocal")
+        tags = np.array(self.lmp.numpy.extract_atom("id"))[:n]
+        self.unsorted += bool((tags != np.arange(1, n + 1)).any())
+        self.frames.append(frame)
+        self.cells.append(frame.cell.copy())
+        return True
+
+
+def test_frames_follow_resorted_atoms_and_a_changing_box() -> None:
+    from trajwatch.adapters.lammps import LammpsWatcher
+
+    lmp = open_argon(cells=3)
+    lmp.command("velocity all create 3000 4321")  # hot: atoms move between sort bins
+    lmp.command("neighbor 0.5 bin")
+    lmp.command("neigh_modify every 1 delay 0 check no")
+    lmp.command("atom_modify sort 1 2.0")  # LAMMPS re-sorts its atoms at every reneighbor
+    lmp.command("fix nve all nve")
+    check = Check(lmp)
+    watcher = LammpsWatcher(lmp, check)
+    watcher.run(30)
+    assert check.unsorted > 0  # the watcher really saw LAMMPS's order change
+    lmp.command("change_box all x scale 1.05 remap")
+    watcher.run(2)
+    assert check.frames[-1].cell[0, 0] == pytest.approx(3 * 5.26 * 1.05)
+    for frame, cell in zip(check.frames, check.cells, strict=True):
+        np.testing.assert_array_equal(frame.cell, cell)  # no frame's cell changed later
+    assert check.frames[0].cell[0, 0] == pytest.approx(3 * 5.26)
+
+
 def test_lost_atoms_become_nan_and_raise_the_alarm() -> None:
     from trajwatch.adapters.lammps import LammpsWatcher
 

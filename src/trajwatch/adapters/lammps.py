@@ -96,6 +96,13 @@ def numbers_from_masses(masses: NDArray[np.float64]) -> NDArray[np.int32]:
     return numbers
 
 
+def _row0(rows: int | None) -> int:
+    """``rows[0]`` of a LAMMPS ``double **`` given as an address: where the data starts."""
+    if not rows:
+        raise RuntimeError("LAMMPS handed a null per-atom array")
+    return ctypes.c_void_p.from_address(rows).value or 0
+
+
 def _copy(values: NDArray[np.float64], scale: float) -> NDArray[np.float64]:
     """A fresh scaled copy: atoms already in ID order."""
     return np.multiply(values, scale)
@@ -183,10 +190,22 @@ class LammpsWatcher:
         self._kick = (0.5 / AMU_A2_PER_FS2_IN_EV / masses_amu)[:, None]
         self._pointers()
         self._views: dict[tuple[int, int, int], NDArray[Any]] = {}
-        self._tags: NDArray[Any] | None = None
+        self._tag_bytes = b""  # the atom IDs, in LAMMPS's order, of the last step sent
         self._place: Any = _copy
         self._tag_type = ctypes.c_int64 if lmp.extract_setting("tagint") == 8 else ctypes.c_int32
-        self._callback_ref = lmp.FIX_EXTERNAL_CALLBACK_FUNC(self._callback)
+        self._kick_scale = float("nan")  # dt/2 · F/m needs the step's dt: cached per dt
+        self._kick_dt = self._kick
+        self._cell_key: tuple[float, ...] = ()
+        self._cell = np.zeros((3, 3))
+        # The callback takes its pointers as plain ints (c_void_p), not as the lammps
+        # module's POINTER(...) objects: no ctypes objects to build or cast per step.
+        bigint = ctypes.c_int64 if lmp.extract_setting("bigint") == 8 else ctypes.c_int32
+        raw = ctypes.CFUNCTYPE(
+            None, ctypes.c_void_p, bigint, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_void_p,
+        )  # fmt: skip
+        self._raw_callback = raw(self._callback)
+        self._callback_ref = ctypes.cast(self._raw_callback, lmp.FIX_EXTERNAL_CALLBACK_FUNC)
         lmp.command(f"fix {fix_id} all external pf/callback {self.every} 1")
         lmp.lib.lammps_set_fix_external_callback(
             lmp.lmp, fix_id.encode(), self._callback_ref, None
@@ -251,12 +270,18 @@ class LammpsWatcher:
         ).from_address(address)
         self._periodic = np.array([bool(p) for p in lmp.extract_box()[5]], dtype=bool)
         self._periodic.setflags(write=False)  # shared by every frame
-        self._double_pp = ctypes.POINTER(ctypes.POINTER(ctypes.c_double))
+        # our own handle on lammps_extract_atom, returning the double** as an int (the
+        # lammps module re-sets the restype of its own handle before each of its calls)
+        function = ctypes.cast(lmp.lib.lammps_extract_atom, ctypes.c_void_p).value or 0
+        self._extract_atom = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(
+            function
+        )
+        self._handle = lmp.lmp  # a c_void_p
 
     # -- the per-step callback ---------------------------------------------------------
 
     def _callback(
-        self, caller: object, step: int, nlocal: int, tag_ptr: Any, x_ptr: Any, fext_ptr: Any
+        self, caller: object, step: int, nlocal: int, tag_ptr: int, x_ptr: int, fext_ptr: int
     ) -> None:
         # An exception cannot travel through LAMMPS: keep it, halt the run, raise later.
         try:
@@ -269,40 +294,50 @@ class LammpsWatcher:
             logger.exception("trajwatch LAMMPS callback failed; halting the run")
             self._request_stop()
 
-    def _send(self, step: int, nlocal: int, tag_ptr: Any, x_ptr: Any) -> None:
+    def _send(self, step: int, nlocal: int, tag_ptr: int, x_ptr: int) -> None:
         n = self._n
         units = self.units
         tags = self._view(tag_ptr, nlocal, 1, self._tag_type)
         if nlocal != n:  # atoms lost (flown out of a non-periodic box): they stay NaN
             place = self._scatter_lost(tags - 1)
-        elif self._tags is not None and np.array_equal(tags, self._tags):
-            place = self._place  # LAMMPS has not re-sorted its atoms since last time
         else:
-            self._tags = tags.copy()
-            if (tags == np.arange(1, n + 1)).all():
-                self._place = place = _copy
+            tag_bytes = tags.tobytes()  # one memcmp against the last step's IDs
+            if tag_bytes == self._tag_bytes:
+                place = self._place  # LAMMPS has not re-sorted its atoms since last time
             else:
-                self._place = place = _Gather(np.argsort(tags))
-        positions = place(self._view(x_ptr[0], nlocal, 3), units.length)
+                self._tag_bytes = tag_bytes
+                if (tags == np.arange(1, n + 1)).all():
+                    self._place = place = _copy
+                else:
+                    self._place = place = _Gather(np.argsort(tags))
+        positions = place(self._view(_row0(x_ptr), nlocal, 3), units.length)
         forces = velocities = None
         if self._want_f or self._want_v:
             forces = place(self._atom_array(b"f", nlocal), units.force)
         if self._want_v:
             assert forces is not None
             velocities = place(self._atom_array(b"v", nlocal), units.velocity)
-            velocities += forces * self._kick * (self._dt[0] * units.time)
+            scale = self._dt[0] * units.time
+            if scale != self._kick_scale:
+                self._kick_dt = self._kick * scale
+                self._kick_scale = scale
+            velocities += forces * self._kick_dt
         energy = None
         if self._want_e:
             energy = float(self.lmp.extract_compute("thermo_pe", 0, 0)) * units.energy
-        lo, hi = self._boxlo, self._boxhi
-        cell = np.array(
-            [
-                [hi[0] - lo[0], 0.0, 0.0],
-                [self._tilt[0][0], hi[1] - lo[1], 0.0],
-                [self._tilt[1][0], self._tilt[2][0], hi[2] - lo[2]],
-            ]
-        )
-        cell *= units.length
+        lo, hi, tilt = self._boxlo, self._boxhi, self._tilt
+        key = (lo[0], lo[1], lo[2], hi[0], hi[1], hi[2], tilt[0][0], tilt[1][0], tilt[2][0])
+        if key != self._cell_key:  # the box changed (or the first step): a new cell
+            cell = np.array(
+                [
+                    [hi[0] - lo[0], 0.0, 0.0],
+                    [tilt[0][0], hi[1] - lo[1], 0.0],
+                    [tilt[1][0], tilt[2][0], hi[2] - lo[2]],
+                ]
+            )
+            cell *= units.length
+            cell.setflags(write=False)  # shared by the frames of an unchanged box
+            self._cell, self._cell_key = cell, key
         time = (self._atime[0] + (step - self._atimestep.value) * self._dt[0]) * units.time
         # fresh arrays of exactly the Frame's layout: the trusted constructor, no checks
         frame = Frame._from_owned(
@@ -311,7 +346,7 @@ class LammpsWatcher:
             velocities,
             forces if self._want_f else None,
             energy,
-            cell,
+            self._cell,
             self._periodic,
             step,
             time,
@@ -323,12 +358,13 @@ class LammpsWatcher:
         if not self._stopping and getattr(self.target, "stop_requested", False):
             self._request_stop()
 
-    def _view(self, pointer: Any, rows: int, columns: int, kind: Any = None) -> NDArray[Any]:
+    def _view(self, address: int, rows: int, columns: int, kind: Any = None) -> NDArray[Any]:
         """A NumPy view of LAMMPS memory, rebuilt only when LAMMPS has moved or resized it."""
-        address = ctypes.cast(pointer, ctypes.c_void_p).value or 0
         key = (address, rows, columns)
         view = self._views.get(key)
         if view is None:
+            if not address:
+                raise RuntimeError("LAMMPS handed a null per-atom array")
             ctype = (kind or ctypes.c_double) * (rows * columns)
             view = np.ctypeslib.as_array(ctype.from_address(address))
             if columns > 1:
@@ -340,14 +376,11 @@ class LammpsWatcher:
 
     def _atom_array(self, name: bytes, nlocal: int) -> NDArray[np.float64]:
         """The per-atom (nlocal, 3) LAMMPS array ``name`` (x, v, f) as a view."""
-        lib = self.lmp.lib
-        lib.lammps_extract_atom.restype = self._double_pp
-        rows = lib.lammps_extract_atom(self.lmp.lmp, name)
-        return self._view(rows[0], nlocal, 3)
+        return self._view(_row0(self._extract_atom(self._handle, name)), nlocal, 3)
 
     def _scatter_lost(self, order: NDArray[Any]) -> Any:
         n = self._n
-        self._tags = None
+        self._tag_bytes = b""
 
         def place(values: NDArray[np.float64], scale: float) -> NDArray[np.float64]:
             out = np.full((n, 3), np.nan)

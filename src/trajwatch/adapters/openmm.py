@@ -3,7 +3,9 @@
 Append it to ``simulation.reporters``; it asks OpenMM only for what it sends. Positions
 and velocities are cheap to get; **forces and energy are not**: asking for them makes
 OpenMM evaluate the forces once more for that step, so they are off by default (turn
-them on, or use a larger ``interval``, when the extra cost is fine).
+them on, or use a larger ``interval``, when the extra cost is fine). Positions are sent
+as OpenMM integrates them, not wrapped into the box (``wrap=False``): wrapping costs
+``getState`` more than the copy itself (see ``docs/engines.md``).
 
 >>> import openmm as mm, numpy as np
 >>> from openmm import app, unit
@@ -65,7 +67,9 @@ class OpenMMReporter:
     :class:`~trajwatch.adapters.inprocess.Watch`. ``numbers`` defaults to the elements of
     ``simulation.topology`` (give them when the topology has none, e.g. a bare System).
     ``velocities`` (cheap) default on; ``forces`` and ``energy`` (an extra force
-    evaluation per report) default off.
+    evaluation per report) default off. ``wrap``: False sends positions unwrapped (the
+    cheapest ``getState``), True wraps each molecule into the box, None does what the
+    other reporters of the step want, so they share one ``getState``.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class OpenMMReporter:
         energy: bool = False,
         source: str = "openmm",
         raise_on_alarm: bool = True,
+        wrap: bool | None = False,
     ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be >= 1, not {interval}")
@@ -98,6 +103,7 @@ class OpenMMReporter:
         if energy:
             include.append("energy")
         self._include = include
+        self._wrap = wrap
         self._numbers: NDArray[np.int32] | None = (
             None if numbers is None else np.array(numbers, dtype=np.int32)
         )
@@ -106,11 +112,12 @@ class OpenMMReporter:
         self._pbc = np.zeros(3, dtype=bool)
         self._kinds: Sequence[Any] = ()
         self._fast = True
+        self._box: Any = None
+        self._cell: NDArray[np.float64] | None = None
 
     def describeNextReport(self, simulation: Any) -> dict[str, Any]:  # noqa: N802 - OpenMM API
         steps = self.interval - simulation.currentStep % self.interval
-        # periodic None: wrapped like the other reporters want, so they share one getState
-        return {"steps": steps, "periodic": None, "include": self._include}
+        return {"steps": steps, "periodic": self._wrap, "include": self._include}
 
     def report(self, simulation: Any, state: Any) -> None:
         if not self._n:
@@ -124,9 +131,14 @@ class OpenMMReporter:
             energy = state.getPotentialEnergy()._value * _KJ_PER_MOL
         cell = None
         if self._periodic:
-            a, b, c = state.getPeriodicBoxVectors()._value
-            cell = np.array([[a[0], a[1], a[2]], [b[0], b[1], b[2]], [c[0], c[1], c[2]]])
-            cell *= _NM
+            box = state.getPeriodicBoxVectors()._value
+            if box != self._box:  # a barostat changed it (or the first report)
+                a, b, c = box
+                cell = np.array([[a[0], a[1], a[2]], [b[0], b[1], b[2]], [c[0], c[1], c[2]]])
+                cell *= _NM
+                cell.setflags(write=False)  # shared by the frames of an unchanged box
+                self._box, self._cell = box, cell
+            cell = self._cell
         assert self._numbers is not None
         # fresh arrays in exactly the Frame's layout: the trusted constructor, no re-checks
         frame = Frame._from_owned(

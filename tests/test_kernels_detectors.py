@@ -484,3 +484,21 @@ def test_stack_frame_kernel_equals_the_general_path() -> None:
     assert fused._fused is not None and general._fused is None
     assert got == expected
     assert [c for c, _, _ in got if c] == ["start", "end", "start", "end"]
+
+
+def test_loda_learn_after_score_equals_learning_from_scratch() -> None:
+    from trajwatch.detectors.loda import LODA
+
+    rng = np.random.default_rng(5)
+    xs = rng.normal(size=(700, 12))
+    plain, scored = LODA(window=64), LODA(window=64)
+    for x in xs:  # several window swaps, the first before any score is possible
+        plain.score_one(x)
+        plain.learn_one(x)
+        scored.score_one(x)
+        scored._learn_scored(x)
+    for name in ("stats", "counts", "scale", "pstats", "state"):
+        np.testing.assert_array_equal(getattr(scored, name), getattr(plain, name), name)
+    probe = rng.normal(size=12) * 3
+    assert scored.score_one(probe) == plain.score_one(probe)
+

@@ -707,6 +707,23 @@ def _loda_learn_x(
 
 
 @njit(cache=True, nogil=True)
+def _loda_learn_projected(
+    x: np.ndarray,
+    stats: np.ndarray,
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    pstats: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+) -> None:
+    """``_loda_learn_x`` for an ``x`` that ``_loda_score_x`` has just projected into
+    ``proj`` with the same ``stats``: the standardisation and projection are not redone."""
+    _welford_learn(x, stats)
+    _loda_learn(proj, counts, scale, pstats, state, half_range)
+
+
+@njit(cache=True, nogil=True)
 def _loda_score_x(
     x: np.ndarray,
     stats: np.ndarray,

@@ -96,6 +96,16 @@ class LODA:
             self.scale, self.pstats, self.state, self.half_range,
         )  # fmt: skip
 
+    def _learn_scored(self, x: NDArray[np.float64]) -> None:
+        """Learn ``x`` right after ``_score(x)``: its projections are already known."""
+        if not self.state[3]:  # before the first window closes, _score projects nothing
+            self._learn(x)
+            return
+        _kernels._loda_learn_projected(
+            x, self.stats, self._proj, self.counts, self.scale, self.pstats, self.state,
+            self.half_range,
+        )  # fmt: skip
+
     def score_one(self, x: NDArray[np.float64]) -> float:
         x = as_vector(x)
         if self.stats.shape[1] != x.size:

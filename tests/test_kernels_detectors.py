@@ -501,4 +501,3 @@ def test_loda_learn_after_score_equals_learning_from_scratch() -> None:
         np.testing.assert_array_equal(getattr(scored, name), getattr(plain, name), name)
     probe = rng.normal(size=12) * 3
     assert scored.score_one(probe) == plain.score_one(probe)
-

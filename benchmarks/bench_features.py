@@ -237,6 +237,14 @@ def _child(path: str, count: int) -> int:
     return 0
 
 
+#: receive modes that run a pipeline: the default one, and the configuration issue 4's
+#: end-to-end target names (all features, the z-score detector alone, no drift)
+PIPELINES: dict[str, Any] = {
+    "pipeline": Pipeline,
+    "zscore": lambda: Pipeline(PipelineConfig(detectors=("zscore",), drift=False)),
+}
+
+
 def _receive(endpoint: str, count: int, mode: str) -> tuple[float, float]:
     """Frames per second between the first and the last frame, receiving with ``mode``,
     and the receiving thread's CPU time per frame (seconds)."""
@@ -264,7 +272,7 @@ def _receive(endpoint: str, count: int, mode: str) -> tuple[float, float]:
             sock.close()
             ctx.term()
     else:
-        pipeline = Pipeline() if mode == "pipeline" else None
+        pipeline = PIPELINES[mode]() if mode in PIPELINES else None
         with Subscriber(endpoint, lossless=True, hwm=HWM) as sub:
             while got < count:
                 frame = sub.recv(5.0)
@@ -469,6 +477,11 @@ def print_end_to_end(rows: list[dict[str, Any]]) -> None:
         print(f"{r['atoms']:>6} {r['pipeline_fps']:>13,.0f} {r['subscriber_fps']:>15,.0f} "
               f"{r['raw_fps']:>9,.0f} {r['ratio_vs_subscriber']:>7.2f} "
               f"{r['ratio_vs_raw']:>7.2f}")  # fmt: skip
+    if "zscore_fps" in rows[0]:
+        print("features + z-score alone (issue 4's configuration), frames/s and vs sub:")
+        for r in rows:
+            print(f"{r['atoms']:>6} {r['zscore_fps']:>13,.0f} "
+                  f"{r['zscore_ratio_vs_subscriber']:>7.2f}")  # fmt: skip
     print("receiving thread's CPU per frame (us) and what one core could sustain")
     print(f"{'atoms':>6} {'pipeline':>9} {'subscriber':>11} {'raw':>6} {'capacity f/s':>13} "
           f"{'vs sub':>7}")  # fmt: skip
@@ -476,6 +489,8 @@ def print_end_to_end(rows: list[dict[str, Any]]) -> None:
         print(f"{r['atoms']:>6} {r['pipeline_cpu_us']:>9.1f} {r['subscriber_cpu_us']:>11.1f} "
               f"{r['raw_cpu_us']:>6.1f} {r['pipeline_capacity_fps']:>13,.0f} "
               f"{r['capacity_ratio_vs_subscriber']:>7.2f}")  # fmt: skip
+    if "split_us" not in rows[0]:
+        return
     print("consumer CPU split (us per frame): receive + decode (Subscriber loop), then in")
     print("this process on the same frames: features, detectors, glue (Pipeline.process - both)")
     print(f"{'atoms':>6} {'receive':>8} {'features':>9} {'detectors':>10} {'glue':>6} {'sum':>7}")

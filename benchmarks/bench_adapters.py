@@ -425,13 +425,14 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [row(f"{r['engine']} steps, publishing every {r['publish_every']}",
                 r["steps_per_cpu_s_with"], unit="steps/CPU s",
                 baseline=r["steps_per_cpu_s_without"], baseline_name="engine alone",
-                target="<= 2% slower", ok=bool(r["meets_2pct"]),
+                # the target is for publishing every step
+                target="<= 2% slower" if r["publish_every"] == 1 else "",
+                ok=bool(r["meets_2pct"]) if r["publish_every"] == 1 else None,
                 note="median ratio of interleaved rounds")
             for r in results["engines"].values()]  # fmt: skip
     rows += [row(f"{r['engine']} steps, its empty reporting hook only (the floor)",
                  r["steps_per_cpu_s_hook"], unit="steps/CPU s",
                  baseline=r["steps_per_cpu_s_without"], baseline_name="engine alone",
-                 target="<= 2% slower", ok=bool(r["hook_meets_2pct"]),
                  note="no adapter can beat this: " + ", ".join(
                      f"{k.removesuffix('_us')} {v:.0f} us" for k, v in
                      r["split_us_per_step"].items()) + " per step")

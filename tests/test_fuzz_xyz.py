@@ -271,6 +271,8 @@ HOSTILE = {
     "2**30 atoms, nothing else": b"1073741824\n\n",
     "2**30+1 atoms": b"1073741825\nenergy=1\nH 0 0 0\nH 1 0 0\n",
     "1e30 atoms": b"1" + b"0" * 30 + b"\nenergy=1\nH 0 0 0\n",
+    # a long first row made the reader ask for count x row length bytes at once
+    "1e6 atoms, one long row": b"1000000\n\nH 0 0 0" + b" " * 30000 + b"\nH 0 0 0\n",
     "skip_bad resync": b"1\n1\nX",  # found by fuzz/fuzz_xyz.py (also 266661\nC 0 0\n\x86)
 }
 

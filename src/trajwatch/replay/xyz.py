@@ -889,6 +889,9 @@ class XYZReader:
                 done = offset - start
                 per_row = done / row if row else 64.0 * len(layout.kinds)
                 need = int((n - row) * per_row * 1.25) + 4096 + (self._end - offset)
+                # a long first row times a large count is a guess, not data: read at most
+                # as much again as the buffer holds, so memory follows the data seen
+                need = min(need, max(self._end - self._pos, _MAX_CHUNK))
                 if not self._fill(need):
                     at_eof = True
                 continue

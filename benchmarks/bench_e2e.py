@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,12 +36,12 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
-    import trajwatch
+    import trajwatch  # noqa: F401 (checks that it imports)
 except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    import trajwatch
 
 import bench_features
+from _serving import RoundServer
 from trajwatch.features.engine import warmup
 from trajwatch.pipeline import Pipeline
 from trajwatch.streaming import Publisher, Subscriber
@@ -87,42 +86,14 @@ def _serve() -> int:
     return 0
 
 
-class _Server:
-    """Handle on the publishing process."""
+class _Server(RoundServer):
+    """The publishing process (``_serve``)."""
 
     def __init__(self) -> None:
-        env = dict(os.environ)
-        src = str(Path(trajwatch.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
-        )  # fmt: skip
+        super().__init__(__file__)
 
-    def start(self, n_atoms: int, count: int, mode: str, rate: float = 0.0) -> str:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{n_atoms} {count} {mode} {rate}\n")
-        self.proc.stdin.flush()
-        endpoint = self.proc.stdout.readline().strip()
-        if not endpoint.startswith("tcp://"):
-            raise RuntimeError("the publishing process did not start a round")
-        return endpoint
-
-    def finish(self) -> None:
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "done":
-            raise RuntimeError("the publishing process did not finish its round")
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+    def start_round(self, n_atoms: int, count: int, mode: str, rate: float = 0.0) -> str:
+        return self.start(f"{n_atoms} {count} {mode} {rate}")
 
 
 def _receive_latency(endpoint: str, count: int, mode: str) -> tuple[int, list[float], list[float]]:
@@ -182,7 +153,8 @@ def bench_latency(server: _Server, quick: bool) -> list[dict[str, Any]]:
         count = int(seconds * rate) + SKIP
         row: dict[str, Any] = {"atoms": n, "rate": rate, "frames": count}
         for mode in ("pipeline", "raw"):
-            got, lat, cpu = _receive_latency(server.start(n, count, "xpub", rate), count, mode)
+            endpoint = server.start_round(n, count, "xpub", rate)
+            got, lat, cpu = _receive_latency(endpoint, count, mode)
             server.finish()
             row[f"{mode}_received"] = got
             for q in (50, 99):
@@ -210,7 +182,7 @@ def bench_throughput(server: _Server, quick: bool) -> list[dict[str, Any]]:
         cpu: dict[str, list[float]] = {mode: [] for mode in fps}
         for _ in range(repeats):
             for mode in fps:
-                rate, per_frame = bench_features._receive(server.start(n, count, "push"),
+                rate, per_frame = bench_features._receive(server.start_round(n, count, "push"),
                                                           count, mode)  # fmt: skip
                 server.finish()
                 fps[mode].append(rate)

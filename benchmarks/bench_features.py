@@ -41,11 +41,11 @@ import numpy as np
 import zmq
 
 try:
-    import trajwatch
+    import trajwatch  # noqa: F401 (checks that it imports)
 except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    import trajwatch
 
+from _serving import child_env
 from trajwatch.detectors.stack import warmup as warmup_detectors
 from trajwatch.features import reference
 from trajwatch.features.engine import FeatureEngine, warmup
@@ -291,12 +291,9 @@ def _receive(endpoint: str, count: int, mode: str) -> tuple[float, float]:
 
 
 def _one_run(path: Path, count: int, mode: str) -> tuple[float, float]:
-    env = dict(os.environ)
-    src = str(Path(trajwatch.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", str(path), str(count)],
-        stdout=subprocess.PIPE, env=env, text=True,
+        stdout=subprocess.PIPE, env=child_env(), text=True,
     )  # fmt: skip
     try:
         assert child.stdout is not None

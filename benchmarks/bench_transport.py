@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,11 +38,11 @@ import numpy as np
 import zmq
 
 try:
-    import trajwatch
+    import trajwatch  # noqa: F401 (checks that it imports)
 except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    import trajwatch
 
+from _serving import RoundServer
 from trajwatch.frame import Frame
 from trajwatch.streaming import Publisher, Subscriber, decode, encode
 
@@ -138,55 +137,21 @@ def _serve() -> int:
     return 0
 
 
-class _Server:
-    """The publishing child process (driven by text lines: nothing is pickled)."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        src = str(Path(trajwatch.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            text=True,
-        )
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-_server: _Server | None = None
+_server: RoundServer | None = None
 
 
 class _Sender:
-    """One publishing round of the server process."""
+    """One publishing round of the server process (``_serve``)."""
 
     def __init__(self, mode: str, kind: str, n_atoms: int, count: int, rate: float) -> None:
         global _server
-        if _server is None or _server.proc.poll() is not None:
-            _server = _Server()
-        self.proc = _server.proc
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{mode} {kind} {n_atoms} {count} {rate}\n")
-        self.proc.stdin.flush()
-        self.endpoint = self.proc.stdout.readline().strip()
-        if not self.endpoint.startswith("tcp://"):
-            raise RuntimeError("publisher process did not start a round")
+        if _server is None or not _server.alive:
+            _server = RoundServer(__file__)
+        self._server = _server
+        self.endpoint = _server.start(f"{mode} {kind} {n_atoms} {count} {rate}")
 
     def finish(self) -> None:
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "done":
-            raise RuntimeError("publisher process did not finish its round")
+        self._server.finish()
 
 
 def _close_server() -> None:

@@ -94,13 +94,14 @@ def _by_id(lmp: Any, name: str) -> np.ndarray:
     return out
 
 
-def test_frames_match_lammps_state_in_trajwatch_units() -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_frames_match_lammps_state_in_trajwatch_units(background: bool) -> None:
     from trajwatch.adapters.lammps import LammpsWatcher
 
     lmp = open_argon(cells=3)
     lmp.command("fix nve all nve")
     keep = Keep()
-    watcher = LammpsWatcher(lmp, keep, source="ar", energy=True)
+    watcher = LammpsWatcher(lmp, keep, source="ar", energy=True, background=background)
     watcher.run(20)
     assert [f.step for f in keep.frames] == list(range(21))  # step 0 (set-up) to 20
     last = keep.frames[-1]
@@ -140,7 +141,10 @@ def test_other_unit_styles_give_the_same_frame(units: str) -> None:
     np.testing.assert_allclose(other.cell, metal.cell, rtol=1e-6)
 
 
-def test_clash_is_caught_and_the_run_halts_after_that_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_clash_is_caught_and_the_run_halts_after_that_step(
+    tmp_path: Path, background: bool
+) -> None:
     from trajwatch.adapters.lammps import LammpsWatcher
 
     lmp = open_argon(cells=4)
@@ -148,7 +152,7 @@ def test_clash_is_caught_and_the_run_halts_after_that_step(tmp_path: Path) -> No
     lmp.command("fix nve all nve")
     events: list[Any] = []
     watch = Watch(sinks=[CallbackSink(events.append)], dump_dir=tmp_path, keep=6)
-    watcher = LammpsWatcher(lmp, watch, source="ar")
+    watcher = LammpsWatcher(lmp, watch, source="ar", background=background)
     fault_step = WARMUP + 60
     watcher.run(fault_step)
     assert events == [] and watcher.alarm is None
@@ -161,7 +165,11 @@ def test_clash_is_caught_and_the_run_halts_after_that_step(tmp_path: Path) -> No
         watcher.run(500)
     alarm = stopped.value.event
     assert fault_step < alarm.step <= fault_step + 3
-    assert lmp.extract_global("ntimestep") == alarm.step  # fix halt ended the run there
+    halted_at = lmp.extract_global("ntimestep")
+    if background:  # the sender thread judges the frame while LAMMPS steps on
+        assert alarm.step < halted_at < alarm.step + 100
+    else:
+        assert halted_at == alarm.step  # the timeout ended the run at that step
     assert events == [alarm] and 0 in alarm.atoms
     assert watcher.alarm is not None and watcher.alarm.event == alarm
     from ase.io import read
@@ -170,10 +178,10 @@ def test_clash_is_caught_and_the_run_halts_after_that_step(tmp_path: Path) -> No
     assert len(kept) == 6 and kept[-1].info["step"] == alarm.step
     # a plain run command is halted at once while the stop stands; reset lets it go on
     lmp.command("run 5")
-    assert lmp.extract_global("ntimestep") <= alarm.step + 1
+    assert lmp.extract_global("ntimestep") <= halted_at + 1
     watcher.reset()
     lmp.command("run 5")
-    assert lmp.extract_global("ntimestep") >= alarm.step + 5
+    assert lmp.extract_global("ntimestep") >= halted_at + 5
 
 
 class Check:
@@ -217,7 +225,8 @@ def test_frames_follow_resorted_atoms_and_a_changing_box() -> None:
     assert check.frames[0].cell[0, 0] == pytest.approx(3 * 5.26)
 
 
-def test_lost_atoms_become_nan_and_raise_the_alarm() -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_lost_atoms_become_nan_and_raise_the_alarm(background: bool) -> None:
     from trajwatch.adapters.lammps import LammpsWatcher
 
     lmp = open_argon(cells=3)
@@ -225,11 +234,73 @@ def test_lost_atoms_become_nan_and_raise_the_alarm() -> None:
     lmp.command("fix nve all nve")
     lmp.command("thermo_modify lost ignore")
     keep = Keep()
-    watcher = LammpsWatcher(lmp, keep)
+    watcher = LammpsWatcher(lmp, keep, background=background)
     watcher.run(2)
     lmp.command("velocity all set 0 0 5000 units box")  # everything leaves the box
     watcher.run(3)
     assert np.isnan(keep.frames[-1].positions).any()
+
+
+def _resorting_run(background: bool) -> list[Frame]:
+    """Hot argon that LAMMPS re-sorts every step, then a box change: the frames sent."""
+    from trajwatch.adapters.lammps import LammpsWatcher
+
+    lmp = open_argon(cells=3)
+    lmp.command("velocity all create 3000 4321")
+    lmp.command("neighbor 0.5 bin")
+    lmp.command("neigh_modify every 1 delay 0 check no")
+    lmp.command("atom_modify sort 1 2.0")
+    lmp.command("fix nve all nve")
+    keep = Keep()
+    watcher = LammpsWatcher(lmp, keep, energy=True, background=background)
+    watcher.run(30)
+    lmp.command("change_box all x scale 1.05 remap")
+    watcher.run(2)
+    watcher.detach()
+    return keep.frames
+
+
+def test_background_frames_equal_the_frames_sent_from_lammps_thread() -> None:
+    # the compiled callback's copies (ring slots) against the Python callback's reads of
+    # LAMMPS's memory: a deterministic serial run gives the same steps bit for bit
+    direct, background = _resorting_run(False), _resorting_run(True)
+    assert [f.step for f in background] == [f.step for f in direct] == list(range(33))
+    for a, b in zip(direct, background, strict=True):
+        for name in ("positions", "velocities", "forces", "cell", "pbc", "numbers"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        assert (a.energy, a.time, a.seq, a.source) == (b.energy, b.time, b.seq, b.source)
+
+
+class Slow(Keep):
+    def __init__(self, lossless: bool) -> None:
+        super().__init__()
+        self.lossless = lossless  # as a Publisher says whether it may drop
+
+    def send(self, frame: Frame) -> bool:
+        import time
+
+        time.sleep(0.002)
+        return super().send(frame)
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_background_sender_behind_a_full_ring(lossless: bool) -> None:
+    # a dropping target (a Publisher) loses steps, counted; any other makes LAMMPS wait
+    from trajwatch.adapters.lammps import LammpsWatcher
+
+    lmp = open_argon(cells=2)
+    lmp.command("fix nve all nve")
+    slow = Slow(lossless)
+    watcher = LammpsWatcher(lmp, slow, background=True, ring_bytes=1)  # the 4-slot minimum
+    watcher.run(200)
+    assert watcher.sent == len(slow.frames) == 201 - watcher.dropped
+    assert (watcher.dropped == 0) if lossless else (watcher.dropped > 100)
+    steps = [f.step for f in slow.frames]
+    assert steps == sorted(steps) and steps[0] == 0
+    if lossless:
+        assert steps == list(range(201))
+    watcher.detach()
+    assert not watcher._drainer.is_alive()  # type: ignore[union-attr]
 
 
 def test_element_mapping() -> None:

@@ -292,35 +292,47 @@ class _EmptyReporter:
 
 
 MODES = ("off", "hook", "adapter", "publish")
+#: background engines: also the engine alone beside a busy loop in another process, the
+#: slowdown this machine gives any thread busy on the other core
+BACKGROUND_MODES = (*MODES, "busy")
+_BUSY = "while True: pass"
 
 
 def _measure(engine: Engine, publisher: Publisher, steps: int, rounds: int) -> dict[str, Any]:
     engine.step(max(5, steps // 4))  # warm up: first-call costs, caches
+    modes = BACKGROUND_MODES if getattr(engine, "background", False) else MODES
     for mode in MODES[1:]:  # the hooks' and the adapter's own first-call costs
         _attach(engine, mode, publisher)
         engine.step(2)
         engine.detach()
     # per mode, per round: seconds per step of wall clock, process CPU, engine-thread CPU
     clocks = ("wall", "cpu", "thread")
-    per_step: dict[str, dict[str, list[float]]] = {c: {m: [] for m in MODES} for c in clocks}
-    ratios: dict[str, dict[str, list[float]]] = {c: {m: [] for m in MODES[1:]} for c in clocks}
+    per_step: dict[str, dict[str, list[float]]] = {c: {m: [] for m in modes} for c in clocks}
+    ratios: dict[str, dict[str, list[float]]] = {c: {m: [] for m in modes[1:]} for c in clocks}
     sent_before = publisher.sent
     for r in range(rounds):
-        order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]  # rotate the order
+        order = modes[r % len(modes) :] + modes[: r % len(modes)]  # rotate the order
         if r % 2:
             order = order[::-1]
         results = {}
         for mode in order:
+            busy = None
+            if mode == "busy":
+                busy = subprocess.Popen([sys.executable, "-c", _BUSY])
+                time.sleep(0.2)  # started and spinning
             _attach(engine, mode, publisher)
             c0, w0, t0 = time.process_time(), time.perf_counter(), time.thread_time()
             engine.step(steps)
             w1, t1 = time.perf_counter(), time.thread_time()
+            if busy is not None:
+                busy.kill()
+                busy.wait()
             engine.detach()  # a background sender finishes the block's frames here
             c1 = _settle()  # ZeroMQ's I/O thread may still be sending this block's frames
             results[mode] = {"wall": w1 - w0, "cpu": c1 - c0, "thread": t1 - t0}
             for clock in clocks:
                 per_step[clock][mode].append(results[mode][clock] / steps)
-        for mode in MODES[1:]:
+        for mode in modes[1:]:
             for clock in clocks:
                 ratios[clock][mode].append(results[mode][clock] / results["off"][clock])
     median = statistics.median
@@ -359,6 +371,8 @@ def _measure(engine: Engine, publisher: Publisher, steps: int, rounds: int) -> d
         "ratio_cpu_adapter_discard": median(ratios["cpu"]["adapter"]),
         "steps_per_s_hook": 1 / (off["wall"] * hook),
         "split_us_per_step": split,
+        # the engine alone with another process spinning on the other core (background)
+        "ratio_wall_busy_neighbour": median(ratios["wall"]["busy"]) if "busy" in modes else None,
     }
 
 
@@ -458,6 +472,12 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
             note="no adapter on this hook can beat it; extra CPU per step: " + ", ".join(
                 f"{k.removesuffix('_us')} {v:.0f} us" for k, v in r["split_us_per_step"].items()),
         ) for r in results["engines"].values())  # fmt: skip
+    rows.extend(row(
+            f"{r['engine']} steps/s, alone beside a busy loop on the other core",
+            1 / r["ratio_wall_busy_neighbour"] * r["steps_per_s_without"], unit="steps/s",
+            baseline=r["steps_per_s_without"], baseline_name="engine alone",
+            note="what any work on the other core costs the engine on this machine",
+        ) for r in results["engines"].values() if r["ratio_wall_busy_neighbour"])  # fmt: skip
     rows += [row(f"{key}: skipped", None, note=why) for key, why in results["skipped"].items()]
     return rows
 
@@ -494,6 +514,13 @@ def print_table(results: dict[str, Any]) -> None:
             f"{r['engine']:<12} {r['ratio_wall_hook']:>7.3f} {split['engine_hook_us']:>8.1f} "
             f"{split['adapter_us']:>10.1f} {split['transport_us']:>12.1f}"
         )
+    for r in results["engines"].values():
+        if r["ratio_wall_busy_neighbour"]:
+            print(
+                f"{r['engine']}: the engine alone beside a busy loop on the other core runs "
+                f"x{r['ratio_wall_busy_neighbour']:.3f} slower (this machine's cost of any "
+                "work on the other core)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

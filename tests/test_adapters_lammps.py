@@ -166,8 +166,8 @@ def test_clash_is_caught_and_the_run_halts_after_that_step(
     alarm = stopped.value.event
     assert fault_step < alarm.step <= fault_step + 3
     halted_at = lmp.extract_global("ntimestep")
-    if background:  # the sender thread judges the frame while LAMMPS steps on
-        assert alarm.step < halted_at < alarm.step + 100
+    if background:  # the sender thread judges the frame while LAMMPS runs up to a ring ahead
+        assert alarm.step < halted_at <= alarm.step + watcher.ring_slots + 1
     else:
         assert halted_at == alarm.step  # the timeout ended the run at that step
     assert events == [alarm] and 0 in alarm.atoms

@@ -41,8 +41,8 @@ HANDLE, EXTRACT_ATOM, EXTRACT_COMPUTE, FORCE_TIMEOUT = 9, 10, 11, 12
 NAME_V, NAME_F, NAME_PE = 13, 14, 15
 DATA, TAGS, META = 16, 17, 18
 BOXLO, BOXHI, XY, XZ, YZ, DT, ATIME, ATIMESTEP = 19, 20, 21, 22, 23, 24, 25, 26
-WAIT_WHEN_FULL, SENDER_ALIVE = 27, 28  # 1: a full ring makes LAMMPS wait, not drop
-CONTROL_SIZE = 29
+WAIT_WHEN_FULL, SENDER_ALIVE, SCHED_YIELD = 27, 28, 29  # a full ring: wait, not drop
+CONTROL_SIZE = 30
 #: STOP: 0 run on, 1 asked (by Python), 2 passed on to LAMMPS
 STOP_ASKED, STOP_SENT = 1, 2
 
@@ -145,6 +145,12 @@ def _caller(pointers: int, ints: int) -> Any:
 
         return signature, codegen
 
+    if pointers == 0 and ints == 0:
+
+        def none(typingctx: Any, function: Any) -> Any:
+            return call(typingctx, function)
+
+        return intrinsic(none)
     if pointers == 1 and ints == 0:
 
         def one(typingctx: Any, function: Any, a: Any) -> Any:
@@ -164,6 +170,7 @@ def _caller(pointers: int, ints: int) -> Any:
     return intrinsic(four)
 
 
+_sched_yield = _caller(0, 0)  # int sched_yield(void): the result is not used
 _force_timeout = _caller(1, 0)  # void lammps_force_timeout(void *handle)
 _extract_atom = _caller(2, 0)  # void *lammps_extract_atom(void *handle, const char *name)
 _extract_compute = _caller(2, 2)  # void *lammps_extract_compute(handle, id, style, type)
@@ -188,7 +195,8 @@ def _snapshot(caller, step, nlocal, ids, x, fexternal):  # pragma: no cover - ma
         if not control[WAIT_WHEN_FULL] or not _load_acquire(base + SENDER_ALIVE * 8):
             control[DROPPED] += 1
             return
-        # wait (spinning, without the GIL) for the sender to free a slot
+        # wait for the sender to free a slot, giving the core away while waiting
+        _sched_yield(control[SCHED_YIELD])
     n = control[N_ATOMS]
     m = min(np.int64(nlocal), n)
     slot = head % control[N_SLOTS]
@@ -291,6 +299,9 @@ def control_block(
     control[EXTRACT_ATOM] = function("lammps_extract_atom")
     control[EXTRACT_COMPUTE] = function("lammps_extract_compute")
     control[FORCE_TIMEOUT] = function("lammps_force_timeout")
+    control[SCHED_YIELD] = int(
+        ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value or 0
+    )
     for index, buffer in zip((NAME_V, NAME_F, NAME_PE), ring["names"], strict=True):
         control[index] = ctypes.addressof(buffer)
     control[DATA] = ring["data"].ctypes.data

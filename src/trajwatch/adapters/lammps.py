@@ -216,13 +216,14 @@ class LammpsWatcher:
         self._cell = np.zeros((3, 3))
         lmp.command(f"fix {fix_id} all external pf/callback {self.every} 1")
         self.background = background
+        self.ring_slots = 0  # background mode: how many steps LAMMPS may run ahead
         self._closing = False
         self._drainer: threading.Thread | None = None
         if background:
             from trajwatch.adapters import _lammps_snapshot as snapshot
 
             slot_bytes = n * (9 * 8 + 8) + 8 * snapshot.META_SIZE
-            slots = max(4, min(_MAX_SLOTS, ring_bytes // slot_bytes))
+            self.ring_slots = slots = max(4, min(_MAX_SLOTS, ring_bytes // slot_bytes))
             # a Publisher in its default mode drops at its high-water mark rather than
             # stall the engine: the ring does the same; any other target (a Watch) waits
             self.lossless = bool(getattr(target, "lossless", True))

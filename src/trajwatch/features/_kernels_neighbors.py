@@ -367,8 +367,9 @@ def _list_min(
     """``out[:3] = [d_min, i, j]`` over the first ``count`` listed pairs (inf if none)."""
     best = np.inf
     bp = -1
-    for p in range(count):
-        i = np.uint64(pairs[p, 0])  # unsigned: no wraparound test per index (see _list_rdf)
+    for q in range(count):
+        p = np.uint64(q)  # unsigned: no wraparound test per index (see _list_rdf)
+        i = np.uint64(pairs[p, 0])
         j = np.uint64(pairs[p, 1])
         dx = u[j, 0] - u[i, 0] + shifts[p, 0]
         dy = u[j, 1] - u[i, 1] + shifts[p, 1]
@@ -376,7 +377,7 @@ def _list_min(
         r2 = dx * dx + dy * dy + dz * dz
         if r2 < best:
             best = r2
-            bp = p
+            bp = q
     out[0] = math.sqrt(best)
     out[1] = pairs[bp, 0] if bp >= 0 else -1
     out[2] = pairs[bp, 1] if bp >= 0 else -1
@@ -396,9 +397,11 @@ def _list_rdf(
     bins = counts.shape[0]
     dr = cutoff / bins
     c2 = cutoff * cutoff
-    for p in range(first, last):
-        # Listed atoms are valid indices; as unsigned integers Numba leaves out the
-        # wraparound of negative indices, a compare and select per index (~20 % here).
+    top = np.uint64(bins - 1)
+    for q in range(last - first):
+        # Every index here is valid and non-negative: as unsigned integers Numba leaves
+        # out the wraparound of negative indices, a compare and select per index.
+        p = np.uint64(first + q)
         i = np.uint64(pairs[p, 0])
         j = np.uint64(pairs[p, 1])
         dx = u[j, 0] - u[i, 0] + shifts[p, 0]
@@ -406,4 +409,4 @@ def _list_rdf(
         dz = u[j, 2] - u[i, 2] + shifts[p, 2]
         r2 = dx * dx + dy * dy + dz * dz
         if r2 < c2:
-            counts[min(int(math.sqrt(r2) / dr), bins - 1)] += 1
+            counts[min(np.uint64(math.sqrt(r2) / dr), top)] += 1

@@ -326,9 +326,9 @@ def _split_at_cutoff(
 
     The list holds every pair within cutoff + skin, and about 40 % of them lie beyond the
     cutoff: in list order, :func:`_list_rdf`'s test is a coin toss that the processor
-    mispredicts. Split like this once per build, it stays sorted but for the few pairs
-    that cross the cutoff before the next build. The counts are integers, so their order
-    does not change g(r).
+    mispredicts. Split like this once (when a list has lived long, see
+    ``_kernels_update.RDF_SPLIT_AGE``), it stays split but for the few pairs that cross
+    the cutoff later. The counts are integers, so their order does not change g(r).
     """
     c2 = cutoff * cutoff
     for m in range(starts.shape[0] - 1):

@@ -98,6 +98,7 @@ I_NEED = 7  # pairs a list needs when the kernel asks for room
 I_CLOSEST_I = 8
 I_CLOSEST_J = 9
 I_HAVE_E0 = 10
+I_RDF_AGE = 11  # frames the RDF list has served since its build
 I_LAST_BAD = 12  # the latest frame had non-finite positions
 I_CONTACT_BUILDS = 13
 I_RDF_BUILDS = 14
@@ -217,6 +218,11 @@ def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # typ
     return (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u,
             ring_v, ring_bins, hist, rdf_ring, rstart, work)  # fmt: skip
 
+
+# An RDF list that has served this many frames gets its pairs split at the cutoff
+# (_split_at_cutoff): that costs about as much again as the build, which a list rebuilt
+# often (a liquid, a changing cell) would pay for no gain; a solid's list lives on.
+RDF_SPLIT_AGE = 500
 
 # Values whose spread is below this fraction of their mean count as constant: skew,
 # kurtosis and the spectrum of a constant are NaN, not rounding noise.
@@ -413,6 +419,10 @@ def _rdf_list(
         and _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
         and _moved(u_new, atoms[A_RBUILD]) <= skin
     ):
+        age = ibuf[I_RDF_AGE] + 1
+        ibuf[I_RDF_AGE] = age
+        if age == RDF_SPLIT_AGE:  # a long-lived list: worth ordering for _list_rdf
+            _split_at_cutoff(u_new, rpairs, rshift, rstart, fbuf[F_RDF_CUTOFF])
         return OK
     full = n < 2  # False, as a runtime bool (see _contact)
     count = _pairs_within(
@@ -433,8 +443,8 @@ def _rdf_list(
         ibuf[I_NRDF] = -1
         ibuf[I_NEED] = count
         return GROW_RDF
-    _split_at_cutoff(u_new, rpairs, rshift, rstart, fbuf[F_RDF_CUTOFF])
     ibuf[I_NRDF] = count
+    ibuf[I_RDF_AGE] = 0
     atoms[A_RBUILD, :n] = u_new[:n]
     _remember_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
     ibuf[I_RDF_BUILDS] += 1

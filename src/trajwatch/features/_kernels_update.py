@@ -527,84 +527,80 @@ def _push_lags(
 
     Four lags at a time: each sum still runs over the atoms in order (the same result,
     bit for bit), but four independent sums overlap in the processor instead of each
-    waiting for its previous addition. The ring is indexed directly with unsigned
-    integers (no per-lag views, each an atomic reference count up and down, and no
-    wraparound test per index).
+    waiting for its previous addition.
     """
     W = ring.shape[0]
     M = tagged.shape[0]
     L = lags.shape[0]
-    now = np.uint64(slot)
+    row = ring[slot]
     for m in range(M):
         i = tagged[m]
         for k in range(3):
-            ring_u[now, m, k] = u_new[i, k]
+            ring_u[slot, m, k] = u_new[i, k]
+    now_u = ring_u[slot]
+    now_v = ring_v[slot]
     nl = 0
     while nl < L and lags[nl] <= n_window - 1:
         nl += 1
-    with_v = ring[now, R_HAS_V] > 0.0
+    with_v = row[R_HAS_V] > 0.0
     for l0 in range(0, nl, 4):
-        b0 = np.uint64((slot - lags[l0]) % W)
-        b1 = np.uint64((slot - lags[min(l0 + 1, nl - 1)]) % W)  # past the last lag: repeat it
-        b2 = np.uint64((slot - lags[min(l0 + 2, nl - 1)]) % W)
-        b3 = np.uint64((slot - lags[min(l0 + 3, nl - 1)]) % W)
+        b0 = (slot - lags[l0]) % W
+        b1 = (slot - lags[min(l0 + 1, nl - 1)]) % W  # past the last lag: repeat it
+        b2 = (slot - lags[min(l0 + 2, nl - 1)]) % W
+        b3 = (slot - lags[min(l0 + 3, nl - 1)]) % W
+        u0, u1, u2, u3 = ring_u[b0], ring_u[b1], ring_u[b2], ring_u[b3]
         s0 = s1 = s2 = s3 = 0.0
         for m in range(M):
-            x = ring_u[now, m, 0]
-            y = ring_u[now, m, 1]
-            z = ring_u[now, m, 2]
-            dx = x - ring_u[b0, m, 0]
-            dy = y - ring_u[b0, m, 1]
-            dz = z - ring_u[b0, m, 2]
+            x = now_u[m, 0]
+            y = now_u[m, 1]
+            z = now_u[m, 2]
+            dx = x - u0[m, 0]
+            dy = y - u0[m, 1]
+            dz = z - u0[m, 2]
             s0 += dx * dx + dy * dy + dz * dz
-            dx = x - ring_u[b1, m, 0]
-            dy = y - ring_u[b1, m, 1]
-            dz = z - ring_u[b1, m, 2]
+            dx = x - u1[m, 0]
+            dy = y - u1[m, 1]
+            dz = z - u1[m, 2]
             s1 += dx * dx + dy * dy + dz * dz
-            dx = x - ring_u[b2, m, 0]
-            dy = y - ring_u[b2, m, 1]
-            dz = z - ring_u[b2, m, 2]
+            dx = x - u2[m, 0]
+            dy = y - u2[m, 1]
+            dz = z - u2[m, 2]
             s2 += dx * dx + dy * dy + dz * dz
-            dx = x - ring_u[b3, m, 0]
-            dy = y - ring_u[b3, m, 1]
-            dz = z - ring_u[b3, m, 2]
+            dx = x - u3[m, 0]
+            dy = y - u3[m, 1]
+            dz = z - u3[m, 2]
             s3 += dx * dx + dy * dy + dz * dz
-        _put4(ring, slot, R_LAGS + l0, nl - l0, s0 / M, s1 / M, s2 / M, s3 / M)
+        _put4(row, R_LAGS + l0, nl - l0, s0 / M, s1 / M, s2 / M, s3 / M)
         if not with_v:
             continue
+        v0, v1, v2, v3 = ring_v[b0], ring_v[b1], ring_v[b2], ring_v[b3]
         s0 = s1 = s2 = s3 = 0.0
         for m in range(M):
-            x = ring_v[now, m, 0]
-            y = ring_v[now, m, 1]
-            z = ring_v[now, m, 2]
-            s0 += x * ring_v[b0, m, 0] + y * ring_v[b0, m, 1] + z * ring_v[b0, m, 2]
-            s1 += x * ring_v[b1, m, 0] + y * ring_v[b1, m, 1] + z * ring_v[b1, m, 2]
-            s2 += x * ring_v[b2, m, 0] + y * ring_v[b2, m, 1] + z * ring_v[b2, m, 2]
-            s3 += x * ring_v[b3, m, 0] + y * ring_v[b3, m, 1] + z * ring_v[b3, m, 2]
+            x = now_v[m, 0]
+            y = now_v[m, 1]
+            z = now_v[m, 2]
+            s0 += x * v0[m, 0] + y * v0[m, 1] + z * v0[m, 2]
+            s1 += x * v1[m, 0] + y * v1[m, 1] + z * v1[m, 2]
+            s2 += x * v2[m, 0] + y * v2[m, 1] + z * v2[m, 2]
+            s3 += x * v3[m, 0] + y * v3[m, 1] + z * v3[m, 2]
         at = R_LAGS + L + l0
-        count = min(4, nl - l0)
-        if ring[b0, R_HAS_V] > 0.0:
-            ring[now, at] = s0 / M
-        if count > 1 and ring[b1, R_HAS_V] > 0.0:
-            ring[now, at + 1] = s1 / M
-        if count > 2 and ring[b2, R_HAS_V] > 0.0:
-            ring[now, at + 2] = s2 / M
-        if count > 3 and ring[b3, R_HAS_V] > 0.0:
-            ring[now, at + 3] = s3 / M
+        backs = (b0, b1, b2, b3)
+        values = (s0 / M, s1 / M, s2 / M, s3 / M)
+        for j in range(min(4, nl - l0)):
+            if ring[backs[j], R_HAS_V] > 0.0:
+                row[at + j] = values[j]
 
 
 @njit(cache=True, nogil=True)
-def _put4(
-    ring: np.ndarray, slot: int, at: int, count: int, a: float, b: float, c: float, d: float
-) -> None:
-    """``ring[slot, at:at + count] = (a, b, c, d)[:count]``."""
-    ring[slot, at] = a
+def _put4(row: np.ndarray, at: int, count: int, a: float, b: float, c: float, d: float) -> None:
+    """``row[at:at + count] = (a, b, c, d)[:count]``."""
+    row[at] = a
     if count > 1:
-        ring[slot, at + 1] = b
+        row[at + 1] = b
     if count > 2:
-        ring[slot, at + 2] = c
+        row[at + 2] = c
     if count > 3:
-        ring[slot, at + 3] = d
+        row[at + 3] = d
 
 
 @njit(cache=True, nogil=True)

@@ -171,6 +171,29 @@ def test_matches_reference_on_the_clean_fixture_with_default_settings(
     assert contact_builds <= 10 and rdf_builds < rdf_frames / 2  # only when atoms moved enough
 
 
+@pytest.mark.skipif(not JIT, reason="500+ frames: compiled kernels only")
+def test_a_long_lived_rdf_list_is_split_at_the_cutoff_without_changing_g_of_r() -> None:
+    age = _kernels_update.RDF_SPLIT_AGE
+    frames = random_stream(12, age + 30, np.eye(3) * 7.0, "frame", scale=0.002)
+    engine = FeatureEngine(**SMALL)  # type: ignore[arg-type]
+    checks = {1, age - 1, age, age + 1, len(frames) - 1}
+    for t, frame in enumerate(frames):
+        x = engine.update(frame)
+        if t in checks:
+            assert_matches(engine.names, x, reference.features(frames[: t + 1], **SMALL), f"{t}")  # type: ignore[arg-type]
+    assert engine.neighbor_list_builds[1] == 1  # one list all along: split at frame `age`
+    # each centre's pairs inside the cutoff come first (on the unwrapped positions kept)
+    state = _kernels_update._carve(engine._fstate, engine._istate, engine._i32state)
+    ibuf, atoms = state[0], state[3]
+    u = atoms[_kernels_update.A_U + ibuf[_kernels_update.I_UCUR]]
+    starts, pairs, shifts = engine._rstart, engine._rpairs, engine._rshift
+    for m in range(len(starts) - 1):
+        lo, hi = starts[m], starts[m + 1]
+        r = np.linalg.norm(u[pairs[lo:hi, 1]] - u[pairs[lo:hi, 0]] + shifts[lo:hi], axis=1)
+        inside = r < SMALL["rdf_cutoff"]
+        assert inside[: inside.sum()].all(), m
+
+
 def test_species_change_is_reported_and_resets_the_window() -> None:
     frames = random_stream(6, 10, np.eye(3) * 7.0, "frame", seed=5)
     engine = FeatureEngine(**SMALL)  # type: ignore[arg-type]

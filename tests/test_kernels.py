@@ -144,6 +144,40 @@ def test_list_kernels_match_reference() -> None:
     assert out[0] == pytest.approx(best[0], rel=1e-12)
 
 
+def test_split_at_cutoff_puts_each_centres_inside_pairs_first() -> None:
+    rng = np.random.default_rng(9)
+    cell, inv, pbc = _kernel_cell(CELLS["triclinic"])
+    positions = rng.uniform(0, 7, size=(40, 3))
+    centers = np.arange(0, 40, 3)
+    pairs = np.zeros((4000, 2), dtype=np.int64)
+    shifts = np.zeros((4000, 3))
+    starts = np.zeros(len(centers) + 1, dtype=np.int64)
+    count = _kernels_neighbors._pairs_within(
+        positions, cell, inv, pbc, 4.0, centers, False, pairs, shifts, np.empty(3), starts
+    )
+    before_pairs, before_shifts = pairs[:count].copy(), shifts[:count].copy()
+    cutoff = 3.0
+    _kernels_neighbors._split_at_cutoff(positions, pairs, shifts, starts, cutoff)
+    r = np.linalg.norm(
+        positions[pairs[:count, 1]] - positions[pairs[:count, 0]] + shifts[:count], axis=1
+    )
+    r_before = np.linalg.norm(
+        positions[before_pairs[:, 1]] - positions[before_pairs[:, 0]] + before_shifts, axis=1
+    )
+    for c in range(len(centers)):
+        lo, hi = starts[c], starts[c + 1]
+        inside = r[lo:hi] < cutoff
+        assert inside.sum() == (r_before[lo:hi] < cutoff).sum() > 0
+        assert inside[: inside.sum()].all()  # the inside pairs first, then the others
+        # the same pairs (with their shifts), only in another order
+        key = lambda p, s: sorted(zip(p[:, 1].tolist(), np.round(s, 12).tolist(), strict=True))  # noqa: E731
+        assert key(pairs[lo:hi], shifts[lo:hi]) == key(before_pairs[lo:hi], before_shifts[lo:hi])
+    counts = np.zeros(20)
+    _kernels_neighbors._list_rdf(positions, pairs, shifts, 0, count, 4.0, counts)
+    expected = reference.rdf_counts(positions, CELLS["triclinic"], pbc, centers, 4.0, 20)
+    np.testing.assert_array_equal(counts, expected)
+
+
 def test_kinetic_energy_matches_reference() -> None:
     rng = np.random.default_rng(7)
     v = rng.normal(size=(64, 3))

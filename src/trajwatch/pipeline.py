@@ -159,16 +159,17 @@ class SourceWatch:
 
     def process(self, frame: Frame) -> list[Event]:
         index = self.frames
-        self.frames += 1
+        self.frames = index + 1
         if self._ahead:
             ahead = self._ahead.popleft()
             if ahead.frame is not frame:
                 raise RuntimeError("frames given to prefetch must then be processed in order")
             features, change, self._attribution = ahead.features, ahead.change, ahead.attribution
         else:
-            features = self.engine.update(frame)
-            change = getattr(self.engine, "structure_change", None)
-            self._attribution = self.engine.attribution
+            engine = self.engine
+            features = engine.update(frame)
+            change = engine.structure_change
+            self._attribution = engine.attribution
             ahead = None
         self.last_features = features
         if change is not None:
@@ -181,8 +182,8 @@ class SourceWatch:
             else:
                 lstm_score, lstm_frames = ahead.lstm_score, ahead.lstm_frames
             self._slot.set(lstm_score)
-        stack = self.stack
-        alarm = stack.advance(x)
+        stack = self._stack
+        alarm = stack._advance(x)  # x is the engine's float64 vector: no checks needed
         if (
             lstm is not None
             and 0 < lstm_frames <= self.config.lstm_calibration
@@ -487,8 +488,12 @@ class Pipeline:
             self._watch(source).prefetch(batch)
 
     def process(self, frame: Frame) -> list[Event]:
-        watch = self._watch(frame.source)
+        watch = self.sources.get(frame.source)
+        if watch is None:
+            watch = self._watch(frame.source)
         events = watch.process(frame)
+        if not events:
+            return events
         for event in events:
             self.events.append(event)
             for sink in self.sinks:

@@ -64,6 +64,8 @@ _FUSION_CODES = {
 _Change = Literal["start", "end", "escalate"]
 _CHANGES: tuple[_Change | None, ...] = (None, "start", "end", "escalate")
 _EMPTY = np.zeros(0)
+_RT_FUSED = _kernels.RT_FUSED
+_stack_frame = _kernels._stack_frame
 _NO_TAIL = (np.zeros((0, 1)), np.zeros((0, 1)), np.zeros((0, 2)))
 
 
@@ -179,6 +181,7 @@ class DetectorStack:
         self, config: StackConfig | None = None, *, n_features: int | None = None
     ) -> None:
         self.config = config = config or StackConfig()
+        self._warm = config.warmup_frames
         self.n_features = n_features
         self.names = config.detectors
         self.detectors: list[Any] = [
@@ -275,6 +278,7 @@ class DetectorStack:
         self._scores = self._rt[_kernels.RT_DET + n : _kernels.RT_DET + 2 * n]
         self._surprises = self._rt[_kernels.RT_DET + 2 * n : _kernels.RT_DET + 3 * n]
         self._fast = False
+        self._args = None
         self._fused: tuple[Any, ...] | None = None
         self._externals: list[tuple[int, Any]] = []
 
@@ -388,10 +392,26 @@ class DetectorStack:
         """:meth:`update` without building a :class:`Step`: returns the alarm change and
         leaves the rest in :attr:`last_surprise`, :attr:`last_onset`, :attr:`last_drift`
         and :attr:`surprises`."""
-        x = as_vector(x)
+        return self._advance(as_vector(x))
+
+    def _advance(self, x: NDArray[np.float64]) -> Literal["start", "end", "escalate"] | None:
+        """:meth:`advance` of a vector known to be 1-D, C-contiguous float64."""
+        args = self._args  # set once the fused kernel runs; dropped by whatever changes it
+        index = self.frames
+        if args is not None and index >= self._warm and x.size == self.n_features:
+            # the usual frame: one kernel call, a few attribute stores
+            self.frames = index + 1
+            self.last_onset = None
+            self.last_drift = ()
+            for j, slot in self._externals:  # scores set from outside (the LSTM's)
+                self._scores[j] = slot.score_one(x)
+            status = _stack_frame(x, index, *args)
+            self.last_surprise = self._rt.item(_RT_FUSED)
+            if not status:
+                return None
+            return self._fused_status(status)
         if self._fast and x.size != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {x.size}")
-        index = self.frames
         self.frames += 1
         config = self.config
         self.last_onset = None
@@ -423,14 +443,18 @@ class DetectorStack:
     def _advance_fused(
         self, x: NDArray[np.float64], index: int
     ) -> Literal["start", "end", "escalate"] | None:
-        k = _kernels
         args = self._args
         if args is None:
             args = self._args = self._fused_args(x.size)
         for j, slot in self._externals:  # scores set from outside (the LSTM's)
             self._scores[j] = slot.score_one(x)
-        status = k._stack_frame(x, index, *args)
-        self.last_surprise = float(self._rt[k.RT_FUSED])
+        status = _stack_frame(x, index, *args)
+        self.last_surprise = self._rt.item(_RT_FUSED)
+        return self._fused_status(status) if status else None
+
+    def _fused_status(self, status: int) -> Literal["start", "end", "escalate"] | None:
+        """The alarm change of the fused kernel's status bits; onset and drift noted."""
+        k = _kernels
         change = _CHANGES[status & k.CHANGE_MASK]
         if change is not None and change != "end":
             self.last_onset = int(self._rt[k.RT_ONSET])
@@ -531,6 +555,7 @@ class DetectorStack:
         """Stop learning: detectors and calibrators keep what they know."""
         self.frozen = True
         self._fast = False  # the fused kernel's parameters are taken again
+        self._args = None
         return self
 
     def spawn(self) -> DetectorStack:

@@ -318,22 +318,66 @@ def _rebase(
 
 
 @njit(cache=True, nogil=True)
+def _split_at_cutoff(
+    u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, starts: np.ndarray, cutoff: float
+) -> None:
+    """Within each centre's pairs ``starts[m]:starts[m + 1]``, move the pairs closer than
+    ``cutoff`` (now, on ``u``) ahead of the others.
+
+    The list holds every pair within cutoff + skin, and about 40 % of them lie beyond the
+    cutoff: in list order, :func:`_list_rdf`'s test is a coin toss that the processor
+    mispredicts. Split like this once (when a list has lived long, see
+    ``_kernels_update.RDF_SPLIT_AGE``), it stays split but for the few pairs that cross
+    the cutoff later. The counts are integers, so their order does not change g(r).
+    """
+    c2 = cutoff * cutoff
+    for m in range(starts.shape[0] - 1):
+        lo = starts[m]
+        hi = starts[m + 1] - 1
+        while True:
+            while lo <= hi and _pair_r2(u, pairs, shifts, lo) < c2:
+                lo += 1
+            while lo < hi and not _pair_r2(u, pairs, shifts, hi) < c2:
+                hi -= 1
+            if lo >= hi:
+                break
+            for k in range(2):
+                pairs[lo, k], pairs[hi, k] = pairs[hi, k], pairs[lo, k]
+            for k in range(3):
+                shifts[lo, k], shifts[hi, k] = shifts[hi, k], shifts[lo, k]
+            lo += 1
+            hi -= 1
+
+
+@njit(cache=True, nogil=True)
+def _pair_r2(u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, p: int) -> float:
+    """Squared length of listed pair ``p`` (as :func:`_list_rdf` computes it)."""
+    i = pairs[p, 0]
+    j = pairs[p, 1]
+    dx = u[j, 0] - u[i, 0] + shifts[p, 0]
+    dy = u[j, 1] - u[i, 1] + shifts[p, 1]
+    dz = u[j, 2] - u[i, 2] + shifts[p, 2]
+    return float(dx * dx + dy * dy + dz * dz)
+
+
+@njit(cache=True, nogil=True)
 def _list_min(
     u: np.ndarray, pairs: np.ndarray, shifts: np.ndarray, count: int, out: np.ndarray
 ) -> None:
     """``out[:3] = [d_min, i, j]`` over the first ``count`` listed pairs (inf if none)."""
     best = np.inf
     bp = -1
-    for p in range(count):
-        i = pairs[p, 0]
-        j = pairs[p, 1]
+    for q in range(count):
+        p = np.uint64(q)  # unsigned: no wraparound test per index (see _list_rdf)
+        i = np.uint64(pairs[p, 0])
+        j = np.uint64(pairs[p, 1])
         dx = u[j, 0] - u[i, 0] + shifts[p, 0]
         dy = u[j, 1] - u[i, 1] + shifts[p, 1]
         dz = u[j, 2] - u[i, 2] + shifts[p, 2]
         r2 = dx * dx + dy * dy + dz * dz
         if r2 < best:
             best = r2
-            bp = p
+            bp = q
     out[0] = math.sqrt(best)
     out[1] = pairs[bp, 0] if bp >= 0 else -1
     out[2] = pairs[bp, 1] if bp >= 0 else -1
@@ -353,12 +397,16 @@ def _list_rdf(
     bins = counts.shape[0]
     dr = cutoff / bins
     c2 = cutoff * cutoff
-    for p in range(first, last):
-        i = pairs[p, 0]
-        j = pairs[p, 1]
+    top = np.uint64(bins - 1)
+    for q in range(last - first):
+        # Every index here is valid and non-negative: as unsigned integers Numba leaves
+        # out the wraparound of negative indices, a compare and select per index.
+        p = np.uint64(first + q)
+        i = np.uint64(pairs[p, 0])
+        j = np.uint64(pairs[p, 1])
         dx = u[j, 0] - u[i, 0] + shifts[p, 0]
         dy = u[j, 1] - u[i, 1] + shifts[p, 1]
         dz = u[j, 2] - u[i, 2] + shifts[p, 2]
         r2 = dx * dx + dy * dy + dz * dz
         if r2 < c2:
-            counts[min(int(math.sqrt(r2) / dr), bins - 1)] += 1
+            counts[min(np.uint64(math.sqrt(r2) / dr), top)] += 1

@@ -40,6 +40,7 @@ from trajwatch.features._kernels_neighbors import (
     _list_rdf,
     _pairs_within,
     _rebase,
+    _split_at_cutoff,
 )
 
 # --- kernel return codes
@@ -97,6 +98,7 @@ I_NEED = 7  # pairs a list needs when the kernel asks for room
 I_CLOSEST_I = 8
 I_CLOSEST_J = 9
 I_HAVE_E0 = 10
+I_RDF_AGE = 11  # frames the RDF list has served since its build
 I_LAST_BAD = 12  # the latest frame had non-finite positions
 I_CONTACT_BUILDS = 13
 I_RDF_BUILDS = 14
@@ -216,6 +218,11 @@ def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # typ
     return (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u,
             ring_v, ring_bins, hist, rdf_ring, rstart, work)  # fmt: skip
 
+
+# An RDF list that has served this many frames gets its pairs split at the cutoff
+# (_split_at_cutoff): that costs about as much again as the build, which a list rebuilt
+# often (a liquid, a changing cell) would pay for no gain; a solid's list lives on.
+RDF_SPLIT_AGE = 500
 
 # Values whose spread is below this fraction of their mean count as constant: skew,
 # kurtosis and the spectrum of a constant are NaN, not rounding noise.
@@ -412,6 +419,10 @@ def _rdf_list(
         and _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
         and _moved(u_new, atoms[A_RBUILD]) <= skin
     ):
+        age = ibuf[I_RDF_AGE] + 1
+        ibuf[I_RDF_AGE] = age
+        if age == RDF_SPLIT_AGE:  # a long-lived list: worth ordering for _list_rdf
+            _split_at_cutoff(u_new, rpairs, rshift, rstart, fbuf[F_RDF_CUTOFF])
         return OK
     full = n < 2  # False, as a runtime bool (see _contact)
     count = _pairs_within(
@@ -433,6 +444,7 @@ def _rdf_list(
         ibuf[I_NEED] = count
         return GROW_RDF
     ibuf[I_NRDF] = count
+    ibuf[I_RDF_AGE] = 0
     atoms[A_RBUILD, :n] = u_new[:n]
     _remember_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
     ibuf[I_RDF_BUILDS] += 1
@@ -867,26 +879,28 @@ def _window(
     v2 = 0.0
     c0 = 0.0
     dmin = np.inf
+    # Rows are read as ring[r, column], not through a row view: a view per row costs
+    # an atomic reference count up and down, more than the row's arithmetic.
     for k in range(count):
-        row = ring[order[k]]
-        clocks[k] = row[R_CLOCK]
-        if row[R_HAS_DISP] > 0.0:
-            dmax = max(dmax, row[R_DMAX])
-            dsq += row[R_DSQ]
+        r = np.uint64(order[k])
+        clocks[k] = ring[r, R_CLOCK]
+        if ring[r, R_HAS_DISP] > 0.0:
+            dmax = max(dmax, ring[r, R_DMAX])
+            dsq += ring[r, R_DSQ]
             for c in range(6):
-                tensor[c] += row[R_T + c]
-            signal[ns] = row[R_DMEAN]
+                tensor[c] += ring[r, R_T + c]
+            signal[ns] = ring[r, R_DMEAN]
             ns += 1
-        if row[R_HAS_V] > 0.0:
+        if ring[r, R_HAS_V] > 0.0:
             nv += 1
-            v2 += row[R_V2SUM]
-            c0 += row[R_C0]
-        if not math.isnan(row[R_E]):
-            energies[ne] = row[R_E]
-            eclocks[ne] = row[R_CLOCK]
+            v2 += ring[r, R_V2SUM]
+            c0 += ring[r, R_C0]
+        if not math.isnan(ring[r, R_E]):
+            energies[ne] = ring[r, R_E]
+            eclocks[ne] = ring[r, R_CLOCK]
             ne += 1
-        if row[R_DMIN] < dmin:
-            dmin = row[R_DMIN]
+        if ring[r, R_DMIN] < dmin:
+            dmin = ring[r, R_DMIN]
     dt = (clocks[count - 1] - clocks[0]) / (count - 1) if count > 1 else np.nan
 
     # displacement distribution (moments merged frame by frame, quantiles from the histogram)
@@ -940,11 +954,11 @@ def _window(
     vsum[:nl] = 0.0
     vcount[:nl] = 0.0
     for k in range(1, count):
-        row = ring[order[k]]
+        r = np.uint64(order[k])
         li = 0
         while li < nl and lags[li] <= k:
-            msd[li] += row[R_LAGS + li]
-            value = row[R_LAGS + L + li]
+            msd[li] += ring[r, R_LAGS + li]
+            value = ring[r, R_LAGS + L + li]
             if not math.isnan(value):
                 vsum[li] += value
                 vcount[li] += 1.0

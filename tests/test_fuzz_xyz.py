@@ -273,6 +273,10 @@ HOSTILE = {
     "1e30 atoms": b"1" + b"0" * 30 + b"\nenergy=1\nH 0 0 0\n",
     # a long first row made the reader ask for count x row length bytes at once
     "1e6 atoms, one long row": b"1000000\n\nH 0 0 0" + b" " * 30000 + b"\nH 0 0 0\n",
+    # a skipped column claiming 1e30 columns made the layout a list of 1e30 entries
+    "Properties, 1e30 columns": b"1\nProperties=species:S:1:pos:R:3:x:S:"
+    + b"9" * 30
+    + b"\nH 0 0 0\n",
     "skip_bad resync": b"1\n1\nX",  # found by fuzz/fuzz_xyz.py (also 266661\nC 0 0\n\x86)
 }
 

@@ -56,6 +56,7 @@ _PREFETCH_ATOMS = 1 << 20  # above this many atoms, check the data is there firs
 _MAX_LINE = 1 << 24  # 16 MiB without a line break: give up
 _FIRST_CHUNK = 1 << 16  # 64 KiB: enough for the first frame of most files, and fast
 _MAX_CHUNK = 1 << 20  # 1 MiB
+_MAX_COLUMNS = 1 << 12  # atom columns Properties may declare (a claim of 1e30 is garbage)
 _COMPRESSION_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".lzma")
 _XYZ_SUFFIXES = (".xyz", ".extxyz")
 
@@ -340,16 +341,19 @@ def _layout_from_properties(text: str) -> _Layout:
     if len(fields) % 3 != 0 or not fields[0]:
         raise ValueError(f"Properties={text!r} is not a list of name:type:columns triples")
     columns: list[tuple[str, str, int]] = []
+    total = 0
     for k in range(0, len(fields), 3):
         name, kind, count = fields[k], fields[k + 1], fields[k + 2]
         if kind not in ("S", "R", "I", "L"):
             raise ValueError(f"Properties: column {name!r} has unknown type {kind!r}")
-        try:
-            ncols = int(count)
-        except ValueError:
-            raise ValueError(f"Properties: column {name!r} has count {count!r}") from None
+        if not (count.isascii() and count.isdigit()):  # int() would take "1_0", " +3"
+            raise ValueError(f"Properties: column {name!r} has count {count!r}")
+        ncols = int(count)
         if ncols < 1:
             raise ValueError(f"Properties: column {name!r} has count {ncols}")
+        total += ncols
+        if total > _MAX_COLUMNS:
+            raise ValueError(f"Properties declares more than {_MAX_COLUMNS} columns")
         columns.append((name, kind, ncols))
     names = [c[0] for c in columns]
     has_numbers = any(n in _NUMBER_NAMES for n in names)

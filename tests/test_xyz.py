@@ -220,6 +220,17 @@ def test_velocity_columns_and_units(
     assert same_bits(velocities[0], expected)
 
 
+def test_momenta_of_a_massless_atom_are_nan_velocities(tmp_path: Path) -> None:
+    # a zero mass in the file (found by fuzzing: it was a ZeroDivisionError)
+    text = (
+        "2\nProperties=species:S:1:pos:R:3:momenta:R:3:masses:R:1\n"
+        "Ar 1 2 0 3 0 4 0\nAr 0 0 0 1 1 1 39.9\n"
+    )
+    frame = next(iread(write_text(tmp_path / "m.extxyz", text)))
+    assert frame.velocities is not None
+    assert np.isnan(frame.velocities[0]).all() and np.isfinite(frame.velocities[1]).all()
+
+
 def test_z_column_and_ignored_columns(tmp_path: Path) -> None:
     props = "species:S:1:pos:R:3:Z:I:1:tags:I:1:label:S:1:fixed:L:3:forces:R:3"
     text = f"2\nProperties={props}\nFoo 0 0 0 6 1 a T F T 0.5 0 0\nBar 1 1 1 8 2 b F F F 0 0 -1\n"

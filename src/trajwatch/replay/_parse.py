@@ -553,14 +553,15 @@ def to_velocities(
     Momenta are divided by the mass (``masses`` if given, else the standard mass of the
     element) and then by the ASE time unit ``time_unit`` (fs), the same operations in the
     same order as ``atoms.get_velocities() / ASE_TIME_IN_FS``, so the results agree with
-    ASE bit for bit.
+    ASE bit for bit. A zero mass gives NaN velocities (a frame the features flag as
+    non-finite), not a division error.
     """
     use_masses = masses.shape[0] > 0
     for r in range(values.shape[0]):
         if momenta:
             m = masses[r] if use_masses else standard_masses[numbers[r]]
-            for c in range(3):
-                values[r, c] = values[r, c] / m / time_unit
+            for c in range(3):  # a zero mass (a file's, or a dummy atom X's): no velocity
+                values[r, c] = values[r, c] / m / time_unit if m != 0.0 else np.nan
         else:
             for c in range(3):
                 values[r, c] = values[r, c] / time_unit

@@ -5,7 +5,7 @@ LAMMPS calls it on its own thread, inside ``run``; it copies the step's position
 forces, velocities, atom IDs, box and time into the next free slot of a ring of
 preallocated arrays and returns. It never touches a Python object, so it does not take
 the GIL: a Python thread (``LammpsWatcher(background=True)``) builds and sends the
-frames on another core while LAMMPS steps on. A full ring drops the step (counted).
+frames on another core while LAMMPS steps on.
 
 Everything the callback needs arrives through its ``caller`` pointer: the address of a
 ``CONTROL_SIZE`` int64 array (:func:`control_block`) holding the ring's addresses and
@@ -32,7 +32,7 @@ from numba import carray, cfunc, types  # type: ignore[attr-defined]
 from numba.extending import intrinsic
 from numpy.typing import NDArray
 
-__all__ = ["CONTROL_SIZE", "META_FIELDS", "control_block", "snapshot_callback"]
+__all__ = ["CONTROL_SIZE", "META_FIELDS", "control_block", "set_callback", "snapshot_callback"]
 
 # the control block: int64 slots, written once by Python unless marked
 HEAD, TAIL, DROPPED, STOP, LAST_STEP = 0, 1, 2, 3, 4  # shared counters and flags

@@ -54,37 +54,24 @@ META_FIELDS = (
 META_SIZE = len(META_FIELDS)
 
 
-@intrinsic
-def _f64_at(typingctx: Any, address: Any) -> Any:
-    """``(double *) address``."""
-    signature = types.CPointer(types.float64)(types.int64)
+def _pointer_at(kind: Any, c_name: str) -> Any:
+    """An intrinsic: an int64 address as a ``kind *`` (``c_name`` for its docstring)."""
 
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+    def pointer_at(typingctx: Any, address: Any) -> Any:
+        signature = types.CPointer(kind)(types.int64)
 
-    return signature, codegen
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
 
+        return signature, codegen
 
-@intrinsic
-def _i64_at(typingctx: Any, address: Any) -> Any:
-    """``(int64_t *) address``."""
-    signature = types.CPointer(types.int64)(types.int64)
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
-
-    return signature, codegen
+    pointer_at.__doc__ = f"``({c_name} *) address``."
+    return intrinsic(pointer_at)
 
 
-@intrinsic
-def _i32_at(typingctx: Any, address: Any) -> Any:
-    """``(int32_t *) address``."""
-    signature = types.CPointer(types.int32)(types.int64)
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
-
-    return signature, codegen
+_f64_at = _pointer_at(types.float64, "double")
+_i64_at = _pointer_at(types.int64, "int64_t")
+_i32_at = _pointer_at(types.int32, "int32_t")
 
 
 @intrinsic

@@ -687,26 +687,6 @@ def _loda_score(
 
 
 @njit(cache=True, nogil=True)
-def _loda_learn_x(
-    x: np.ndarray,
-    stats: np.ndarray,
-    z: np.ndarray,
-    index: np.ndarray,
-    weight: np.ndarray,
-    proj: np.ndarray,
-    counts: np.ndarray,
-    scale: np.ndarray,
-    pstats: np.ndarray,
-    state: np.ndarray,
-    half_range: float,
-) -> None:
-    _standardise(x, stats, 1e-4, 1e-12, z)
-    _welford_learn(x, stats)
-    _loda_project(z, index, weight, proj)
-    _loda_learn(proj, counts, scale, pstats, state, half_range)
-
-
-@njit(cache=True, nogil=True)
 def _loda_learn_projected(
     x: np.ndarray,
     stats: np.ndarray,
@@ -721,6 +701,25 @@ def _loda_learn_projected(
     ``proj`` with the same ``stats``: the standardisation and projection are not redone."""
     _welford_learn(x, stats)
     _loda_learn(proj, counts, scale, pstats, state, half_range)
+
+
+@njit(cache=True, nogil=True)
+def _loda_learn_x(
+    x: np.ndarray,
+    stats: np.ndarray,
+    z: np.ndarray,
+    index: np.ndarray,
+    weight: np.ndarray,
+    proj: np.ndarray,
+    counts: np.ndarray,
+    scale: np.ndarray,
+    pstats: np.ndarray,
+    state: np.ndarray,
+    half_range: float,
+) -> None:
+    _standardise(x, stats, 1e-4, 1e-12, z)
+    _loda_project(z, index, weight, proj)
+    _loda_learn_projected(x, stats, proj, counts, scale, pstats, state, half_range)
 
 
 @njit(cache=True, nogil=True)

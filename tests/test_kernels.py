@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -124,16 +125,28 @@ def test_pairs_within_finds_exactly_the_pairs_in_range(name: str, half: bool) ->
     assert got == sorted(expected)
 
 
-def test_list_kernels_match_reference() -> None:
-    rng = np.random.default_rng(8)
+def _triclinic_pairs(seed: int, centers: np.ndarray, starts: np.ndarray) -> tuple[Any, ...]:
+    """40 random atoms in the triclinic cell: their pairs within 4 Å of ``centers``.
+
+    Returns positions, pbc, pairs, shifts, the pair count and the closest pair ``best``;
+    ``starts`` (empty, or one more than ``centers``) is filled with each centre's first pair.
+    """
+    rng = np.random.default_rng(seed)
     cell, inv, pbc = _kernel_cell(CELLS["triclinic"])
     positions = rng.uniform(0, 7, size=(40, 3))
-    centers = np.arange(0, 40, 2)
     pairs = np.zeros((4000, 2), dtype=np.int64)
     shifts = np.zeros((4000, 3))
     best = np.empty(3)
     count = _kernels_neighbors._pairs_within(
-        positions, cell, inv, pbc, 4.0, centers, False, pairs, shifts, best, np.empty(0, np.int64)
+        positions, cell, inv, pbc, 4.0, centers, False, pairs, shifts, best, starts
+    )
+    return positions, pbc, pairs, shifts, count, best
+
+
+def test_list_kernels_match_reference() -> None:
+    centers = np.arange(0, 40, 2)
+    positions, pbc, pairs, shifts, count, best = _triclinic_pairs(
+        8, centers, np.empty(0, np.int64)
     )
     counts = np.zeros(20)
     _kernels_neighbors._list_rdf(positions, pairs, shifts, 0, count, 4.0, counts)
@@ -145,25 +158,18 @@ def test_list_kernels_match_reference() -> None:
 
 
 def test_split_at_cutoff_puts_each_centres_inside_pairs_first() -> None:
-    rng = np.random.default_rng(9)
-    cell, inv, pbc = _kernel_cell(CELLS["triclinic"])
-    positions = rng.uniform(0, 7, size=(40, 3))
     centers = np.arange(0, 40, 3)
-    pairs = np.zeros((4000, 2), dtype=np.int64)
-    shifts = np.zeros((4000, 3))
     starts = np.zeros(len(centers) + 1, dtype=np.int64)
-    count = _kernels_neighbors._pairs_within(
-        positions, cell, inv, pbc, 4.0, centers, False, pairs, shifts, np.empty(3), starts
-    )
+    positions, pbc, pairs, shifts, count, _ = _triclinic_pairs(9, centers, starts)
     before_pairs, before_shifts = pairs[:count].copy(), shifts[:count].copy()
     cutoff = 3.0
     _kernels_neighbors._split_at_cutoff(positions, pairs, shifts, starts, cutoff)
-    r = np.linalg.norm(
-        positions[pairs[:count, 1]] - positions[pairs[:count, 0]] + shifts[:count], axis=1
-    )
-    r_before = np.linalg.norm(
-        positions[before_pairs[:, 1]] - positions[before_pairs[:, 0]] + before_shifts, axis=1
-    )
+
+    def lengths(p: np.ndarray, s: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(positions[p[:, 1]] - positions[p[:, 0]] + s, axis=1)
+
+    r = lengths(pairs[:count], shifts[:count])
+    r_before = lengths(before_pairs, before_shifts)
     for c in range(len(centers)):
         lo, hi = starts[c], starts[c + 1]
         inside = r[lo:hi] < cutoff

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from trajwatch.adapters import _lammps_snapshot as snapshot
 from trajwatch.adapters.inprocess import AlarmStop, FrameTarget, stop_event
 from trajwatch.adapters.units import UnitSystem, lammps_units
 from trajwatch.elements import ATOMIC_NUMBERS, MASSES
@@ -220,8 +221,6 @@ class LammpsWatcher:
         self._closing = False
         self._drainer: threading.Thread | None = None
         if background:
-            from trajwatch.adapters import _lammps_snapshot as snapshot
-
             slot_bytes = n * (9 * 8 + 8) + 8 * snapshot.META_SIZE
             self.ring_slots = slots = max(4, min(_MAX_SLOTS, ring_bytes // slot_bytes))
             # a Publisher in its default mode drops at its high-water mark rather than
@@ -422,22 +421,18 @@ class LammpsWatcher:
 
     def _drain(self) -> None:
         """The background thread: frames from the ring's slots, in order, until detached."""
-        from trajwatch.adapters._lammps_snapshot import SENDER_ALIVE
-
         try:
             self._drain_slots()
         finally:
-            self._control[SENDER_ALIVE] = 0  # a waiting callback must not wait for us
+            self._control[snapshot.SENDER_ALIVE] = 0  # a waiting callback must not wait for us
 
     def _drain_slots(self) -> None:
-        from trajwatch.adapters._lammps_snapshot import HEAD, N_SLOTS, TAIL
-
         control, ring = self._control, self._ring
         data, tags, meta = ring["data"], ring["tags"], ring["meta"]
-        slots = int(control[N_SLOTS])
+        slots = int(control[snapshot.N_SLOTS])
         nap = _NAP_MIN
         while True:
-            head, tail = int(control[HEAD]), int(control[TAIL])
+            head, tail = int(control[snapshot.HEAD]), int(control[snapshot.TAIL])
             if tail == head:
                 if self._closing:
                     return
@@ -464,7 +459,7 @@ class LammpsWatcher:
                     self.error = error
                     logger.exception("trajwatch LAMMPS sender failed; halting the run")
                     self._request_stop()
-                control[TAIL] = position + 1
+                control[snapshot.TAIL] = position + 1
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every step LAMMPS has handed over is sent (background mode).
@@ -474,10 +469,8 @@ class LammpsWatcher:
         """
         if self._drainer is None:
             return True
-        from trajwatch.adapters._lammps_snapshot import HEAD, TAIL
-
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self._control[TAIL] != self._control[HEAD]:
+        while self._control[snapshot.TAIL] != self._control[snapshot.HEAD]:
             if not self._drainer.is_alive():
                 return False
             if deadline is not None and time.monotonic() > deadline:
@@ -490,9 +483,7 @@ class LammpsWatcher:
         """Steps not sent because the background sender was a whole ring behind."""
         if self._drainer is None:
             return 0
-        from trajwatch.adapters._lammps_snapshot import DROPPED
-
-        return int(self._control[DROPPED])
+        return int(self._control[snapshot.DROPPED])
 
     def _view(self, address: int, rows: int, columns: int, kind: Any = None) -> NDArray[Any]:
         """A NumPy view of LAMMPS memory, rebuilt only when LAMMPS has moved or resized it."""
@@ -531,9 +522,7 @@ class LammpsWatcher:
         if self._drainer is None:
             self.lmp.force_timeout()  # LAMMPS ends the run after this step
         else:  # not from this thread: the compiled callback passes it on at the next step
-            from trajwatch.adapters._lammps_snapshot import STOP, STOP_ASKED
-
-            self._control[STOP] = STOP_ASKED
+            self._control[snapshot.STOP] = snapshot.STOP_ASKED
 
     # -- control -----------------------------------------------------------------------
 
@@ -561,9 +550,7 @@ class LammpsWatcher:
         """
         self._stopping = False
         if self._drainer is not None:
-            from trajwatch.adapters._lammps_snapshot import STOP
-
-            self._control[STOP] = 0
+            self._control[snapshot.STOP] = 0
         # the forced timeout stays in force (later runs end at once) until turned off
         self.lmp.command("timer timeout off")
         reset = getattr(self.target, "reset", None)

@@ -403,13 +403,7 @@ class DetectorStack:
             self.frames = index + 1
             self.last_onset = None
             self.last_drift = ()
-            for j, slot in self._externals:  # scores set from outside (the LSTM's)
-                self._scores[j] = slot.score_one(x)
-            status = _stack_frame(x, index, *args)
-            self.last_surprise = self._rt.item(_RT_FUSED)
-            if not status:
-                return None
-            return self._fused_status(status)
+            return self._advance_fused(x, index)
         if self._fast and x.size != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {x.size}")
         self.frames += 1

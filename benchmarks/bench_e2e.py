@@ -3,8 +3,8 @@
 Frames are ``bench_features``' thermal-motion Cu crystal (velocities, forces, energy,
 periodic cell), so the pipeline does real work and raises no alarm. Two pipelines: the
 default one (every feature, the default detector stack with drift detection), and the
-configuration issue 4's target names (every feature, the z-score detector alone). Two
-measurements, each beside the bare pyzmq loop in the same run:
+configuration issue 4's target names (every feature, the z-score detector alone). Three
+measurements, the first two beside the bare pyzmq loop in the same run:
 
 * **throughput**: lossless PUSH/PULL, the publisher sending as fast as the socket takes
   frames; frames/s received and processed, and the receiving thread's CPU time per frame
@@ -16,6 +16,10 @@ measurements, each beside the bare pyzmq loop in the same run:
   rate; latency = the receiver's wall clock after ``Pipeline.process`` returned minus the
   header's ``sent_ns`` (stamped by the Publisher at send). Baseline: a bare pyzmq SUB
   loop reading ``sent_ns`` from the raw header of the same messages.
+* **kernel floor**: at 100 atoms, the CPU time per frame of issue 4's configuration in
+  ``Pipeline.process`` beside that of its feature and detector kernels run back to back
+  in one compiled loop from the same state: what removing every line of Python would
+  leave, and so the best ratio to the receive-only loop any Python-side work can reach.
 
     python benchmarks/bench_e2e.py --quick --json out.json
 """
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 try:
@@ -42,7 +47,9 @@ except ImportError:  # running from a source checkout without an install
 
 import bench_features
 from _serving import RoundServer
+from trajwatch.detectors._kernels import _stack_frame
 from trajwatch.detectors.stack import warmup as warmup_detectors
+from trajwatch.features._kernels_update import _update
 from trajwatch.features.engine import warmup
 from trajwatch.pipeline import Pipeline
 from trajwatch.streaming import Publisher, Subscriber
@@ -212,6 +219,87 @@ def bench_throughput(server: _Server, quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+@njit(nogil=True)
+def _kernels_only(
+    positions,
+    velocities,
+    forces,
+    energies,
+    times,
+    numbers,
+    cell,
+    pbc,
+    out,
+    scored,
+    x,
+    first,
+    engine_state,
+    stack_args,
+):  # type: ignore[no-untyped-def]
+    """The feature and fused detector kernels over stacked frames, with no Python between
+    them; returns the frames done (fewer if the engine asked for something)."""
+    for i in range(positions.shape[0]):
+        status = _update(positions[i], numbers, velocities[i], forces[i], cell, pbc,
+                         energies[i], times[i], times[i] / 2.0, True, True, True, True, True,
+                         out, *engine_state)  # fmt: skip
+        if status != 0:
+            return i
+        for k in range(scored.size):
+            x[k] = out[scored[k]]
+        _stack_frame(x, first + i, *stack_args)
+    return positions.shape[0]
+
+
+def warmed_zscore(frames: list[Any]) -> Any:
+    """Issue 4's pipeline (every feature, the z-score detector) after ``frames``, and
+    the source's watch (its feature engine and detector stack)."""
+    pipeline = bench_features.PIPELINES["zscore"]()
+    for frame in frames:
+        pipeline.process(frame)
+    return pipeline, next(iter(pipeline.sources.values()))
+
+
+def kernel_inputs(watch: Any, frames: list[Any]) -> tuple[Any, ...]:
+    """The arguments of :func:`_kernels_only` that feed ``frames`` (one stream's, with
+    velocities, forces, energy, time and a cell) to ``watch``'s feature engine and
+    detector stack; the features of the last frame land in the 9th, ``out``."""
+    first = frames[0]
+    assert first.cell is not None
+    per_atom = ("positions", "velocities", "forces")
+    stacked = [np.stack([getattr(f, a) for f in frames]) for a in per_atom]
+    scalars = [np.array([getattr(f, a) for f in frames], dtype=float) for a in ("energy", "time")]
+    stack = watch._stack
+    return (*stacked, *scalars, first.numbers, first.cell.copy(), first.pbc.copy(),
+            np.empty(len(watch.engine.names)), watch.scored, watch._x, stack.frames,
+            watch.engine._state, stack._args)  # fmt: skip
+
+
+def kernel_floor(n_atoms: int, count: int) -> dict[str, float]:
+    """Per-frame CPU time (us) of issue 4's configuration (every feature + the z-score
+    detector) two ways, from the same state: ``Pipeline.process`` and its two kernels
+    alone in one compiled loop. The second is what no Python-side work can beat."""
+    frames = list(bench_features.stream(bench_features.pool(n_atoms), WARM + count))
+    pipeline, _ = warmed_zscore(frames[:WARM])
+    c0 = time.thread_time()
+    for frame in frames[WARM:]:
+        pipeline.process(frame)
+    process_us = (time.thread_time() - c0) / count * 1e6
+    _, scratch = warmed_zscore(frames[:WARM])
+    _kernels_only(*kernel_inputs(scratch, frames[WARM : WARM + 1]))  # compiles the loop
+    _, watch = warmed_zscore(frames[:WARM])
+    args = kernel_inputs(watch, frames[WARM:])
+    c0 = time.thread_time()
+    done = _kernels_only(*args)
+    floor_us = (time.thread_time() - c0) / count * 1e6
+    if done != count:
+        raise RuntimeError(f"kernel loop stopped at frame {done} of {count}")
+    return {"atoms": n_atoms, "frames": count, "process_us": process_us, "kernels_us": floor_us}
+
+
+#: frames fed before timing the kernels (the window and the detector warm-up fill)
+WARM = 3000
+
+
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark; the results as a JSON-able dict."""
     t0 = time.perf_counter()
@@ -223,12 +311,18 @@ def run(quick: bool = False) -> dict[str, Any]:
         latency = bench_latency(server, quick)
     finally:
         server.close()
+    floor = kernel_floor(100, 2_000 if quick else 20_000)
+    sub = next(r for r in throughput if r["atoms"] == 100)
+    receive_us = 1e6 / sub["subscriber_fps"]
+    floor["receive_us"] = receive_us
+    floor["best_ratio"] = receive_us / (receive_us + floor["kernels_us"])
     return {
         "benchmark": "e2e",
         "quick": quick,
         "machine": {"cpus": os.cpu_count(), "loadavg": list(os.getloadavg())},
         "throughput": throughput,
         "latency": latency,
+        "kernel_floor": floor,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -259,6 +353,13 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(row(f"e2e capacity by CPU time, default stack, {n} atoms",
                         r["pipeline_capacity_fps"], unit="frames/s",
                         baseline=1e6 / r["raw_cpu_us"], baseline_name="bare pyzmq"))  # fmt: skip
+    floor = result.get("kernel_floor")
+    if floor:  # why the 0.6x above is out of reach of Python-side work (issue 4)
+        rows.append(row("CPU per frame, features + z-score kernels alone, 100 atoms",
+                        floor["kernels_us"], unit="us", baseline=floor["process_us"],
+                        baseline_name="Pipeline.process",
+                        note=f"with no Python at all the e2e ratio would be at most "
+                        f"{floor['best_ratio']:.2f}x the receive-only loop"))  # fmt: skip
     for r in result["latency"]:
         rows.append(
             row(
@@ -301,6 +402,12 @@ def print_table(result: dict[str, Any]) -> None:
               f"{r['pipeline_p99_ms']:>7.3f} {r['pipeline_max_ms']:>7.2f} {r['raw_p50_ms']:>9.3f} "
               f"{r['raw_p99_ms']:>9.3f} {r['pipeline_received']:>5}/{r['frames']} "
               f"{r['process_cpu_p99_ms']:>8.3f}")  # fmt: skip
+    floor = result["kernel_floor"]
+    print()
+    print(f"CPU per frame at 100 atoms, every feature + z-score: Pipeline.process "
+          f"{floor['process_us']:.1f} us, its two kernels alone {floor['kernels_us']:.1f} us; "
+          f"receive-only {floor['receive_us']:.1f} us: best possible ratio "
+          f"{floor['best_ratio']:.2f}x")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -199,3 +199,29 @@ def test_markdown_table_has_one_line_per_row(tmp_path: Path) -> None:
     assert lines[0] == "| " + " | ".join(bench.COLUMNS) + " |"
     assert len(lines) == 2 + 3
     assert lines[2] == "| good | rate |  | 2.00 | them 4.00 | 0.5 | <= 3 | pass |"
+
+
+def test_e2e_kernel_floor_does_the_same_work_as_the_pipeline() -> None:
+    """The kernels-alone loop of ``bench_e2e`` (the floor its row reports) computes what
+    ``Pipeline.process`` does: the same features and the same detector state."""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_e2e
+        import bench_features
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    frames = list(bench_features.stream(bench_features.pool(100), 260))
+    pipeline, by_pipeline = bench_e2e.warmed_zscore(frames[:200])
+    for frame in frames[200:]:
+        pipeline.process(frame)
+    _, by_kernels = bench_e2e.warmed_zscore(frames[:200])
+    args = bench_e2e.kernel_inputs(by_kernels, frames[200:])
+    assert bench_e2e._kernels_only(*args) == 60
+    np.testing.assert_array_equal(args[8], by_pipeline.last_features)
+    for a, b in zip(by_kernels._stack._args, by_pipeline._stack._args, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert by_pipeline._stack.frames == 260  # the pipeline's stack did score those frames

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from trajwatch import bench
@@ -204,10 +206,6 @@ def test_markdown_table_has_one_line_per_row(tmp_path: Path) -> None:
 def test_e2e_kernel_floor_does_the_same_work_as_the_pipeline() -> None:
     """The kernels-alone loop of ``bench_e2e`` (the floor its row reports) computes what
     ``Pipeline.process`` does: the same features and the same detector state."""
-    import sys
-
-    import numpy as np
-
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import bench_e2e

@@ -317,12 +317,10 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
 
 def run(quick: bool) -> dict[str, Any]:
     """Evaluate trajwatch and the two baselines on the suite; returns the results."""
-    from trajwatch.detectors.stack import warmup as warmup_detectors
     from trajwatch.features.engine import FeatureEngine
-    from trajwatch.features.engine import warmup as warmup_features
+    from trajwatch.pipeline import warmup
 
-    warmup_features()
-    warmup_detectors()
+    warmup()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from study_pipeline import StudyPipeline, available, windows_of
 

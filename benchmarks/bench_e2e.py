@@ -48,10 +48,8 @@ except ImportError:  # running from a source checkout without an install
 import bench_features
 from _serving import RoundServer
 from trajwatch.detectors._kernels import _stack_frame
-from trajwatch.detectors.stack import warmup as warmup_detectors
 from trajwatch.features._kernels_update import _update
-from trajwatch.features.engine import warmup
-from trajwatch.pipeline import Pipeline
+from trajwatch.pipeline import Pipeline, warmup
 from trajwatch.streaming import Publisher, Subscriber
 from trajwatch.streaming.protocol import HEADER_SIZE
 
@@ -303,8 +301,7 @@ WARM = 3000
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the benchmark; the results as a JSON-able dict."""
     t0 = time.perf_counter()
-    warmup()
-    warmup_detectors()  # loaded before the timed frames, as the monitor does at start-up
+    warmup()  # every kernel loaded before the timed frames, as the monitor does at start-up
     server = _Server()
     try:
         throughput = bench_throughput(server, quick)

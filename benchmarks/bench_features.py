@@ -46,11 +46,11 @@ except ImportError:  # running from a source checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from _serving import child_env
-from trajwatch.detectors.stack import warmup as warmup_detectors
 from trajwatch.features import reference
 from trajwatch.features.engine import FeatureEngine, warmup
 from trajwatch.frame import Frame
 from trajwatch.pipeline import Pipeline, PipelineConfig, SourceWatch
+from trajwatch.pipeline import warmup as warmup_pipeline
 from trajwatch.replay.xyz import iread
 from trajwatch.simulate import MDSpec, run_md, write_with_ase
 from trajwatch.streaming import Publisher, Subscriber
@@ -405,7 +405,7 @@ def run(quick: bool = False, *, end_to_end: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     compile_seconds = warmup()
     if end_to_end:
-        warmup_detectors()
+        warmup_pipeline()
     incremental = bench_incremental(quick)
     per_frame = bench_per_frame(quick)
     e2e_rows = bench_end_to_end(quick) if end_to_end else []

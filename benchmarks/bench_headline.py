@@ -150,11 +150,9 @@ def _ratio(wrong: float, reference: float, scored: int) -> tuple[float, bool]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Fit on the trusted runs, judge the held-out and wrong-potential runs; both systems."""
-    from trajwatch.detectors.stack import warmup as warmup_detectors
-    from trajwatch.features.engine import warmup as warmup_features
+    from trajwatch.pipeline import warmup
 
-    warmup_features()
-    warmup_detectors()
+    warmup()
     plan = QUICK if quick else FULL
     start = time.perf_counter()
     trusted = [frames_of(Case(plan.spec(s, source=f"trusted-{s}"))) for s in plan.trusted_seeds]

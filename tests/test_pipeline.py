@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from trajwatch.detectors.stack import DetectorStack
 from trajwatch.frame import Frame
-from trajwatch.pipeline import Pipeline, PipelineConfig, run
+from trajwatch.pipeline import Pipeline, PipelineConfig, SourceWatch, run
 
 
 def test_clean_run_raises_nothing(clean_frames: list[Frame]) -> None:
@@ -87,6 +90,42 @@ def test_optimised_path_gives_the_events_and_scores_of_the_plain_one(
     plain = watch(False)
     assert watch(True) == plain
     assert any('"anomaly"' in e for e in plain[0])
+
+
+def test_one_call_path_gives_the_events_scores_and_features_of_two_calls(
+    clean_frames: list[Frame], clash_frames: list[Frame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real EMT MD, two sources interleaved, one of them losing an atom midway (a new
+    segment, and a new stack): features and detectors in one compiled call per frame
+    against the two calls, bit for bit."""
+    shrunk = [_without_last_atom(f) if i >= 220 else f for i, f in enumerate(clean_frames)]
+
+    def watch(one_call: bool) -> tuple[list[str], list[Any]]:
+        monkeypatch.setattr(SourceWatch, "one_call", one_call)
+        pipeline = Pipeline()
+        events, seen = [], []
+        for a, b in zip(shrunk, clash_frames, strict=True):
+            for frame in (a, b):
+                events += [e.to_json() for e in pipeline.process(frame)]
+                w = pipeline.sources[frame.source]
+                seen.append((w.last_score, w.last_features.tobytes(), w.stack.frames))
+        assert all((w._one_call is not None) == one_call for w in pipeline.sources.values())
+        return events, seen
+
+    two = watch(False)
+    assert watch(True) == two
+    kinds = [json.loads(e)["event"] for e in two[0]]
+    assert "anomaly" in kinds and kinds.count("anomaly") >= 2  # the clash, the lost atom
+
+
+def _without_last_atom(f: Frame) -> Frame:
+    cut = slice(None, -1)
+    v = None if f.velocities is None else f.velocities[cut]
+    forces = None if f.forces is None else f.forces[cut]
+    return Frame(
+        f.positions[cut], f.numbers[cut], velocities=v, forces=forces, energy=f.energy,
+        cell=f.cell, pbc=f.pbc, step=f.step, time=f.time, source=f.source,
+    )  # fmt: skip
 
 
 def _pushed_atom(frames: list[Frame], at: int) -> int:

@@ -738,10 +738,9 @@ def _run_replay(args: argparse.Namespace) -> int:
 
 def _compile() -> float:
     """Compile the kernels before the first frame arrives; the seconds it took."""
-    from trajwatch.detectors.stack import warmup as warmup_detectors
-    from trajwatch.features.engine import warmup
+    from trajwatch.pipeline import warmup
 
-    return warmup() + warmup_detectors()
+    return warmup()
 
 
 def _pipeline(args: argparse.Namespace, sinks: Sequence[Sink]) -> Pipeline:

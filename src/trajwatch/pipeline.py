@@ -23,11 +23,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from trajwatch._kernels_watch import _watch_frame, watch_state
 from trajwatch.detectors import evidence
 from trajwatch.detectors.drift import Change
 from trajwatch.detectors.external import ExternalScore
@@ -52,6 +53,7 @@ __all__ = [
     "load_reference",
     "run",
     "save_reference",
+    "warmup",
 ]
 
 
@@ -128,6 +130,8 @@ class SourceWatch:
                     f"({len(expected)} vs {len(self.names)}); refit it with this version"
                 )
         self.stack = self._new_stack()
+        self._one_call: Any = None  # see _one_call_state
+        self._one_call_of: tuple[Any, Any] | None = None
         self.frames = 0
         self.last_features: NDArray[np.float64] = np.full(len(self.engine.names), math.nan)
         self.last_score = 0.0
@@ -153,6 +157,10 @@ class SourceWatch:
         self._slot, self._calibrator = _lstm_slot(stack, self.lstm)
         self._stack = stack
 
+    one_call = True
+    """Take the usual frame's features and detectors in one compiled call (the same
+    events; False forces two calls, for comparison)."""
+
     @property
     def detector_name(self) -> str:
         return self.stack.fusion.describe()
@@ -160,6 +168,29 @@ class SourceWatch:
     def process(self, frame: Frame) -> list[Event]:
         index = self.frames
         self.frames = index + 1
+        stack = self._stack
+        if (
+            stack._args is not None  # the fused detector kernel, its arguments ready
+            and self.one_call
+            and self.lstm is None
+            and not stack._externals
+            and not self._ahead
+            and stack.frames >= stack._warm
+        ):
+            engine = self.engine
+            args = engine._kernel_args(frame)
+            state = self._one_call_state(engine._state, stack._args)
+            if args is not None and state is not None:  # features and detectors in one call
+                features = np.empty(len(engine.names))
+                status = _watch_frame(*args, features, stack.frames, state)  # type: ignore[call-arg]
+                if status >= 0:
+                    engine.structure_change = None
+                    engine._last = frame
+                    self._attribution = engine.attribution
+                    self.last_features = features
+                    stack._begin_fused()
+                    return self._events(frame, index, self._x, stack._end_fused(status))
+                # else the feature kernel asked for something: the usual path answers it
         if self._ahead:
             ahead = self._ahead.popleft()
             if ahead.frame is not frame:
@@ -190,6 +221,27 @@ class SourceWatch:
             and not (stack.alarm.active or stack.frozen)
         ):
             self._calibrator.add(lstm_score)  # the source's own first frames
+        return self._events(frame, index, x, alarm)
+
+    def _one_call_state(self, engine_state: tuple[Any, ...], stack_args: tuple[Any, ...]) -> Any:
+        """The arrays of :func:`_watch_frame` as one argument, built again when the engine
+        or the stack has changed them (a pair list grew, a new stack); None if it cannot."""
+        built = self._one_call_of
+        if built is None or built[0] is not engine_state or built[1] is not stack_args:
+            self._one_call = watch_state(engine_state, self.scored, self._x, stack_args)
+            self._one_call_of = (engine_state, stack_args)
+        return self._one_call
+
+    def _events(
+        self,
+        frame: Frame,
+        index: int,
+        x: NDArray[np.float64],
+        alarm: Literal["start", "end", "escalate"] | None,
+    ) -> list[Event]:
+        """The events of a frame the stack has judged: an alarm's start, escalation or end,
+        drift."""
+        stack = self._stack
         self.last_score = stack.last_surprise
         if alarm is None and not stack.last_drift:
             return []
@@ -499,6 +551,29 @@ class Pipeline:
             for sink in self.sinks:
                 sink.emit(event)
         return events
+
+
+def warmup() -> float:
+    """Compile every kernel a frame can meet (or load it from Numba's disk cache) before
+    the first real frame; returns the seconds it took.
+
+    The feature engine's and the detector stack's warm-ups, then a small pipeline past
+    its warm-up, for the kernel that takes the usual frame in one call.
+    """
+    from trajwatch.detectors.stack import warmup as warmup_detectors
+    from trajwatch.features.engine import warmup as warmup_features
+
+    start = time.perf_counter()
+    warmup_features()
+    warmup_detectors()
+    config = PipelineConfig(window=4, warmup_frames=4, min_calibration=2, calibration=16)
+    pipeline = Pipeline(config)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 6.0, size=(4, 3))
+    for k in range(12):
+        moved = base + rng.normal(0.0, 0.05, size=base.shape)
+        pipeline.process(Frame(moved, [29] * 4, energy=-1.0, cell=np.eye(3) * 6.0, step=k))
+    return time.perf_counter() - start
 
 
 def fit_reference(

@@ -396,14 +396,10 @@ class DetectorStack:
 
     def _advance(self, x: NDArray[np.float64]) -> Literal["start", "end", "escalate"] | None:
         """:meth:`advance` of a vector known to be 1-D, C-contiguous float64."""
-        args = self._args  # set once the fused kernel runs; dropped by whatever changes it
-        index = self.frames
-        if args is not None and index >= self._warm and x.size == self.n_features:
+        if self._args is not None and self.frames >= self._warm and x.size == self.n_features:
             # the usual frame: one kernel call, a few attribute stores
-            self.frames = index + 1
-            self.last_onset = None
-            self.last_drift = ()
-            return self._advance_fused(x, index)
+            return self._advance_fused(x, self._begin_fused())
+        index = self.frames
         if self._fast and x.size != self.n_features:
             raise ValueError(f"expected {self.n_features} features, got {x.size}")
         self.frames += 1
@@ -442,7 +438,18 @@ class DetectorStack:
             args = self._args = self._fused_args(x.size)
         for j, slot in self._externals:  # scores set from outside (the LSTM's)
             self._scores[j] = slot.score_one(x)
-        status = _stack_frame(x, index, *args)
+        return self._end_fused(_stack_frame(x, index, *args))
+
+    def _begin_fused(self) -> int:
+        """A frame for the fused kernel (whoever calls it): its index, counted."""
+        index = self.frames
+        self.frames = index + 1
+        self.last_onset = None
+        self.last_drift = ()
+        return index
+
+    def _end_fused(self, status: int) -> Literal["start", "end", "escalate"] | None:
+        """The fused kernel took a frame with ``status``: the surprise, the alarm change."""
         self.last_surprise = self._rt.item(_RT_FUSED)
         return self._fused_status(status) if status else None
 

@@ -179,25 +179,43 @@ class FeatureEngine:
 
         Returns a fresh array in the order of :attr:`names`.
         """
+        self.structure_change = None
+        args = self._kernel_args(frame)
+        if args is None:  # a segment's first frame, or no atoms
+            n = frame.n_atoms
+            if n != self._n or self._numbers is None:
+                if self._numbers is not None:
+                    self.structure_change = (
+                        f"atom count changed from {self._n} to {n} "
+                        f"({_formula(self._numbers)} -> {_formula(frame.numbers)})"
+                    )
+                self._start(frame)
+            if n == 0:
+                out = np.full(_N_FEATURES, math.nan)
+                broken = frame.energy is not None and not math.isfinite(frame.energy)
+                out[kern.O_NONFINITE] = float(broken)
+                self._last = frame
+                return out
+            args = self._kernel_args(frame)
+            assert args is not None
+        out = _empty(_N_FEATURES)
+        while True:
+            status = _update(*args, out, *self._state)  # type: ignore[call-arg]
+            if not status:  # kern.OK
+                break
+            self._handle(status, frame)  # a request: answer it, call again
+        self._last = frame
+        return out
+
+    def _kernel_args(self, frame: Frame) -> tuple[Any, ...] | None:
+        """The frame's arguments of the feature kernel (those before ``out``), or None
+        when :meth:`update` has more to do first (a segment's first frame, no atoms)."""
         # The per-frame path costs a few microseconds of Python around the kernel at 100
         # atoms, so it looks each thing up once and skips what the usual frame needs not.
-        self.structure_change = None
         positions = frame.positions
         n = positions.shape[0]
-        if n != self._n or self._numbers is None:
-            if self._numbers is not None:
-                self.structure_change = (
-                    f"atom count changed from {self._n} to {n} "
-                    f"({_formula(self._numbers)} -> {_formula(frame.numbers)})"
-                )
-            self._start(frame)
-        out = _empty(_N_FEATURES)
-        if n == 0:
-            out[:] = math.nan
-            broken = frame.energy is not None and not math.isfinite(frame.energy)
-            out[kern.O_NONFINITE] = float(broken)
-            self._last = frame
-            return out
+        if n != self._n or n == 0 or self._numbers is None:
+            return None
         v = frame.velocities
         f = frame.forces
         cell = frame.cell
@@ -214,30 +232,12 @@ class FeatureEngine:
             has_cell = True
             if not cell.flags.writeable:
                 cell = cell.copy()
-        while True:
-            status = _update(
-                positions,
-                frame.numbers,
-                _EMPTY3 if v is None else v,
-                _EMPTY3 if f is None else f,
-                cell,
-                pbc,
-                math.nan if energy is None else energy,
-                math.nan if t is None else t,
-                float(frame.step),
-                v is not None,
-                f is not None,
-                has_cell,
-                energy is not None,
-                t is not None,
-                out,
-                *self._state,
-            )
-            if not status:  # kern.OK
-                break
-            self._handle(status, frame)  # a request: answer it, call again
-        self._last = frame
-        return out
+        return (
+            positions, frame.numbers, _EMPTY3 if v is None else v, _EMPTY3 if f is None else f,
+            cell, pbc, math.nan if energy is None else energy, math.nan if t is None else t,
+            float(frame.step), v is not None, f is not None, has_cell, energy is not None,
+            t is not None,
+        )  # fmt: skip
 
     def _handle(self, status: int, frame: Frame) -> None:
         """Answer a request from the kernel before it is called again."""

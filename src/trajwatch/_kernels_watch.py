@@ -11,12 +11,16 @@ The pipeline takes this path when nothing in Python needs the frame between the 
 kernels (no LSTM, the stack past its warm-up and fused); every other frame takes the
 two calls separately, with the same results.
 
-Numba's on-disk cache notices edits to this file only: after editing a kernel it calls,
-clear ``__pycache__`` (a fresh checkout or install has no cache to go stale).
+Numba's on-disk cache notices edits to a kernel's own file only, and this one compiles
+the feature and detector kernels into itself: :func:`_drop_stale_cache` throws its cached
+code away when one of their files has changed since it was cached (an edited checkout;
+stale code here would read the state with an old layout).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -176,3 +180,36 @@ def _watch_frame(
                         s.rt, s.z_stats, s.z_quantum, s.z_z, s.zt_ring, s.zt_top, s.zt_meta,
                         s.r_ring, s.r_srt, s.r_meta, s.r_center, s.r_spread, s.r_quantum, s.r_z,
                         s.cal_rings, s.cal_states, s.cal_tails)  # fmt: skip
+
+
+#: the files whose kernels _watch_frame compiles into itself
+_DEPENDENCIES = tuple(
+    Path(__file__).parent / name
+    for name in (
+        "features/_kernels_update.py",
+        "features/_kernels.py",
+        "features/_kernels_neighbors.py",
+        "detectors/_kernels.py",
+    )
+)
+
+
+def _drop_stale_cache() -> None:
+    """Flush :func:`_watch_frame`'s on-disk cache if a file it compiles in changed since."""
+    cache = getattr(_watch_frame, "_cache", None)
+    if cache is None or config.DISABLE_JIT:  # type: ignore[attr-defined]
+        return
+    stamp = " ".join(f"{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in _DEPENDENCIES)
+    record = Path(cache._cache_path) / "_kernels_watch.dependencies"
+    try:
+        if record.exists() and record.read_text() == stamp:
+            return
+        cache.flush()
+        tmp = record.with_suffix(f".{os.getpid()}")
+        tmp.write_text(stamp)
+        tmp.replace(record)
+    except OSError:  # a cache directory we cannot write: Numba then does not cache either
+        pass
+
+
+_drop_stale_cache()

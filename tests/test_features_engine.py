@@ -97,6 +97,19 @@ def test_matches_reference_on_random_data(cell: str, velocities: str) -> None:
     run_and_compare(frames, **SMALL)
 
 
+def test_matches_reference_after_a_blow_up_has_left_the_window() -> None:
+    """One frame jumps by 520 Å with an energy of 1e9 eV, then the run goes on: while it
+    is in the window and after it has left (three windows later), every feature matches
+    the batch reference: the window statistics never subtract a value from a sum."""
+    frames = random_stream(9, 40, None, "frame", seed=5)
+    blown = frames[8]
+    blown.positions = blown.positions + 300.0
+    blown.energy = 1e9
+    for later in frames[9:]:
+        later.positions = later.positions + 300.0  # it stays where it went
+    run_and_compare(frames, **SMALL)
+
+
 def test_matches_reference_with_a_changing_cell() -> None:
     frames = random_stream(8, 12, TRICLINIC, "frame", seed=3)
     for t, f in enumerate(frames):  # NPT-like: the cell breathes, so every list is rebuilt

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trajwatch.features import _kernels, _kernels_neighbors, reference
+from trajwatch.features import _kernels, _kernels_neighbors, _kernels_update, reference
 from trajwatch.features._kernels import HIST_REL_ERROR, HIST_SIZE, HIST_UNDERFLOW
 
 CELLS = {
@@ -192,18 +192,120 @@ def test_kinetic_energy_matches_reference() -> None:
     assert _kernels._kinetic_energy(v, m) == pytest.approx(expected, rel=1e-12)
 
 
-def test_combined_moments_match_numpy_over_chunks() -> None:
+def _frame_row(values: np.ndarray, clock: float, energy: float, cols: int) -> np.ndarray:
+    """A ring row holding one frame's displacements ``values``, its clock and energy."""
+    U = _kernels_update
+    row = np.full(cols, np.nan)
+    row[U.R_CLOCK] = clock
+    row[U.R_HAS_DISP] = 1.0 if values.size else 0.0
+    row[U.R_HAS_V] = row[U.R_HAS_RDF] = 0.0
+    _kernels._central_moments(values, row[U.R_DN : U.R_DN + 5])
+    row[U.R_DMAX] = values.max(initial=0.0)
+    row[U.R_DSQ] = float(np.sum(values**2))
+    row[U.R_T : U.R_T + 6] = values.sum()
+    row[U.R_E] = energy
+    row[U.R_DMIN] = values.min(initial=np.inf) if values.size else np.nan
+    return row
+
+
+def test_merged_aggregates_match_numpy_over_frames() -> None:
+    """Moments, co-moments, sums and extremes of frames merged in any grouping equal the
+    same statistics of the pooled values (the window aggregate of _kernels_update)."""
+    U = _kernels_update
     rng = np.random.default_rng(9)
-    chunks = [rng.gamma(2.0, 0.05, size=k) + 10.0 for k in (1, 7, 100, 3, 0, 50)]
-    parts = np.full((len(chunks) + 1, 5), np.nan)  # the last row: a frame with no data
-    for row, chunk in zip(parts, chunks, strict=False):
-        _kernels._central_moments(chunk, row)
-    acc = np.zeros(5)
-    _kernels._combine_moments(parts, np.array([6, 3, 0, 1, 2, 4, 5]), acc)
-    x = np.concatenate(chunks)
-    mean = x.mean()
-    expected = [x.size, mean, *(np.sum((x - mean) ** p) for p in (2, 3, 4))]
-    np.testing.assert_allclose(acc, expected, rtol=1e-9)
+    chunks = [rng.gamma(2.0, 0.05, size=k) + 10.0 for k in (1, 7, 100, 3, 0, 50, 2)]
+    clocks = 2.0 * np.arange(len(chunks)) + 1e6  # far from zero: the merge is centred
+    energies = -3.5 + 1e-4 * rng.normal(size=len(chunks))
+    energies[2] = np.nan  # a frame without energy
+    items = []
+    for values, clock, energy in zip(chunks, clocks, energies, strict=True):
+        item = np.zeros(U.N_AG)
+        U._frame_aggregate(_frame_row(values, clock, energy, U.R_LAGS), item)
+        items.append(item)
+    for order in ([0, 1, 2, 3, 4, 5, 6], [6, 3, 0, 1, 2, 4, 5]):
+        left, right = np.zeros(U.N_AG), np.zeros(U.N_AG)
+        U._empty_aggregate(left)
+        U._empty_aggregate(right)
+        for k in order[:3]:
+            U._merge(left, items[k], left)
+        for k in order[3:]:
+            U._merge(items[k], right, right)  # built from the other end
+        g = np.zeros(U.N_AG)
+        U._merge(left, right, g)
+        x = np.concatenate(chunks)
+        mean = x.mean()
+        expected = [x.size, mean, *(np.sum((x - mean) ** p) for p in (2, 3, 4))]
+        np.testing.assert_allclose(g[U.AG_DN : U.AG_DN + 5], expected, rtol=1e-9)
+        assert g[U.AG_DMAX] == x.max() and g[U.AG_DMIN] == x.min()
+        np.testing.assert_allclose(g[U.AG_DSQ], np.sum(x**2), rtol=1e-12)
+        means = np.array([c.mean() for c in chunks if c.size])
+        assert g[U.AG_SN] == means.size
+        np.testing.assert_allclose(g[U.AG_SMEAN], means.mean(), rtol=1e-12)
+        np.testing.assert_allclose(g[U.AG_SM2], np.sum((means - means.mean()) ** 2), rtol=1e-9)
+        ok = ~np.isnan(energies)
+        t, e = clocks[ok], energies[ok]
+        assert g[U.AG_NE] == ok.sum()
+        np.testing.assert_allclose(g[U.AG_ET], t.mean(), rtol=1e-15)
+        np.testing.assert_allclose(g[U.AG_EE], e.mean(), rtol=1e-12)
+        np.testing.assert_allclose(g[U.AG_ETT], np.sum((t - t.mean()) ** 2), rtol=1e-9)
+        np.testing.assert_allclose(g[U.AG_ETE], np.sum((t - t.mean()) * (e - e.mean())), rtol=1e-9)
+        np.testing.assert_allclose(g[U.AG_EEE], np.sum((e - e.mean()) ** 2), rtol=1e-9)
+
+
+def test_two_stack_window_matches_numpy_through_every_flip() -> None:
+    """Frames pushed and evicted through _window_push/_window_evict for 5 windows: the
+    window's aggregate (front suffix merged with the back) pools exactly its frames."""
+    U = _kernels_update
+    W = 7
+    lags = np.array([1, 2, 3, 6])
+    cols = U.R_LAGS + 2 * lags.size + U.N_AG
+    ring = np.full((W, cols), np.nan)
+    ibuf = np.zeros(U.N_IBUF, dtype=np.int64)
+    acc = np.zeros((U.N_ACC_ROWS, max(U.N_AG, lags.size)))
+    rng = np.random.default_rng(4)
+    frames = [rng.gamma(2.0, 0.1, size=rng.integers(1, 9)) for _ in range(5 * W + 3)]
+    frames[9] = frames[9] * 1e9  # a blow-up: merges, not subtractions, so nothing lingers
+    msd = rng.uniform(0.0, 1.0, size=(len(frames), lags.size))
+    msd[9] = 1e12
+    for t, values in enumerate(frames):
+        head, count = ibuf[U.I_HEAD], ibuf[U.I_COUNT]
+        if count == W:
+            U._window_evict(ring, ibuf, acc, lags)
+        ring[head] = np.nan
+        ring[head, : U.R_LAGS] = _frame_row(values, 2.0 * t, -1.0 + t, U.R_LAGS)[: U.R_LAGS]
+        n_window = min(count + 1, W)
+        ring[head, U.R_LAGS : U.R_LAGS + lags.size] = np.where(
+            lags <= n_window - 1, msd[t], np.nan
+        )
+        U._window_push(ring, ibuf, acc, lags, head, n_window)
+        ibuf[U.I_HEAD] = (head + 1) % W
+        ibuf[U.I_COUNT] = n_window
+        oldest = (ibuf[U.I_HEAD] - n_window) % W
+        g = np.zeros(U.N_AG)
+        if ibuf[U.I_FRONT] > 0:
+            U._merge(ring[oldest, U.R_LAGS + 2 * lags.size :], acc[U.C_BACK], g)
+        else:
+            g[:] = acc[U.C_BACK, : U.N_AG]
+        x = np.concatenate(frames[t - n_window + 1 : t + 1])
+        np.testing.assert_allclose(g[U.AG_DN], x.size)
+        np.testing.assert_allclose(g[U.AG_DN + 1], x.mean(), rtol=1e-12)
+        np.testing.assert_allclose(g[U.AG_DN + 2], np.sum((x - x.mean()) ** 2), rtol=1e-9)
+        assert g[U.AG_DMAX] == x.max()
+        for li, lag in enumerate(lags):  # each lag over the frames whose origin is inside
+            if lag <= n_window - 1:
+                want = msd[t - n_window + 1 + lag : t + 1, li].sum()
+                got = acc[U.C_MSD, li] + acc[U.C_MSD + 1, li]
+                assert got == pytest.approx(want, rel=1e-12), (t, lag)
+
+
+def test_two_sum_keeps_a_running_sum_exact_after_a_huge_value_leaves() -> None:
+    U = _kernels_update
+    high, low = np.zeros(1), np.zeros(1)
+    values = [0.1, 1e20, 0.2, 0.3]
+    for v in values:
+        U._two_sum_add(high, low, 0, v)
+    U._two_sum_add(high, low, 0, -1e20)
+    assert high[0] + low[0] == pytest.approx(0.6, rel=1e-15)
 
 
 @settings(max_examples=40, deadline=None)

@@ -136,43 +136,6 @@ def _central_moments(x: np.ndarray, out: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
-def _combine_moments(parts: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
-    """Central moments of the union of groups: ``out[:5] = [n, mean, M2, M3, M4]``.
-
-    ``parts[r] = [n, mean, M2, M3, M4]`` of one group (rows with n NaN or 0 are skipped).
-    Each group's sums are shifted to the overall mean (exact, and as stable as two
-    passes over the raw values, with no division per group).
-    """
-    n = 0.0
-    s = 0.0
-    for r in rows:
-        if parts[r, 0] > 0.0:
-            n += parts[r, 0]
-            s += parts[r, 0] * parts[r, 1]
-    out[0] = n
-    out[1] = out[2] = out[3] = out[4] = 0.0
-    if n == 0.0:
-        return
-    mean = s / n
-    m2 = m3 = m4 = 0.0
-    for r in rows:
-        k = parts[r, 0]
-        if k > 0.0:
-            d = parts[r, 1] - mean
-            d2 = d * d
-            m2 += parts[r, 2] + k * d2
-            m3 += parts[r, 3] + 3.0 * d * parts[r, 2] + k * d2 * d
-            m4 += parts[r, 4] + 4.0 * d * parts[r, 3] + 6.0 * d2 * parts[r, 2] + k * d2 * d2
-    out[1] = mean
-    out[2] = m2
-    out[3] = m3
-    out[4] = m4
-
-
-# ------------------------------------------------------------------------- histogram
-
-
-@njit(cache=True, nogil=True)
 def _hist_bin(x: float) -> int:
     """Fine bin of a non-negative value (NaN goes to the overflow bin)."""
     if x < HIST_UNDERFLOW:

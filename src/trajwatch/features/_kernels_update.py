@@ -21,7 +21,6 @@ from trajwatch.features._kernels import (
     HIST_SIZE,
     _anisotropy,
     _central_moments,
-    _combine_moments,
     _dft_direct,
     _dft_slide,
     _first_peak,
@@ -105,8 +104,8 @@ I_RDF_BUILDS = 14
 I_CONTACT_PBC = 15  # 3 entries: pbc when the contact list was built
 I_RDF_PBC = 18  # 3 entries
 I_RDF_STRIDE = 21
-I_ORDER = 22  # W entries: the window's ring slots, oldest first (scratch)
-N_IBUF = 22  # plus W for I_ORDER
+I_FRONT = 22  # frames in the front stack of the window aggregate (see _window_evict)
+N_IBUF = 23
 
 # --- float scalars (fbuf)
 F_E0 = 0  # total energy at the drift origin (eV)
@@ -148,7 +147,38 @@ R_E = 18  # energy per atom, NaN if missing
 R_DMIN = 19  # minimum interatomic distance, NaN if undefined
 R_HAS_RDF = 20
 R_RDF_NORM = 21  # this frame's RDF centres times the pair density (N - 1) / V
-R_LAGS = 22  # then one MSD column per lag, then one VACF column per lag
+R_LAGS = 22  # then one MSD column per lag, one VACF column per lag, then N_AG columns:
+# the frame's suffix aggregate while it is in the front stack (see _window_evict)
+
+# --- the window aggregate: mergeable summaries of a run of frames (_merge)
+AG_DN = 0  # 5 entries: n, mean, M2, M3, M4 of the displacements
+AG_DMAX = 5
+AG_DSQ = 6
+AG_T = 7  # 6 entries: the step tensor sums
+AG_SN = 13  # frames with displacements, and their mean displacement's mean and M2
+AG_SMEAN = 14
+AG_SM2 = 15
+AG_NV = 16  # frames with velocities, their sums of |v|² and the tagged atoms' mean |v|²
+AG_V2 = 17
+AG_C0 = 18
+AG_NE = 19  # frames with an energy: n, mean clock, mean energy, co-moments tt, te, ee
+AG_ET = 20
+AG_EE = 21
+AG_ETT = 22
+AG_ETE = 23
+AG_EEE = 24
+AG_DMIN = 25
+AG_RDF = 26  # sum of the frames' RDF normalisations
+N_AG = 27
+
+# --- rows of acc: the back stack's aggregate, scratch aggregates, running lag sums
+C_BACK = 0
+C_ITEM = 1
+C_WINDOW = 2
+C_MSD = 3  # 2 rows: high and low parts (two-sum) of each lag's MSD sum over its origins
+C_VSUM = 5  # 2 rows: the same for the VACF
+C_VCOUNT = 7  # origins with a VACF value, per lag
+N_ACC_ROWS = 8
 
 # --- the engine's state, packed into three flat arrays by element type (plus the DFT and
 # the pair lists, which grow): Numba's dispatcher costs per argument, and 22 separate
@@ -166,16 +196,17 @@ N_WORK_ROWS = 11
 
 def state_sizes(n: int, m: int, w: int, lags: int, bins: int, work: int) -> tuple[int, ...]:
     """Lengths of the flat float64, int64 and int32 state arrays (see :func:`_carve`)."""
-    floats = (N_FBUF + N_GEOM * 9 + N_ATOMS_ROWS * n * 3 + 2 * n + w * (R_LAGS + 2 * lags)
-              + 2 * w * m * 3 + (w + 2) * bins + N_WORK_ROWS * work)  # fmt: skip
-    ints = N_SIZES + N_IBUF + w + m + lags + HIST_SIZE + m + 1
+    floats = (N_FBUF + N_GEOM * 9 + N_ATOMS_ROWS * n * 3 + 2 * n
+              + w * (R_LAGS + 2 * lags + N_AG) + 2 * w * m * 3 + (w + 2) * bins
+              + N_WORK_ROWS * work + N_ACC_ROWS * max(N_AG, lags))  # fmt: skip
+    ints = N_SIZES + N_IBUF + m + lags + HIST_SIZE + m + 1
     return floats, ints, n + w * n
 
 
 @njit(cache=True, nogil=True)
 def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # type: ignore[no-untyped-def]
     """The views of the packed state: ibuf, fbuf, geom, atoms, disp, masses, numbers0,
-    tagged, lags, ring, ring_u, ring_v, ring_bins, hist, rdf_ring, rstart, work."""
+    tagged, lags, ring, ring_u, ring_v, ring_bins, hist, rdf_ring, rstart, work, acc."""
     n = istate[S_N]
     m = istate[S_M]
     w = istate[S_W]
@@ -183,8 +214,8 @@ def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # typ
     bins = istate[S_BINS]
     ww = istate[S_WORK]
     o = N_SIZES
-    ibuf = istate[o : o + N_IBUF + w]
-    o += N_IBUF + w
+    ibuf = istate[o : o + N_IBUF]
+    o += N_IBUF
     tagged = istate[o : o + m]
     o += m
     lags = istate[o : o + nl]
@@ -203,7 +234,7 @@ def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # typ
     o += n
     masses = fstate[o : o + n]
     o += n
-    cols = R_LAGS + 2 * nl
+    cols = R_LAGS + 2 * nl + N_AG
     ring = fstate[o : o + w * cols].reshape((w, cols))
     o += w * cols
     ring_u = fstate[o : o + w * 3 * m].reshape((w, 3, m))  # x, y, z rows: see _push_lags
@@ -213,10 +244,13 @@ def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # typ
     rdf_ring = fstate[o : o + (w + 2) * bins].reshape((w + 2, bins))
     o += (w + 2) * bins
     work = fstate[o : o + N_WORK_ROWS * ww].reshape((N_WORK_ROWS, ww))
+    o += N_WORK_ROWS * ww
+    ac = max(N_AG, nl)
+    acc = fstate[o : o + N_ACC_ROWS * ac].reshape((N_ACC_ROWS, ac))
     numbers0 = i32state[:n]
     ring_bins = i32state[n : n + w * n].reshape((w, n))
     return (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u,
-            ring_v, ring_bins, hist, rdf_ring, rstart, work)  # fmt: skip
+            ring_v, ring_bins, hist, rdf_ring, rstart, work, acc)  # fmt: skip
 
 
 # An RDF list that has served this many frames gets its pairs split at the cutoff
@@ -619,6 +653,197 @@ def _push_signal(
 
 
 @njit(cache=True, nogil=True)
+def _empty_aggregate(out: np.ndarray) -> None:
+    """``out[:N_AG]`` = the aggregate of no frames."""
+    out[:N_AG] = 0.0
+    out[AG_DMIN] = np.inf
+
+
+@njit(cache=True, nogil=True)
+def _frame_aggregate(row: np.ndarray, out: np.ndarray) -> None:
+    """``out[:N_AG]`` = the aggregate of one frame, from its ring row."""
+    _empty_aggregate(out)
+    if row[R_HAS_DISP] > 0.0:
+        for k in range(5):
+            out[AG_DN + k] = row[R_DN + k]
+        out[AG_DMAX] = row[R_DMAX]
+        out[AG_DSQ] = row[R_DSQ]
+        for c in range(6):
+            out[AG_T + c] = row[R_T + c]
+        out[AG_SN] = 1.0
+        out[AG_SMEAN] = row[R_DMEAN]
+    if row[R_HAS_V] > 0.0:
+        out[AG_NV] = 1.0
+        out[AG_V2] = row[R_V2SUM]
+        out[AG_C0] = row[R_C0]
+    if not math.isnan(row[R_E]):
+        out[AG_NE] = 1.0
+        out[AG_ET] = row[R_CLOCK]
+        out[AG_EE] = row[R_E]
+    if not math.isnan(row[R_DMIN]):
+        out[AG_DMIN] = row[R_DMIN]
+    if row[R_HAS_RDF] > 0.0:
+        out[AG_RDF] = row[R_RDF_NORM]
+
+
+@njit(cache=True, nogil=True)
+def _merge(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[:N_AG]`` = the aggregate of the frames of ``a`` followed by those of ``b``
+    (``out`` may be ``a`` or ``b``). Moments and co-moments combine by shifting each
+    part's central sums to the joint mean: exact, nothing subtracted from a running sum.
+    """
+    # displacements: n, mean, M2, M3, M4 (Pebay's pairwise update)
+    na = a[AG_DN]
+    nb = b[AG_DN]
+    n = na + nb
+    if nb == 0.0:
+        m1, m2, m3, m4 = a[AG_DN + 1], a[AG_DN + 2], a[AG_DN + 3], a[AG_DN + 4]
+    elif na == 0.0:
+        m1, m2, m3, m4 = b[AG_DN + 1], b[AG_DN + 2], b[AG_DN + 3], b[AG_DN + 4]
+    else:
+        d = b[AG_DN + 1] - a[AG_DN + 1]
+        a2, a3, a4 = a[AG_DN + 2], a[AG_DN + 3], a[AG_DN + 4]
+        b2, b3, b4 = b[AG_DN + 2], b[AG_DN + 3], b[AG_DN + 4]
+        dn = d / n
+        dn2 = dn * dn
+        m1 = a[AG_DN + 1] + dn * nb
+        m2 = a2 + b2 + d * dn * na * nb
+        m3 = a3 + b3 + d * dn2 * na * nb * (na - nb) + 3.0 * dn * (na * b2 - nb * a2)
+        m4 = (
+            a4 + b4 + d * dn2 * dn * na * nb * (na * na - na * nb + nb * nb)
+            + 6.0 * dn2 * (na * na * b2 + nb * nb * a2) + 4.0 * dn * (na * b3 - nb * a3)
+        )  # fmt: skip
+    # frames' mean displacements: n, mean, M2
+    sa = a[AG_SN]
+    sb = b[AG_SN]
+    sn = sa + sb
+    if sb == 0.0:
+        s1, s2 = a[AG_SMEAN], a[AG_SM2]
+    elif sa == 0.0:
+        s1, s2 = b[AG_SMEAN], b[AG_SM2]
+    else:
+        d = b[AG_SMEAN] - a[AG_SMEAN]
+        s1 = a[AG_SMEAN] + d * sb / sn
+        s2 = a[AG_SM2] + b[AG_SM2] + d * d * sa * sb / sn
+    # energies against the clock: n, means, co-moments
+    ea = a[AG_NE]
+    eb = b[AG_NE]
+    en = ea + eb
+    if eb == 0.0:
+        et, ee, ett, ete, eee = a[AG_ET], a[AG_EE], a[AG_ETT], a[AG_ETE], a[AG_EEE]
+    elif ea == 0.0:
+        et, ee, ett, ete, eee = b[AG_ET], b[AG_EE], b[AG_ETT], b[AG_ETE], b[AG_EEE]
+    else:
+        dt = b[AG_ET] - a[AG_ET]
+        de = b[AG_EE] - a[AG_EE]
+        w = ea * eb / en
+        et = a[AG_ET] + dt * eb / en
+        ee = a[AG_EE] + de * eb / en
+        ett = a[AG_ETT] + b[AG_ETT] + dt * dt * w
+        ete = a[AG_ETE] + b[AG_ETE] + dt * de * w
+        eee = a[AG_EEE] + b[AG_EEE] + de * de * w
+    out[AG_DMAX] = max(a[AG_DMAX], b[AG_DMAX])
+    out[AG_DMIN] = min(a[AG_DMIN], b[AG_DMIN])
+    out[AG_DSQ] = a[AG_DSQ] + b[AG_DSQ]
+    for c in range(6):
+        out[AG_T + c] = a[AG_T + c] + b[AG_T + c]
+    out[AG_NV] = a[AG_NV] + b[AG_NV]
+    out[AG_V2] = a[AG_V2] + b[AG_V2]
+    out[AG_C0] = a[AG_C0] + b[AG_C0]
+    out[AG_RDF] = a[AG_RDF] + b[AG_RDF]
+    out[AG_DN] = n
+    out[AG_DN + 1] = m1
+    out[AG_DN + 2] = m2
+    out[AG_DN + 3] = m3
+    out[AG_DN + 4] = m4
+    out[AG_SN] = sn
+    out[AG_SMEAN] = s1
+    out[AG_SM2] = s2
+    out[AG_NE] = en
+    out[AG_ET] = et
+    out[AG_EE] = ee
+    out[AG_ETT] = ett
+    out[AG_ETE] = ete
+    out[AG_EEE] = eee
+
+
+@njit(cache=True, nogil=True)
+def _two_sum_add(high: np.ndarray, low: np.ndarray, k: int, x: float) -> None:
+    """``high[k] + low[k] += x``, the rounding error of each addition kept in ``low``
+    (Knuth's two-sum): a running sum that values are also taken out of stays exact to
+    ~1e-32 of the largest value it held, however large that was."""
+    h = high[k]
+    total = h + x
+    back = total - h
+    low[k] += (h - (total - back)) + (x - back)
+    high[k] = total
+
+
+@njit(cache=True, nogil=True)
+def _window_evict(ring: np.ndarray, ibuf: np.ndarray, acc: np.ndarray, lags: np.ndarray) -> None:
+    """Take the oldest frame out of the full window's aggregate and lag sums.
+
+    The aggregate is a two-stack queue: frames enter the back stack, whose aggregate is
+    kept (one merge per frame); they leave from the front stack, which holds each
+    frame's suffix aggregate (it and every later front frame). When the front is empty,
+    the back's frames become the front, their suffix aggregates built newest to oldest:
+    W merges once every W frames, so O(1) merges per frame on average, and no value is
+    ever subtracted.
+    """
+    W = ring.shape[0]
+    L = lags.shape[0]
+    oldest = ibuf[I_HEAD]  # the window is full: the next slot holds the oldest frame
+    suffix = R_LAGS + 2 * L
+    front = ibuf[I_FRONT]
+    if front == 0:  # flip: every frame of the window moves to the front
+        item = acc[C_ITEM]
+        s = (oldest + W - 1) % W
+        _frame_aggregate(ring[s], ring[s, suffix:])
+        for _ in range(W - 1):
+            s = (s + W - 1) % W
+            _frame_aggregate(ring[s], item)
+            _merge(item, ring[(s + 1) % W, suffix:], ring[s, suffix:])
+        _empty_aggregate(acc[C_BACK])
+        front = W
+    ibuf[I_FRONT] = front - 1
+    # A lag's value lives in the frame it ends at and counts while the frame it starts
+    # at is in the window: the frame lags[li] after the oldest loses lag li now.
+    for li in range(L):
+        r = ring[(oldest + lags[li]) % W]
+        _two_sum_add(acc[C_MSD], acc[C_MSD + 1], li, -r[R_LAGS + li])
+        value = r[R_LAGS + L + li]
+        if not math.isnan(value):
+            _two_sum_add(acc[C_VSUM], acc[C_VSUM + 1], li, -value)
+            acc[C_VCOUNT, li] -= 1.0
+
+
+@njit(cache=True, nogil=True)
+def _window_push(
+    ring: np.ndarray, ibuf: np.ndarray, acc: np.ndarray, lags: np.ndarray, slot: int,
+    n_window: int,
+) -> None:  # fmt: skip
+    """Add the newest frame (ring ``slot``, the window now ``n_window`` frames) to the
+    back stack's aggregate and to the sums of the lags it ends."""
+    L = lags.shape[0]
+    row = ring[slot]
+    if n_window == 1:  # a segment's first frame: nothing before it
+        acc[:] = 0.0
+        _empty_aggregate(acc[C_BACK])
+        ibuf[I_FRONT] = 0
+    item = acc[C_ITEM]
+    _frame_aggregate(row, item)
+    _merge(acc[C_BACK], item, acc[C_BACK])
+    for li in range(L):
+        if lags[li] > n_window - 1:
+            break
+        _two_sum_add(acc[C_MSD], acc[C_MSD + 1], li, row[R_LAGS + li])
+        value = row[R_LAGS + L + li]
+        if not math.isnan(value):
+            _two_sum_add(acc[C_VSUM], acc[C_VSUM + 1], li, value)
+            acc[C_VCOUNT, li] += 1.0
+
+
+@njit(cache=True, nogil=True)
 def _update(
     positions: np.ndarray,
     numbers: np.ndarray,
@@ -646,7 +871,7 @@ def _update(
 ) -> int:
     """Take one frame: update the state and write every feature into ``out``."""
     (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u, ring_v,
-     ring_bins, hist, rdf_ring, rstart, work) = _carve(fstate, istate, i32state)  # fmt: skip
+     ring_bins, hist, rdf_ring, rstart, work, acc) = _carve(fstate, istate, i32state)  # fmt: skip
     n = positions.shape[0]
     for i in range(n):
         if numbers[i] != numbers0[i]:
@@ -661,7 +886,7 @@ def _update(
     out[O_NONFINITE] = bad_positions + bad_velocities + bad_forces + (has_energy and not energy_ok)
     if bad_positions > 0:  # the frame is not taken; the window stays what it was
         ibuf[I_LAST_BAD] = 1
-        _window(out, ibuf, fbuf, ring, hist, rdf_ring, dft, lags, work, n)
+        _window(out, ibuf, fbuf, ring, hist, rdf_ring, dft, lags, work, acc, n)
         return OK
 
     # --- step, unwrapped positions, velocities (the frame's own, else finite differences)
@@ -722,6 +947,7 @@ def _update(
     old_present = False
     old_value = 0.0
     if count == W:  # evict the oldest frame
+        _window_evict(ring, ibuf, acc, lags)
         if ring[slot, R_HAS_DISP] > 0.0:
             old_present = True
             old_value = ring[slot, R_DMEAN]
@@ -761,6 +987,7 @@ def _update(
             row[R_HAS_RDF] = 1.0
             row[R_RDF_NORM] = centres * (n - 1) / volume
             rdf_ring[W] += rdf_ring[slot]
+    _window_push(ring, ibuf, acc, lags, slot, n_window)
     head = (head + 1) % W
     ibuf[I_HEAD] = head
     ibuf[I_COUNT] = n_window
@@ -796,7 +1023,7 @@ def _update(
         for i in range(n):
             fmax = max(fmax, forces[i, 0] ** 2 + forces[i, 1] ** 2 + forces[i, 2] ** 2)
         out[O_MAX_FORCE] = math.sqrt(fmax)
-    _window(out, ibuf, fbuf, ring, hist, rdf_ring, dft, lags, work, n)
+    _window(out, ibuf, fbuf, ring, hist, rdf_ring, dft, lags, work, acc, n)
     return OK
 
 
@@ -811,70 +1038,45 @@ def _window(
     dft: np.ndarray,
     lags: np.ndarray,
     work: np.ndarray,
+    acc: np.ndarray,
     n_atoms: int,
 ) -> None:
-    """Write the window features from the per-frame summaries in the ring: O(W) each."""
+    """Write the window features from the window aggregate, the lag sums, the histogram,
+    the sliding DFT and the g(r) counts: O(1) merges, O(lags), O(bins)."""
     W = ring.shape[0]
     L = lags.shape[0]
     count = ibuf[I_COUNT]
     head = ibuf[I_HEAD]
     if count == 0 or n_atoms == 0:
         return
-    order = ibuf[I_ORDER : I_ORDER + count]  # slots oldest first: no modulo in the loops
-    s = head - count + W if head < count else head - count
-    for k in range(count):
-        order[k] = s
-        s = s + 1 if s + 1 < W else 0
-    acc = work[0, 0:5]
-    tensor = work[0, 8:14]
-    tensor[:] = 0.0
-    _combine_moments(ring[:, R_DN : R_DN + 5], order, acc)
-    signal = work[1]
-    clocks = work[2]
-    energies = work[3]
-    eclocks = work[4]
-    ns = 0
-    ne = 0
-    nv = 0
-    dmax = 0.0
-    dsq = 0.0
-    v2 = 0.0
-    c0 = 0.0
-    dmin = np.inf
-    # Rows are read as ring[r, column], not through a row view: a view per row costs
-    # an atomic reference count up and down, more than the row's arithmetic.
-    for k in range(count):
-        r = np.uint64(order[k])
-        clocks[k] = ring[r, R_CLOCK]
-        if ring[r, R_HAS_DISP] > 0.0:
-            dmax = max(dmax, ring[r, R_DMAX])
-            dsq += ring[r, R_DSQ]
-            for c in range(6):
-                tensor[c] += ring[r, R_T + c]
-            signal[ns] = ring[r, R_DMEAN]
-            ns += 1
-        if ring[r, R_HAS_V] > 0.0:
-            nv += 1
-            v2 += ring[r, R_V2SUM]
-            c0 += ring[r, R_C0]
-        if not math.isnan(ring[r, R_E]):
-            energies[ne] = ring[r, R_E]
-            eclocks[ne] = ring[r, R_CLOCK]
-            ne += 1
-        if ring[r, R_DMIN] < dmin:
-            dmin = ring[r, R_DMIN]
-    dt = (clocks[count - 1] - clocks[0]) / (count - 1) if count > 1 else np.nan
+    oldest = head - count + W if head < count else head - count
+    newest = head - 1 if head > 0 else W - 1
+    g = acc[C_WINDOW]
+    if ibuf[I_FRONT] > 0:
+        _merge(ring[oldest, R_LAGS + 2 * L :], acc[C_BACK], g)
+    else:
+        g[:N_AG] = acc[C_BACK, :N_AG]
+    dt = (ring[newest, R_CLOCK] - ring[oldest, R_CLOCK]) / (count - 1) if count > 1 else np.nan
+    dmax = g[AG_DMAX]
+    dsq = g[AG_DSQ]
+    tensor = g[AG_T : AG_T + 6]
+    ns = g[AG_SN]
+    nv = g[AG_NV]
+    v2 = g[AG_V2]
+    c0 = g[AG_C0]
+    ne = g[AG_NE]
+    dmin = g[AG_DMIN]
 
     # displacement distribution (moments merged frame by frame, quantiles from the histogram)
-    total = acc[0]
+    total = g[AG_DN]
     if total > 0.0:
-        mean = acc[1]
-        m2 = acc[2] / total
+        mean = g[AG_DN + 1]
+        m2 = g[AG_DN + 2] / total
         out[O_DISP_MEAN] = mean
         out[O_DISP_STD] = math.sqrt(m2)
         if m2 > (FLAT * mean) ** 2 and m2 > 0.0:
-            out[O_DISP_SKEW] = acc[3] / total / m2**1.5
-            out[O_DISP_KURT] = acc[4] / total / (m2 * m2) - 3.0
+            out[O_DISP_SKEW] = g[AG_DN + 3] / total / m2**1.5
+            out[O_DISP_KURT] = g[AG_DN + 4] / total / (m2 * m2) - 3.0
         out[O_DISP_MAX] = dmax
         out[O_DISP_MEDIAN] = _hist_quantile(hist, int(total), 0.5)
         out[O_DISP_P95] = _hist_quantile(hist, int(total), 0.95)
@@ -883,13 +1085,8 @@ def _window(
             out[O_IMPULSE] = dmax / mean
         out[O_ANISO] = _anisotropy(tensor)
     if ns >= 2:
-        smean = 0.0
-        for k in range(ns):
-            smean += signal[k]
-        smean /= ns
-        var = 0.0
-        for k in range(ns):
-            var += (signal[k] - smean) ** 2
+        smean = g[AG_SMEAN]
+        var = g[AG_SM2]
         out[O_FRAME_VAR] = var / ns
         if var / ns > (FLAT * smean) ** 2:
             K = W // 2 + 1
@@ -901,10 +1098,7 @@ def _window(
     if nv > 0:
         out[O_RMS_V] = math.sqrt(v2 / (n_atoms * nv))
 
-    # MSD(lag), averaged over every origin in the window. The sums of all lags are built
-    # in one pass over the window (lag after lag per frame, frames in order: each sum
-    # adds the same values in the same order as a pass per lag, but the lags' additions
-    # overlap instead of each waiting for the previous one).
+    # MSD(lag), averaged over every origin in the window (the running sums of each lag)
     nl = 0
     while nl < L and lags[nl] <= count - 1:
         nl += 1
@@ -912,19 +1106,10 @@ def _window(
     lag_time = work[6]
     vsum = work[9]  # (rows 9 and 10 are _push_signal's scratch, free by now)
     vcount = work[10]
-    msd[:nl] = 0.0
-    vsum[:nl] = 0.0
-    vcount[:nl] = 0.0
-    for k in range(1, count):
-        r = np.uint64(order[k])
-        li = 0
-        while li < nl and lags[li] <= k:
-            msd[li] += ring[r, R_LAGS + li]
-            value = ring[r, R_LAGS + L + li]
-            if not math.isnan(value):
-                vsum[li] += value
-                vcount[li] += 1.0
-            li += 1
+    for li in range(nl):
+        msd[li] = acc[C_MSD, li] + acc[C_MSD + 1, li]
+        vsum[li] = acc[C_VSUM, li] + acc[C_VSUM + 1, li]
+        vcount[li] = acc[C_VCOUNT, li]
     for li in range(nl):
         msd[li] = msd[li] / (count - lags[li])
         lag_time[li] = lags[li] * dt
@@ -959,33 +1144,23 @@ def _window(
 
     # energy per atom
     if ne > 0:
-        em = 0.0
-        for k in range(ne):
-            em += energies[k]
-        em /= ne
-        var = 0.0
-        for k in range(ne):
-            var += (energies[k] - em) ** 2
-        out[O_E_MEAN] = em
-        out[O_E_STD] = math.sqrt(var / ne)
-        out[O_E_TREND] = _slope(eclocks, energies, ne)
+        out[O_E_MEAN] = g[AG_EE]
+        out[O_E_STD] = math.sqrt(g[AG_EEE] / ne)
+        out[O_E_TREND] = g[AG_ETE] / g[AG_ETT] if ne >= 2 and g[AG_ETT] > 0.0 else np.nan
 
     # structure
     if dmin < np.inf:
         out[O_MIN_DIST] = dmin
     # g(r): the window's pair counts over what an ideal gas would give the same centres
-    norm = 0.0
-    for k in range(count):
-        if ring[order[k], R_HAS_RDF] > 0.0:
-            norm += ring[order[k], R_RDF_NORM]
+    norm = g[AG_RDF]
     if norm > 0.0:
-        g = rdf_ring[W + 1]
-        bins = g.shape[0]
+        gr = rdf_ring[W + 1]
+        bins = gr.shape[0]
         dr = fbuf[F_RDF_CUTOFF] / bins
         for b in range(bins):
             shell = 4.0 / 3.0 * math.pi * ((b + 1) ** 3 - b**3) * dr**3
-            g[b] = rdf_ring[W, b] / (norm * shell)
+            gr[b] = rdf_ring[W, b] / (norm * shell)
         peak = work[8]
-        _first_peak(g, dr, peak)
+        _first_peak(gr, dr, peak)
         out[O_RDF_POS] = peak[0]
         out[O_RDF_HEIGHT] = peak[1]

@@ -1,6 +1,6 @@
 """The feature engine: one :class:`~trajwatch.frame.Frame` in, one named feature vector out.
 
-Every frame costs O(N) (plus O(W) over per-frame summaries): the engine keeps ring
+Every frame costs O(N) plus O(1) merges of per-frame summaries (on average): the engine keeps ring
 buffers of the last W frames and never recomputes a window. One Numba call per frame.
 
 >>> import numpy as np
@@ -121,7 +121,7 @@ class FeatureEngine:
         (
             self._ibuf, self._fbuf, self._geom, self._atoms, self._disp, self._masses,
             self._numbers0, self._tagged, self.lags, self._ring, self._ring_u, self._ring_v,
-            self._ring_bins, self._hist, self._rdf_ring, self._rstart, self._work,
+            self._ring_bins, self._hist, self._rdf_ring, self._rstart, self._work, self._acc,
         ) = kern._carve(self._fstate, self._istate, self._i32state)  # fmt: skip
         self._tagged[:] = tagged
         self.lags[:] = lags

@@ -49,8 +49,7 @@ except ImportError:  # running from a source checkout without an install
 
 import bench_features
 from _serving import RoundServer
-from trajwatch.detectors._kernels import _stack_frame
-from trajwatch.features._kernels_update import _update
+from trajwatch._kernels_watch import _watch_frame, watch_state
 from trajwatch.pipeline import Pipeline, warmup
 from trajwatch.streaming import Publisher, Subscriber
 from trajwatch.streaming.protocol import HEADER_SIZE
@@ -221,32 +220,17 @@ def bench_throughput(server: _Server, quick: bool) -> list[dict[str, Any]]:
 
 @njit(nogil=True)
 def _kernels_only(
-    positions,
-    velocities,
-    forces,
-    energies,
-    times,
-    numbers,
-    cell,
-    pbc,
-    out,
-    scored,
-    x,
-    first,
-    engine_state,
-    stack_args,
+    positions, velocities, forces, energies, times, numbers, cell, pbc, out, first, state
 ):  # type: ignore[no-untyped-def]
-    """The feature and fused detector kernels over stacked frames, with no Python between
-    them; returns the frames done (fewer if the engine asked for something)."""
+    """The pipeline's one-call frame kernel (features, then the fused detectors) over
+    stacked frames, with no Python and no dispatch between frames; returns the frames
+    done (fewer if the engine asked for something)."""
     for i in range(positions.shape[0]):
-        status = _update(positions[i], numbers, velocities[i], forces[i], cell, pbc,
-                         energies[i], times[i], times[i] / 2.0, True, True, True, True, True,
-                         out, *engine_state)  # fmt: skip
-        if status != 0:
+        status = _watch_frame(positions[i], numbers, velocities[i], forces[i], cell, pbc,
+                              energies[i], times[i], times[i] / 2.0, True, True, True, True,
+                              True, out, first + i, state)  # fmt: skip
+        if status < 0:
             return i
-        for k in range(scored.size):
-            x[k] = out[scored[k]]
-        _stack_frame(x, first + i, *stack_args)
     return positions.shape[0]
 
 
@@ -269,9 +253,9 @@ def kernel_inputs(watch: Any, frames: list[Any]) -> tuple[Any, ...]:
     stacked = [np.stack([getattr(f, a) for f in frames]) for a in per_atom]
     scalars = [np.array([getattr(f, a) for f in frames], dtype=float) for a in ("energy", "time")]
     stack = watch._stack
+    state = watch_state(watch.engine._state, watch.scored, watch._x, stack._args)
     return (*stacked, *scalars, first.numbers, first.cell.copy(), first.pbc.copy(),
-            np.empty(len(watch.engine.names)), watch.scored, watch._x, stack.frames,
-            watch.engine._state, stack._args)  # fmt: skip
+            np.empty(len(watch.engine.names)), stack.frames, state)  # fmt: skip
 
 
 def kernel_floor(n_atoms: int, count: int) -> dict[str, float]:

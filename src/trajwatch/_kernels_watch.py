@@ -199,7 +199,8 @@ def _drop_stale_cache() -> None:
     cache = getattr(_watch_frame, "_cache", None)
     if cache is None or config.DISABLE_JIT:  # type: ignore[attr-defined]
         return
-    stamp = " ".join(f"{p.stat().st_mtime_ns}:{p.stat().st_size}" for p in _DEPENDENCIES)
+    stats = [p.stat() for p in _DEPENDENCIES]
+    stamp = " ".join(f"{st.st_mtime_ns}:{st.st_size}" for st in stats)
     record = Path(cache._cache_path) / "_kernels_watch.dependencies"
     try:
         if record.exists() and record.read_text() == stamp:

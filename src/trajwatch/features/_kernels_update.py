@@ -1051,11 +1051,10 @@ def _window(
         return
     oldest = head - count + W if head < count else head - count
     newest = head - 1 if head > 0 else W - 1
-    g = acc[C_WINDOW]
+    g = acc[C_BACK]  # the window is the back stack, plus the front's oldest suffix if any
     if ibuf[I_FRONT] > 0:
+        g = acc[C_WINDOW]
         _merge(ring[oldest, R_LAGS + 2 * L :], acc[C_BACK], g)
-    else:
-        g[:N_AG] = acc[C_BACK, :N_AG]
     dt = (ring[newest, R_CLOCK] - ring[oldest, R_CLOCK]) / (count - 1) if count > 1 else np.nan
     dmax = g[AG_DMAX]
     dsq = g[AG_DSQ]
@@ -1107,11 +1106,9 @@ def _window(
     vsum = work[9]  # (rows 9 and 10 are _push_signal's scratch, free by now)
     vcount = work[10]
     for li in range(nl):
-        msd[li] = acc[C_MSD, li] + acc[C_MSD + 1, li]
+        msd[li] = (acc[C_MSD, li] + acc[C_MSD + 1, li]) / (count - lags[li])
         vsum[li] = acc[C_VSUM, li] + acc[C_VSUM + 1, li]
         vcount[li] = acc[C_VCOUNT, li]
-    for li in range(nl):
-        msd[li] = msd[li] / (count - lags[li])
         lag_time[li] = lags[li] * dt
     if nl >= 1:
         mm = 0.0

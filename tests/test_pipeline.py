@@ -118,6 +118,44 @@ def test_one_call_path_gives_the_events_scores_and_features_of_two_calls(
     assert "anomaly" in kinds and kinds.count("anomaly") >= 2  # the clash, the lost atom
 
 
+def test_read_only_inputs_compile_nothing_in_the_hot_path(clash_frames: list[Frame]) -> None:
+    """Adapters share one read-only numbers array among their frames, and a producer may
+    hand Frame read-only arrays: after warm-up, no frame may compile a kernel again (a
+    read-only array is another type to Numba: ~9 s on the engine's thread), and the
+    events are those of writable inputs."""
+    from trajwatch._kernels_watch import _watch_frame
+    from trajwatch.features._kernels_update import _update
+    from trajwatch.pipeline import warmup
+
+    warmup()
+    shared = clash_frames[0].numbers.copy()
+    shared.setflags(write=False)
+
+    def read_only(f: Frame) -> Frame:
+        arrays = [None if a is None else a.copy() for a in (f.positions, f.velocities, f.forces)]
+        for a in arrays:
+            if a is not None:
+                a.setflags(write=False)
+        positions, velocities, forces = arrays
+        assert positions is not None
+        taken = Frame(positions, shared, velocities=velocities, forces=forces, energy=f.energy,
+                      cell=f.cell, pbc=f.pbc, step=f.step, time=f.time, source=f.source,
+                      copy=False)  # fmt: skip
+        assert taken.positions.flags.writeable  # Frame copied what it could not own
+        # what an adapter's trusted constructor hands over: the shared read-only numbers
+        return Frame._from_owned(
+            taken.positions, shared, taken.velocities, taken.forces, f.energy, f.cell, f.pbc,
+            f.step, f.time, f.seq, f.source,
+        )  # fmt: skip
+
+    compiled = [len(getattr(k, "signatures", ())) for k in (_update, _watch_frame)]
+    pipeline, plain = Pipeline(), Pipeline()
+    got = [e.to_json() for f in clash_frames for e in pipeline.process(read_only(f))]
+    want = [e.to_json() for f in clash_frames for e in plain.process(f)]
+    assert got == want and any('"anomaly"' in e for e in got)
+    assert [len(getattr(k, "signatures", ())) for k in (_update, _watch_frame)] == compiled
+
+
 def _without_last_atom(f: Frame) -> Frame:
     cut = slice(None, -1)
     v = None if f.velocities is None else f.velocities[cut]

@@ -39,7 +39,8 @@ class Frame:
     """Positions, atomic numbers and whatever else the engine knows about one step.
 
     ``copy=False`` is for producers that hand over freshly made arrays of the right
-    dtype (readers, decoders); the frame then takes them as they are.
+    dtype (readers, decoders); the frame then takes them as they are (a read-only or
+    non-contiguous array is copied: the compiled kernels take writable C arrays).
     """
 
     __slots__ = (
@@ -151,8 +152,9 @@ class Frame:
     ) -> Frame:
         """Wrap arrays a decoder or reader has just made and checked: no copies, no checks.
 
-        The caller guarantees what ``__init__`` would check: C-contiguous owned float64
-        arrays (numbers int32) of consistent shapes, a finite (3, 3) cell, (3,) bool pbc.
+        The caller guarantees what ``__init__`` would check: C-contiguous owned writable
+        float64 arrays of consistent shapes, a finite (3, 3) cell, (3,) bool pbc; numbers
+        int32 (may be read-only and shared by a producer's frames).
         """
         frame = object.__new__(cls)
         frame.positions = positions
@@ -195,6 +197,7 @@ def _is_exact(values: object, dtype: type, ndim: int) -> bool:
         and values.ndim == ndim
         and values.flags.c_contiguous
         and values.flags.owndata
+        and values.flags.writeable  # the compiled kernels take writable arrays only
     )
 
 

@@ -222,7 +222,13 @@ class FeatureEngine:
         pbc = frame.pbc
         energy = frame.energy
         t = frame.time
-        # Numba compiles read-only arrays separately; cell and pbc are often shared constants.
+        # Numba compiles read-only arrays as another type, so one would compile the kernel
+        # again in the hot path: adapters share one read-only numbers array among their
+        # frames, and cell and pbc are often shared constants. (Frame's own arrays are
+        # writable: Frame copies read-only ones.)
+        numbers = frame.numbers
+        if not numbers.flags.writeable:
+            numbers = numbers.copy()
         if not pbc.flags.writeable:
             pbc = pbc.copy()
         if cell is None:
@@ -233,7 +239,7 @@ class FeatureEngine:
             if not cell.flags.writeable:
                 cell = cell.copy()
         return (
-            positions, frame.numbers, _EMPTY3 if v is None else v, _EMPTY3 if f is None else f,
+            positions, numbers, _EMPTY3 if v is None else v, _EMPTY3 if f is None else f,
             cell, pbc, math.nan if energy is None else energy, math.nan if t is None else t,
             float(frame.step), v is not None, f is not None, has_cell, energy is not None,
             t is not None,

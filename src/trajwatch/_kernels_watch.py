@@ -82,6 +82,9 @@ class WatchState(structref.StructRefProxy):
 
 structref.define_boxing(_WatchStateType, WatchState)  # type: ignore[no-untyped-call]
 _STATE = _WatchStateType(list(_FIELDS))  # type: ignore[no-untyped-call]
+# Every WatchState has this one type (``_new_state``'s signature says so): a class
+# attribute spares Numba's dispatcher the property call on each frame (~85 ns of ~0.5 us).
+WatchState._numba_type_ = _STATE  # type: ignore[assignment]
 _new_struct: Any = structref.new  # (typed for mypy as never returning)
 
 

@@ -340,6 +340,133 @@ def test_openmm_clash_is_caught_and_stops_simulation_step() -> None:
     simulation.step(2)  # the context is fine: the run can go on
 
 
+def _same_frames(a: list[Frame], b: list[Frame]) -> None:
+    assert [(f.step, f.time, f.seq) for f in a] == [(f.step, f.time, f.seq) for f in b]
+    for x, y in zip(a, b, strict=True):
+        for name in ("positions", "velocities", "forces", "cell", "numbers"):
+            np.testing.assert_array_equal(getattr(x, name), getattr(y, name))
+        assert x.energy == y.energy
+
+
+def test_openmm_background_reporter_sends_the_frames_of_the_synchronous_one() -> None:
+    """Two identical Reference-platform runs: the background thread builds, from each
+    report's State, exactly the frames the engine's thread would have built."""
+    from trajwatch.adapters.openmm import OpenMMReporter
+
+    runs = []
+    for background in (False, True):
+        simulation = _argon_simulation(cells=2, platform="Reference")
+        keep = Keep()
+        reporter = OpenMMReporter(keep, 2, forces=True, energy=True, background=background)
+        simulation.reporters.append(reporter)
+        simulation.step(30)
+        assert reporter.close() and reporter.dropped == 0
+        simulation.step(4)  # a report after close starts a new thread
+        assert reporter.close()
+        runs.append(keep.frames)
+    assert len(runs[0]) == 17
+    _same_frames(runs[0], runs[1])
+
+
+def test_openmm_background_reporter_publishes_over_a_socket(free_endpoint: str) -> None:
+    from trajwatch.adapters.openmm import OpenMMReporter
+
+    simulation = _argon_simulation(cells=3)
+    with (
+        Publisher(free_endpoint, lossless=True) as publisher,
+        Subscriber(free_endpoint, bind=False, lossless=True) as subscriber,
+    ):
+        assert publisher.wait_for_subscriber(10.0)
+        reporter = OpenMMReporter(publisher, background=True, source="ar")
+        simulation.reporters.append(reporter)
+        simulation.step(200)
+        assert reporter.close(30.0)
+        frames = [subscriber.recv(10.0) for _ in range(200)]
+    assert [f.step for f in frames if f is not None] == list(range(1, 201))
+    assert all(f is not None and f.source == "ar" and f.n_atoms == 108 for f in frames)
+
+
+def test_openmm_background_clash_stops_simulation_step_a_few_steps_late() -> None:
+    from trajwatch.adapters.openmm import OpenMMReporter
+
+    simulation = _argon_simulation(cells=4, seed=2)
+    events: list[Any] = []
+    watch = Watch(sinks=[CallbackSink(events.append)])
+    reporter = OpenMMReporter(watch, source="ar", background=True)
+    simulation.reporters.append(reporter)
+    fault_step = WARMUP + 60
+    simulation.step(fault_step)
+    assert reporter.flush(30.0) and events == []
+    state = simulation.context.getState(getPositions=True)
+    positions = state.getPositions(asNumpy=True)._value.copy()
+    d = positions[1] - positions[0]
+    positions[0] = positions[1] - d / np.linalg.norm(d) * 0.22
+    simulation.context.setPositions(positions)
+    with pytest.raises(AlarmStop) as stopped:
+        simulation.step(2000)
+    alarm = stopped.value.event
+    assert fault_step < alarm.step <= fault_step + 3  # the flagged frame is the early one
+    assert alarm.step <= simulation.currentStep < fault_step + 2000  # the run stopped
+    assert reporter.close(30.0)
+    assert events[0] == alarm and 0 in alarm.atoms
+
+
+class Slow:
+    """A target that takes a while per frame; ``lossless`` as a Publisher has it."""
+
+    def __init__(self, lossless: bool, delay: float = 0.002) -> None:
+        self.lossless = lossless
+        self.delay = delay
+        self.steps: list[int] = []
+
+    def send(self, frame: Frame) -> bool:
+        import time
+
+        time.sleep(self.delay)
+        self.steps.append(frame.step)
+        return True
+
+
+def _tiny(step: int) -> Frame:
+    return Frame(np.zeros((1, 3)), [18], step=step)
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+def test_background_sender_drops_only_for_a_target_that_may_drop(lossless: bool) -> None:
+    from trajwatch.adapters.background import BackgroundSender
+
+    target = Slow(lossless)
+    sender = BackgroundSender(target, _tiny, max_pending=4)
+    queued = [sender.put(step) for step in range(40)]
+    assert sender.close(30.0)
+    if lossless:  # the engine waited for room: every frame, in order
+        assert all(queued) and target.steps == list(range(40)) and sender.dropped == 0
+    else:  # never waits: a full queue drops the new frame, counted
+        assert sender.dropped == queued.count(False) > 0
+        assert target.steps == [s for s, ok in zip(range(40), queued, strict=True) if ok]
+    assert sender.sent == len(target.steps) and sender.pending == 0
+
+
+def test_background_sender_passes_its_error_to_the_engine_thread() -> None:
+    from trajwatch.adapters.background import BackgroundSender
+
+    def build(step: int) -> Frame:
+        if step == 3:
+            raise ValueError("bad snapshot")
+        return _tiny(step)
+
+    keep = Keep()
+    sender = BackgroundSender(keep, build)
+    for step in range(4):
+        sender.put(step)
+    with pytest.raises(RuntimeError, match="stopped") as failed:
+        sender.flush(10.0)
+    assert isinstance(failed.value.__cause__, ValueError)
+    with pytest.raises(RuntimeError):
+        sender.put(4)
+    assert [f.step for f in keep.frames] == [0, 1, 2]
+
+
 # -- units and topology ------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trajwatch.adapters import _lammps_snapshot as snapshot
+from trajwatch.adapters.background import _NAP_MAX, _NAP_MIN
 from trajwatch.adapters.inprocess import AlarmStop, FrameTarget, stop_event
 from trajwatch.adapters.units import UnitSystem, lammps_units
 from trajwatch.elements import ATOMIC_NUMBERS, MASSES
@@ -54,9 +55,8 @@ __all__ = ["LammpsWatcher", "numbers_from_masses", "open_lammps"]
 logger = logging.getLogger("trajwatch.adapters")
 
 _QUIET = ("-log", "none", "-screen", "none", "-nocite")
-#: background mode: the ring's most slots, and the sender's naps when it has caught up (s)
+#: background mode: the ring's most slots
 _MAX_SLOTS = 1024
-_NAP_MIN, _NAP_MAX = 0.0002, 0.005
 #: a type's mass must lie this close (amu) to an element's standard atomic weight
 _MASS_TOLERANCE = 0.1
 

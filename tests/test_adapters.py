@@ -314,6 +314,15 @@ def test_openmm_reporter_checks_the_numbers() -> None:
         simulation.step(1)
 
 
+def _clash_openmm(simulation: Any) -> None:
+    """Atom 0 onto its fcc neighbour 1: 0.22 nm apart instead of 0.37."""
+    state = simulation.context.getState(getPositions=True)
+    positions = state.getPositions(asNumpy=True)._value.copy()
+    d = positions[1] - positions[0]
+    positions[0] = positions[1] - d / np.linalg.norm(d) * 0.22
+    simulation.context.setPositions(positions)
+
+
 def test_openmm_clash_is_caught_and_stops_simulation_step() -> None:
     from trajwatch.adapters.openmm import OpenMMReporter
 
@@ -324,12 +333,7 @@ def test_openmm_clash_is_caught_and_stops_simulation_step() -> None:
     fault_step = WARMUP + 60
     simulation.step(fault_step)
     assert events == []
-    state = simulation.context.getState(getPositions=True)
-    positions = state.getPositions(asNumpy=True)._value.copy()
-    # atom 0 onto its fcc neighbour 1: 0.22 nm apart instead of 0.37
-    d = positions[1] - positions[0]
-    positions[0] = positions[1] - d / np.linalg.norm(d) * 0.22
-    simulation.context.setPositions(positions)
+    _clash_openmm(simulation)
     with pytest.raises(AlarmStop) as stopped:
         simulation.step(200)
     alarm = stopped.value.event
@@ -397,11 +401,7 @@ def test_openmm_background_clash_stops_simulation_step_a_few_steps_late() -> Non
     fault_step = WARMUP + 60
     simulation.step(fault_step)
     assert reporter.flush(30.0) and events == []
-    state = simulation.context.getState(getPositions=True)
-    positions = state.getPositions(asNumpy=True)._value.copy()
-    d = positions[1] - positions[0]
-    positions[0] = positions[1] - d / np.linalg.norm(d) * 0.22
-    simulation.context.setPositions(positions)
+    _clash_openmm(simulation)
     with pytest.raises(AlarmStop) as stopped:
         simulation.step(2000)
     alarm = stopped.value.event

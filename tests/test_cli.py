@@ -199,3 +199,49 @@ def test_monitor_alerts_dump_and_on_alarm_command(
     dumped = list((tmp_path / "flagged").iterdir())
     assert [p.name for p in dumped] == [f"clash_{alarm['frame']:06d}_critical.extxyz"]
     assert dumped[0].read_text().count("Properties=") == 7
+
+
+def test_a_slow_compile_says_what_the_wait_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """A first run compiles for tens of seconds before the first line of output: the
+    user is told why once the wait passes the threshold, and not at all when it does not."""
+    from trajwatch.cli import _notice_if_slow
+
+    with _notice_if_slow(0.05, "compiling the kernels"):
+        time.sleep(0.5)
+    assert capsys.readouterr().err == "compiling the kernels\n"
+    with _notice_if_slow(5.0, "compiling the kernels"):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+_SCAN_COUNTING_COMPILES = """
+import sys
+from numba.core.registry import CPUDispatcher
+from trajwatch.cli import _compile, main
+
+def compiled():  # signatures of every trajwatch kernel loaded so far (cached or compiled)
+    return {f"{m.__name__}.{name}": len(k.signatures) for m in list(sys.modules.values())
+            if getattr(m, "__name__", "").startswith("trajwatch")
+            for name, k in vars(m).items() if isinstance(k, CPUDispatcher)}
+
+_compile("scan", reader=True)
+before = compiled()
+code = main(["scan", sys.argv[1], "--events", sys.argv[2]])
+print({k: (before.get(k, 0), n) for k, n in compiled().items() if n != before.get(k, 0)})
+sys.exit(code)
+"""
+
+
+def test_scan_compiles_every_kernel_before_the_first_frame(
+    clash_file: Path, tmp_path: Path
+) -> None:
+    """The reader's kernels too: on a first run they took seconds at the first frame. A
+    fresh interpreter, since a kernel an earlier test compiled would hide a lazy one."""
+    events = tmp_path / "e.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", _SCAN_COUNTING_COMPILES, str(clash_file), str(events)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "{}"
+    assert _events(events)[0]["event"] == "anomaly"

@@ -8,12 +8,14 @@ trajwatch ...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -710,6 +712,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     for path in args.files:
         if not path.is_file():
             raise FileNotFoundError(f"no such file: {path}")
+    _compile("replay", pipeline=False, reader=True)
     with Publisher(
         args.endpoint,
         bind=not args.connect,
@@ -736,11 +739,57 @@ def _run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compile() -> float:
-    """Compile the kernels before the first frame arrives; the seconds it took."""
-    from trajwatch.pipeline import warmup
+#: seconds of compiling after which the user is told what the wait is
+_SLOW_COMPILE = 1.0
 
-    return warmup()
+
+def _compile(command: str, *, pipeline: bool = True, reader: bool = False) -> float:
+    """Compile the kernels ``command`` runs (the pipeline's, the file reader's) before the
+    first frame; the seconds it took.
+
+    Loading them from Numba's disk cache takes a fraction of a second; a first run
+    compiles them for tens of seconds, and says so on stderr.
+    """
+    steps: list[Callable[[], object]] = []
+    if reader:
+        from trajwatch.replay.xyz import warmup as reader_warmup
+
+        steps.append(reader_warmup)
+    if pipeline:
+        from trajwatch.pipeline import warmup
+
+        steps.append(warmup)
+    message = (
+        f"trajwatch {command}: compiling the kernels; only the first run does this "
+        "(Numba caches them on disk) ..."
+    )
+    start = time.perf_counter()
+    with _notice_if_slow(_SLOW_COMPILE, message):
+        for step in steps:
+            step()
+    return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _notice_if_slow(seconds: float, message: str) -> Iterator[None]:
+    """Print ``message`` to stderr if the body is still running after ``seconds``.
+
+    >>> with _notice_if_slow(5.0, "still busy"):
+    ...     pass
+    """
+    done = threading.Event()
+
+    def notice() -> None:
+        if not done.wait(seconds):
+            print(message, file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=notice, name="trajwatch-notice", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _pipeline(args: argparse.Namespace, sinks: Sequence[Sink]) -> Pipeline:
@@ -930,7 +979,7 @@ def _run_monitor(args: argparse.Namespace) -> int:
     from trajwatch.streaming import Subscriber
 
     tui = _use_tui(args)
-    compile_seconds = _compile()
+    compile_seconds = _compile("monitor")
     outputs = _Outputs(args, tui=tui)  # ready (alert socket bound) before frames can come
     try:
         subscriber = Subscriber(
@@ -1006,7 +1055,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
     clock = AlarmClock(engine.fault_at)
     try:
-        _compile()  # while the engine equilibrates
+        _compile("demo")  # while the engine equilibrates
         engine.wait_ready()
         with Subscriber(engine.endpoint) as subscriber:
             state = MonitorState(
@@ -1057,7 +1106,7 @@ def _run_scan(args: argparse.Namespace) -> int:
     jobs = _scan_jobs(args)
     if args.dask or (jobs > 1 and len(args.files) > 1):
         return _scan_in_parallel(args, jobs)
-    _compile()
+    _compile("scan", reader=True)
     console = Console(stderr=True)
     sinks: list[Sink] = [
         JsonlSink(args.events, fsync=args.fsync) if args.events else StreamSink(sys.stdout)
@@ -1198,8 +1247,6 @@ def _reference_json(args: argparse.Namespace) -> str | None:
 def _scan_in_parallel(args: argparse.Namespace, jobs: int) -> int:
     """Each file a task on a process pool or a Dask cluster; the events, feature rows and
     summary gathered here in the order of the files, as the serial scan writes them."""
-    from collections.abc import Iterator
-
     from rich.console import Console
 
     from trajwatch.parallel import (
@@ -1235,6 +1282,7 @@ def _scan_in_parallel(args: argparse.Namespace, jobs: int) -> int:
         completed = run_dask(tasks, args.dask, jobs=args.jobs, log_level=quiet)
         where = f"Dask ({args.dask})"
     else:
+        _compile("scan", reader=True)  # once here: the workers then load it from the cache
         completed = run_pool(tasks, jobs=jobs)
         where = f"{min(jobs, len(tasks))} processes"
     sink: Sink = (

@@ -218,11 +218,11 @@ def warm_up() -> None:
     global _warm
     if _warm:
         return
-    from trajwatch.cli import _compile
+    from trajwatch.pipeline import warmup as pipeline_warmup
     from trajwatch.replay.xyz import warmup as reader_warmup
 
-    reader_warmup()
-    _compile()  # what the serial scan compiles before its first file
+    reader_warmup()  # what the serial scan compiles before its first file
+    pipeline_warmup()
     _warm = True
 
 

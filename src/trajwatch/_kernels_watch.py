@@ -12,15 +12,13 @@ kernels (no LSTM, the stack past its warm-up and fused); every other frame takes
 two calls separately, with the same results.
 
 Numba's on-disk cache notices edits to a kernel's own file only, and this one compiles
-the feature and detector kernels into itself: :func:`_drop_stale_cache` throws its cached
-code away when one of their files has changed since it was cached (an edited checkout;
-stale code here would read the state with an old layout).
+the feature and detector kernels into itself: ``drop_stale_cache``
+(:mod:`trajwatch._kernel_cache`) throws its cached code away when one of their files has
+changed since it was cached (stale code here would read the state with an old layout).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,6 +26,7 @@ import numpy as np
 from numba import config, njit, types
 from numba.experimental import structref
 
+from trajwatch._kernel_cache import drop_stale_cache
 from trajwatch.detectors._kernels import _stack_frame
 from trajwatch.features._kernels_update import _update
 
@@ -185,35 +184,12 @@ def _watch_frame(
                         s.cal_rings, s.cal_states, s.cal_tails)  # fmt: skip
 
 
-#: the files whose kernels _watch_frame compiles into itself
-_DEPENDENCIES = tuple(
-    Path(__file__).parent / name
-    for name in (
+drop_stale_cache(
+    globals(),
+    (
         "features/_kernels_update.py",
         "features/_kernels.py",
         "features/_kernels_neighbors.py",
         "detectors/_kernels.py",
-    )
+    ),
 )
-
-
-def _drop_stale_cache() -> None:
-    """Flush :func:`_watch_frame`'s on-disk cache if a file it compiles in changed since."""
-    cache = getattr(_watch_frame, "_cache", None)
-    if cache is None or config.DISABLE_JIT:  # type: ignore[attr-defined]
-        return
-    stats = [p.stat() for p in _DEPENDENCIES]
-    stamp = " ".join(f"{st.st_mtime_ns}:{st.st_size}" for st in stats)
-    record = Path(cache._cache_path) / "_kernels_watch.dependencies"
-    try:
-        if record.exists() and record.read_text() == stamp:
-            return
-        cache.flush()
-        tmp = record.with_suffix(f".{os.getpid()}")
-        tmp.write_text(stamp)
-        tmp.replace(record)
-    except OSError:  # a cache directory we cannot write: Numba then does not cache either
-        pass
-
-
-_drop_stale_cache()

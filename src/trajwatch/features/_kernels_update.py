@@ -17,6 +17,7 @@ import math
 import numpy as np
 from numba import njit
 
+from trajwatch._kernel_cache import drop_stale_cache
 from trajwatch.features._kernels import (
     HIST_SIZE,
     _anisotropy,
@@ -1161,3 +1162,6 @@ def _window(
         _first_peak(gr, dr, peak)
         out[O_RDF_POS] = peak[0]
         out[O_RDF_HEIGHT] = peak[1]
+
+
+drop_stale_cache(globals(), ("features/_kernels.py", "features/_kernels_neighbors.py"))

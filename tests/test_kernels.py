@@ -92,11 +92,29 @@ def test_reference_closest_pair_is_the_true_minimum_image() -> None:
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("half", [True, False])
 def test_pairs_within_finds_exactly_the_pairs_in_range(name: str, half: bool) -> None:
+    n = 8 if name == "skewed" else 30  # the skewed cell holds 2 Å^3: many images in range
+    _check_pairs_within(name, half, n, 3.1)
+
+
+@pytest.mark.parametrize("name", ["cubic", "triclinic"])
+@pytest.mark.parametrize("half", [True, False])
+def test_pairs_within_is_exact_on_cells_finer_than_the_radius(name: str, half: bool) -> None:
+    """A box under three radii across, densely filled: the grid takes cells a half or a
+    third of the radius wide (searching 2 or 3 cells out), and finds the same pairs."""
+    n, radius = 120, 5.5
+    extent = 1.0 / np.linalg.norm(np.linalg.inv(CELLS[name]), axis=0)  # between faces
+    periodic = np.ones(3, dtype=np.bool_)
+    one = _kernels_neighbors._grid_shape(extent, periodic, radius, n, 1)
+    finer = [_kernels_neighbors._grid_shape(extent, periodic, radius, n, k) for k in (2, 3)]
+    assert min(c for _, _, c in finer) < one[2]  # so _grid picks a finer one
+    _check_pairs_within(name, half, n, radius)
+
+
+def _check_pairs_within(name: str, half: bool, n: int, radius: float) -> None:
+    """_pairs_within's pairs, shifts and rows against a brute-force search over images."""
     rng = np.random.default_rng(7)
     cell, inv, pbc = _kernel_cell(CELLS[name])
-    n = 8 if name == "skewed" else 30  # the skewed cell holds 2 Å^3: many images in range
     positions = rng.uniform(0, 7, size=(n, 3))
-    radius = 3.1
     centers = np.arange(0, n, 1 if half else 3)
     best = np.empty(3)
     none = np.zeros((0, 2), dtype=np.int64)

@@ -170,6 +170,41 @@ def bench_per_frame(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+# -- a hot run: the neighbour lists go stale as atoms move ------------------------------
+
+HOT_RUN = MDSpec(repeat=3, temperature=2500.0, steps=3000, equilibrate_steps=500, seed=1,
+                 source="bench-hot")  # fmt: skip
+"""108 Cu atoms at 2,500 K (EMT, Langevin, 2 fs): at the default skin its lists would be
+stale every ~16 frames; the thermal-motion stream above never makes them stale."""
+
+
+def bench_hot(quick: bool) -> dict[str, Any]:
+    """Per-frame cost on the hot run after its first 200 frames (CPU), the list builds and
+    the skins the lists settled on; beside it the 100-atom thermal-motion stream's cost."""
+    from trajwatch.features import _kernels_update as kern
+
+    frames = list(iread(cached_run("hot-Cu-108", HOT_RUN)))[: 1200 if quick else None]
+    cold = list(stream(pool(100), len(frames)))
+    best = {"hot": float("inf"), "cold": float("inf")}
+    for _ in range(2 if quick else 3):
+        for name, run in (("hot", frames), ("cold", cold)):
+            engine = FeatureEngine()
+            for f in run[:200]:
+                engine.update(f)
+            before = engine.neighbor_list_builds
+            t0 = time.thread_time()
+            for f in run[200:]:
+                engine.update(f)
+            best[name] = min(best[name], (time.thread_time() - t0) / (len(run) - 200))
+            if name == "hot":
+                builds = [b - a for a, b in zip(before, engine.neighbor_list_builds, strict=True)]
+                skins = (engine._fbuf[kern.F_CONTACT_SKIN], engine._fbuf[kern.F_RDF_SKIN])
+    return {"atoms": frames[0].n_atoms, "frames": len(frames) - 200,
+            "us_per_frame": best["hot"] * 1e6, "cold_us_per_frame": best["cold"] * 1e6,
+            "contact_list_builds": builds[0], "rdf_list_builds": builds[1],
+            "contact_skin": float(skins[0]), "rdf_skin": float(skins[1])}  # fmt: skip
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 CACHE = Path(os.environ.get("TRAJWATCH_BENCH_CACHE", Path.home() / ".cache" / "trajwatch-bench"))
@@ -187,8 +222,12 @@ reversed (time reversal: no jump in the stream), and again."""
 
 def trajectory_file(atoms: int) -> Path:
     """The real MD trajectory (extxyz) for a nominal size, made once and cached."""
-    spec = E2E_RUNS[atoms]
-    path = CACHE / f"e2e-Cu-{atoms}-{spec.steps}-{spec.seed}-v{E2E_VERSION}.extxyz"
+    return cached_run(f"e2e-Cu-{atoms}", E2E_RUNS[atoms])
+
+
+def cached_run(name: str, spec: MDSpec) -> Path:
+    """The extxyz file of ``spec``'s EMT run, made once and kept in ``CACHE``."""
+    path = CACHE / f"{name}-{spec.steps}-{spec.seed}-v{E2E_VERSION}.extxyz"
     if not path.exists():
         print(f"generating {path.name} (EMT MD, once; cached in {CACHE})", file=sys.stderr)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -408,6 +447,7 @@ def run(quick: bool = False, *, end_to_end: bool = False) -> dict[str, Any]:
         warmup_pipeline()
     incremental = bench_incremental(quick)
     per_frame = bench_per_frame(quick)
+    hot = bench_hot(quick)
     e2e_rows = bench_end_to_end(quick) if end_to_end else []
     cost = {r["atoms"]: r["us_per_frame"] for r in per_frame}
     e2e = {r["nominal_atoms"]: r for r in e2e_rows}
@@ -434,6 +474,7 @@ def run(quick: bool = False, *, end_to_end: bool = False) -> dict[str, Any]:
         "warmup_seconds": compile_seconds,
         "incremental": incremental,
         "per_frame": per_frame,
+        "hot": hot,
         "scaling_10000_over_1000": scaling,
         "end_to_end": e2e_rows,
         "checks": checks,
@@ -458,6 +499,14 @@ def summary(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
     rows += [row(f"features per frame, {r['atoms']} atoms (CPU)", r["us_per_frame"], unit="us")
              for r in result["per_frame"]]  # fmt: skip
+    hot = result.get("hot")
+    if hot:
+        rows.append(row(f"features per frame, {hot['atoms']}-atom Cu at 2500 K (CPU)",
+                        hot["us_per_frame"], unit="us", baseline=hot["cold_us_per_frame"],
+                        baseline_name="100-atom crystal",
+                        note=f"lists rebuilt {hot['contact_list_builds']}+"
+                        f"{hot['rdf_list_builds']} times in {hot['frames']:,} frames, "
+                        f"skins {hot['contact_skin']:.2f}/{hot['rdf_skin']:.2f} Å"))  # fmt: skip
     scaling = result["scaling_10000_over_1000"]
     rows.append(row("cost(10,000 atoms) / cost(1,000)", scaling, target="<= 12 (O(N))",
                     ok=scaling <= 12))  # fmt: skip
@@ -518,6 +567,11 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{r['atoms']:>6} {r['us_per_frame']:>9.1f} {r['us_per_atom'] * 1e3:>8.1f} "
               f"{builds:>12}")  # fmt: skip
     print(f"  scaling cost(10000) / cost(1000) = {result['scaling_10000_over_1000']:.2f}")
+    hot = result["hot"]
+    print(f"  {hot['atoms']}-atom Cu at 2500 K: {hot['us_per_frame']:.1f} us/frame "
+          f"(100-atom crystal {hot['cold_us_per_frame']:.1f}); lists built "
+          f"{hot['contact_list_builds']}+{hot['rdf_list_builds']} times in {hot['frames']} "
+          f"frames; skins {hot['contact_skin']:.2f} / {hot['rdf_skin']:.2f} Å")  # fmt: skip
     print()
     if result["end_to_end"]:
         print_end_to_end(result["end_to_end"])

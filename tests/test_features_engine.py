@@ -207,6 +207,56 @@ def test_a_long_lived_rdf_list_is_split_at_the_cutoff_without_changing_g_of_r() 
         assert inside[: inside.sum()].all(), m
 
 
+def _walk(start: NDArray[np.float64], scales: Sequence[float], seed: int = 0) -> list[Frame]:
+    """A random walk in the 7 Å cubic cell from ``start``: one frame per step size."""
+    rng = np.random.default_rng(seed)
+    cell = np.eye(3) * 7.0
+    positions, frames = start.copy(), []
+    for t, scale in enumerate(scales):
+        positions = positions + rng.normal(scale=scale, size=positions.shape)
+        frames.append(Frame(positions % 7.0, [29] * len(positions), energy=-40.0 + rng.normal(),
+                            cell=cell, time=2.0 * t))  # fmt: skip
+    return frames
+
+
+@pytest.mark.skipif(not JIT, reason="8,000 frames: compiled kernels only")
+def test_list_skins_widen_while_atoms_move_fast_and_narrow_once_they_calm() -> None:
+    k = _kernels_update
+    hot = [0.15] * 150
+    calm = [0.002] * (4 * k.SKIN_SHRINK_AGE + 100)  # four narrowings: 2.0 Å to 0.5
+    frames = _walk(np.random.default_rng(1).uniform(0, 7, size=(12, 3)), hot + calm)
+    engine = FeatureEngine(**SMALL)  # type: ignore[arg-type]
+    least = engine.skin
+    for t, frame in enumerate(frames):
+        x = engine.update(frame)
+        fbuf = engine._fbuf  # (allocated at the first frame)
+        if t in (len(hot) - 1, len(frames) - 1):  # the same features, whatever the skins
+            expected = reference.features(frames[: t + 1], **SMALL)  # type: ignore[arg-type]
+            assert_matches(engine.names, x, expected, f"{t}")
+        if t == len(hot) - 1:
+            assert fbuf[k.F_CONTACT_SKIN] > least and fbuf[k.F_RDF_SKIN] > 2 * least
+            builds = engine.neighbor_list_builds
+        if t == len(hot) + 2 * k.SKIN_SHRINK_AGE:  # narrowed: one rebuild per SKIN_SHRINK_AGE
+            assert fbuf[k.F_CONTACT_SKIN] < k.SKIN_MAX * least
+    assert (fbuf[k.F_CONTACT_SKIN], fbuf[k.F_RDF_SKIN]) == (least, 2 * least)
+    assert engine.neighbor_list_builds[0] - builds[0] <= 6  # no churn while calm
+
+
+def test_list_skins_stay_put_when_the_cell_changes_every_frame() -> None:
+    """A changing cell (NPT) rebuilds the lists every frame whatever the skin: no widening."""
+    rng = np.random.default_rng(3)
+    positions, frames = rng.uniform(0, 7, size=(8, 3)), []
+    for t in range(40):
+        positions = positions + rng.normal(scale=0.15, size=positions.shape)
+        cell = np.eye(3) * 7.0 * (1.0 + 1e-3 * t)
+        frames.append(Frame((positions @ np.linalg.inv(cell) % 1.0) @ cell, [29] * 8,
+                            energy=-30.0, cell=cell, time=2.0 * t))  # fmt: skip
+    engine = run_and_compare(frames, **SMALL)
+    k = _kernels_update
+    assert (engine._fbuf[k.F_CONTACT_SKIN], engine._fbuf[k.F_RDF_SKIN]) == (0.5, 1.0)
+    assert engine.neighbor_list_builds[0] >= len(frames) - 1
+
+
 def test_species_change_is_reported_and_resets_the_window() -> None:
     frames = random_stream(6, 10, np.eye(3) * 7.0, "frame", seed=5)
     engine = FeatureEngine(**SMALL)  # type: ignore[arg-type]

@@ -106,14 +106,17 @@ I_CONTACT_PBC = 15  # 3 entries: pbc when the contact list was built
 I_RDF_PBC = 18  # 3 entries
 I_RDF_STRIDE = 21
 I_FRONT = 22  # frames in the front stack of the window aggregate (see _window_evict)
-N_IBUF = 23
+I_CONTACT_AGE = 23  # frames the contact list has served since its build
+N_IBUF = 24
 
 # --- float scalars (fbuf)
 F_E0 = 0  # total energy at the drift origin (eV)
 F_PREV_TIME = 1  # NaN when the previous frame had no time
 F_CONTACT_R = 2  # contact list radius
 F_CONTACT_D = 3  # minimum distance when the contact list was built
-F_SKIN = 6
+F_CONTACT_SKIN = 4  # the contact list's skin now (see _fit_skin)
+F_RDF_SKIN = 5  # the RDF list's skin now
+F_SKIN = 6  # the engine's skin: the contact list's least, half the RDF list's least
 F_RDF_CUTOFF = 7
 N_FBUF = 8
 
@@ -259,6 +262,15 @@ def _carve(fstate: np.ndarray, istate: np.ndarray, i32state: np.ndarray):  # typ
 # often (a liquid, a changing cell) would pay for no gain; a solid's list lives on.
 RDF_SPLIT_AGE = 500
 
+# Each list's skin follows the motion (_fit_skin): a list that moving atoms made stale in
+# fewer than SKIN_GROW_AGE frames is rebuilt with a skin 1.5 times wider (up to
+# SKIN_MAX times the least), and one that served SKIN_SHRINK_AGE frames with a skin
+# above the least is rebuilt with a narrower one, so a hot stretch costs rebuilds for a
+# while, not a wide list for the rest of the run.
+SKIN_GROW_AGE = 100
+SKIN_SHRINK_AGE = 2000
+SKIN_MAX = 4.0
+
 # Values whose spread is below this fraction of their mean count as constant: skew,
 # kurtosis and the spectrum of a constant are NaN, not rounding noise.
 FLAT = 1e-12
@@ -366,6 +378,16 @@ def _advance(
 
 
 @njit(cache=True, nogil=True)
+def _fit_skin(skin: float, age: int, least: float) -> float:
+    """The skin for a list rebuilt in the same cell after serving ``age`` frames."""
+    if age < SKIN_GROW_AGE:
+        return min(skin * 1.5, SKIN_MAX * least)
+    if age >= SKIN_SHRINK_AGE:
+        return max(skin / 1.5, least)
+    return skin
+
+
+@njit(cache=True, nogil=True)
 def _contact(
     positions: np.ndarray,
     u_new: np.ndarray,
@@ -382,17 +404,21 @@ def _contact(
 ) -> int:
     """``out[:3]`` = closest pair from the contact list, rebuilt only when it could be wrong."""
     n = positions.shape[0]
-    skin = fbuf[F_SKIN]
-    need = ibuf[I_NCONTACT] < 0 or not _same_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC)
+    skin = fbuf[F_CONTACT_SKIN]
     guess = fbuf[F_CONTACT_D] + skin
-    if not need:
+    if ibuf[I_NCONTACT] >= 0 and _same_cell(h, per, geom[G_CONTACT], ibuf, I_CONTACT_PBC):
         _list_min(u_new, cpairs, cshift, ibuf[I_NCONTACT], out)
         # A pair outside the list was >= R apart at the build and has closed by at most
         # the two largest moves since: the list minimum is exact if below that.
-        need = out[0] > fbuf[F_CONTACT_R] - _moved(u_new, atoms[A_BUILD])
+        age = ibuf[I_CONTACT_AGE] + 1  # frames served, this one included
+        if out[0] <= fbuf[F_CONTACT_R] - _moved(u_new, atoms[A_BUILD]) and (
+            age < SKIN_SHRINK_AGE or skin <= fbuf[F_SKIN]
+        ):
+            ibuf[I_CONTACT_AGE] = age
+            return OK
         guess = out[0]
-    if not need:
-        return OK
+        skin = _fit_skin(skin, age, fbuf[F_SKIN])
+        fbuf[F_CONTACT_SKIN] = skin
     # Built from the frame's positions (see _rebase), evaluated on u from then on.
     _closest_pair(positions, h, inv, per, guess if math.isfinite(guess) else 0.0, out)
     radius = out[0] + 2.0 * skin
@@ -416,6 +442,7 @@ def _contact(
         ibuf[I_NEED] = count
         return GROW_CONTACT
     ibuf[I_NCONTACT] = count
+    ibuf[I_CONTACT_AGE] = 0
     fbuf[F_CONTACT_R] = radius
     fbuf[F_CONTACT_D] = out[0]
     atoms[A_BUILD, :n] = u_new[:n]
@@ -448,17 +475,17 @@ def _rdf_list(
     is dearer, and a centre's pairs are counted only every ``rdf_stride`` frames.
     """
     n = positions.shape[0]
-    skin = 2.0 * fbuf[F_SKIN]
-    if (
-        ibuf[I_NRDF] >= 0
-        and _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC)
-        and _moved(u_new, atoms[A_RBUILD]) <= skin
-    ):
-        age = ibuf[I_RDF_AGE] + 1
-        ibuf[I_RDF_AGE] = age
-        if age == RDF_SPLIT_AGE:  # a long-lived list: worth ordering for _list_rdf
-            _split_at_cutoff(u_new, rpairs, rshift, rstart, fbuf[F_RDF_CUTOFF])
-        return OK
+    skin = fbuf[F_RDF_SKIN]
+    least = 2.0 * fbuf[F_SKIN]
+    if ibuf[I_NRDF] >= 0 and _same_cell(h, per, geom[G_RDF], ibuf, I_RDF_PBC):
+        age = ibuf[I_RDF_AGE] + 1  # frames served, this one included
+        if _moved(u_new, atoms[A_RBUILD]) <= skin and (age < SKIN_SHRINK_AGE or skin <= least):
+            ibuf[I_RDF_AGE] = age
+            if age == RDF_SPLIT_AGE:  # a long-lived list: worth ordering for _list_rdf
+                _split_at_cutoff(u_new, rpairs, rshift, rstart, fbuf[F_RDF_CUTOFF])
+            return OK
+        skin = _fit_skin(skin, age, least)
+        fbuf[F_RDF_SKIN] = skin
     full = n < 2  # False, as a runtime bool (see _contact)
     count = _pairs_within(
         positions,

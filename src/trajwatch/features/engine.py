@@ -61,7 +61,9 @@ class FeatureEngine:
     s = ceil(N / ``sample_atoms``), so their cost stops growing past that many atoms. The
     RDF, the expensive one (pairs within ``rdf_cutoff`` Å in ``rdf_bins`` bins), is spread
     out: each frame counts the pairs of 1/``rdf_stride`` of its centres. ``skin`` (Å) is
-    the Verlet-list margin. Formulas and algorithms: ``docs/features.md``.
+    the Verlet-list margin the lists start with; each widens its own while atoms move
+    fast enough to make it stale within 100 frames, and narrows back once they calm.
+    Formulas and algorithms: ``docs/features.md``.
 
     After :meth:`update`, :attr:`structure_change` says what changed if the atom count or
     the species differ from the previous frame (the window state was reset), else None.
@@ -152,6 +154,8 @@ class FeatureEngine:
         self._ibuf[kern.I_RDF_STRIDE] = self.rdf_stride
         self._fbuf[:] = math.nan
         self._fbuf[kern.F_SKIN] = self.skin
+        self._fbuf[kern.F_CONTACT_SKIN] = self.skin
+        self._fbuf[kern.F_RDF_SKIN] = 2.0 * self.skin
         self._fbuf[kern.F_RDF_CUTOFF] = self.rdf_cutoff
         self._hist[:] = 0
         self._rdf_ring[:] = 0.0

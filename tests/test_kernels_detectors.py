@@ -284,14 +284,21 @@ def test_tail_window_keeps_its_largest_values_and_reads_the_quantile(window: int
         assert kern._tail_scaled_max(probe, top, meta, q, reference, min_n) == expected_best
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 257])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 257, kern.COUNT_SEARCH_MAX, 1030])
 def test_bisect_left_matches_the_bisect_module(n: int) -> None:
+    """Counted (short arrays) or halved (long ones), single or paired: bisect_left."""
     rng = np.random.default_rng(n)
     a = np.sort(rng.integers(0, 5, size=n).astype(float))
-    padded = np.concatenate([a, [99.0, 99.0]])  # values past n must not be read as data
-    for value in [-1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 5.0, math.nan]:
+    padded = np.concatenate([a, [-99.0, 99.0]])  # values past n must not be read as data
+    keys = [-1.0, 0.0, 0.5, 1.0, 2.0, 4.0, 5.0, math.nan]
+    for value in keys:
         expected = bisect.bisect_left(a.tolist(), value) if value == value else 0
         assert kern._bisect_left(padded, n, value) == expected
+        for other in keys:
+            assert kern._bisect_left_pair(padded, n, value, other) == (
+                expected,
+                kern._bisect_left(padded, n, other),
+            )
 
 
 def _hysteresis_reference(

@@ -1,7 +1,7 @@
 """Robust z-score: distance from the median in units of the scaled MAD, over a window.
 
 Each feature keeps its last ``window`` learned values twice, in arrival order and
-sorted, so a new value slides in with two binary searches and a shift (O(window), no
+sorted, so a new value slides in with one counting pass and a shift (O(window), no
 allocation, one Numba call). The median is exact at every frame; the spread
 (1.4826 MAD, or 1.2533 mean absolute deviation for a feature whose MAD is zero) is
 refreshed round-robin, a few features per frame. Being windowed and robust, it follows

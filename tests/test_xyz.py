@@ -255,6 +255,40 @@ def test_lattice_and_pbc(tmp_path: Path) -> None:
     assert d.cell is not None and np.diag(d.cell).tolist() == [2, 3, 4]
 
 
+def test_frames_hold_what_the_checking_constructor_would_give(tmp_path: Path) -> None:
+    """The reader builds its Frames without Frame's checks: its arrays must pass them, and
+    each frame owns its arrays (nothing shared but the read-only pbc flags)."""
+    text = (
+        '2\nLattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3:vel:R:3:forces:R:3'
+        ' energy=-1.5 step=7 time=2.0 pbc="T F T" note=hi\n'
+        "H 0 0 0 1 2 3 0.1 0.2 0.3\nO 1 1 1 4 5 6 0.4 0.5 0.6\n"
+    ) * 2 + "1\nLattice={2 3 4}\nH 0 0 0\n1\nplain\nH 0 0 0\n"
+    frames = list(iread(write_text(tmp_path / "f.extxyz", text)))
+    for frame in frames:
+        checked = Frame(
+            frame.positions, frame.numbers, velocities=frame.velocities, forces=frame.forces,
+            energy=frame.energy, cell=frame.cell, pbc=frame.pbc, step=frame.step,
+            time=frame.time, seq=frame.seq, source=frame.source, info=frame.info,
+        )  # fmt: skip
+        for name in ("positions", "numbers", "velocities", "forces", "cell"):
+            ours, theirs = getattr(frame, name), getattr(checked, name)
+            if theirs is None:
+                assert ours is None, name
+                continue
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape, name
+            assert ours.flags.owndata and ours.flags.writeable, name
+            assert ours.flags.c_contiguous, name
+            np.testing.assert_array_equal(ours, theirs)
+        assert frame.pbc.tolist() == checked.pbc.tolist()
+        for name in ("energy", "step", "time", "seq", "source", "info"):
+            assert getattr(frame, name) == getattr(checked, name), name
+    first, second = frames[0], frames[1]
+    assert first.cell is not None and second.cell is not None
+    assert not np.shares_memory(first.cell, second.cell)
+    assert first.info == {"note": "hi"} and first.info is not second.info
+    assert frames[2].pbc.tolist() == [True] * 3 and frames[3].pbc.tolist() == [False] * 3
+
+
 def test_nan_positions_and_last_line_without_newline(tmp_path: Path) -> None:
     text = "2\n\nH nan -inf 1\nH 0 0 Infinity"
     frame = next(iread(write_text(tmp_path / "nan.xyz", text)))

@@ -292,6 +292,7 @@ def _lattice_from_text(raw: str | None) -> NDArray[np.float64]:
         values = [float(p) for p in parts]
     except ValueError:
         raise ValueError(f"Lattice has a non-number in {raw!r}") from None
+    cell: NDArray[np.float64]
     if len(values) == 9:
         cell = np.array(values, dtype=np.float64).reshape(3, 3).copy()  # owned, for Frame
     elif len(values) == 3:

@@ -118,7 +118,7 @@ class Frame:
                 raise FrameError("cell has non-finite entries")
             self.cell = c
         if pbc is None:
-            self.pbc = _NO_PBC if self.cell is None else _ALL_PBC
+            self.pbc = _default_pbc(self.cell)
         else:
             flags = np.array(pbc, dtype=np.bool_).reshape(-1)
             if flags.shape == (1,):
@@ -142,7 +142,7 @@ class Frame:
         forces: NDArray[np.float64] | None,
         energy: float | None,
         cell: NDArray[np.float64] | None,
-        pbc: NDArray[np.bool_],
+        pbc: NDArray[np.bool_] | None,
         step: int,
         time: float | None,
         seq: int,
@@ -153,8 +153,9 @@ class Frame:
         """Wrap arrays a decoder or reader has just made and checked: no copies, no checks.
 
         The caller guarantees what ``__init__`` would check: C-contiguous owned writable
-        float64 arrays of consistent shapes, a finite (3, 3) cell, (3,) bool pbc; numbers
-        int32 (may be read-only and shared by a producer's frames).
+        float64 arrays of consistent shapes, a finite (3, 3) cell, (3,) bool pbc (None:
+        ``__init__``'s default); numbers int32 (may be read-only and shared by a
+        producer's frames).
         """
         frame = object.__new__(cls)
         frame.positions = positions
@@ -163,7 +164,7 @@ class Frame:
         frame.forces = forces
         frame.energy = energy
         frame.cell = cell
-        frame.pbc = pbc
+        frame.pbc = _default_pbc(cell) if pbc is None else pbc
         frame.step = step
         frame.time = time
         frame.seq = seq
@@ -218,3 +219,8 @@ def _constant(values: list[bool]) -> NDArray[np.bool_]:
 
 _NO_PBC = _constant([False, False, False])
 _ALL_PBC = _constant([True, True, True])
+
+
+def _default_pbc(cell: NDArray[np.float64] | None) -> NDArray[np.bool_]:
+    """Periodic along all three axes with a cell, along none without."""
+    return _NO_PBC if cell is None else _ALL_PBC

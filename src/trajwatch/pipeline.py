@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from trajwatch._kernels_watch import _watch_frame, watch_state
+from trajwatch._kernels_watch import _ENTRIES, fingerprint, watch_call, watch_state
 from trajwatch.detectors import evidence
 from trajwatch.detectors.drift import Change
 from trajwatch.detectors.external import ExternalScore
@@ -182,7 +182,11 @@ class SourceWatch:
             state = self._one_call_state(engine._state, stack._args)
             if args is not None and state is not None:  # features and detectors in one call
                 features = np.empty(len(engine.names))
-                status = _watch_frame(*args, features, stack.frames, state)  # type: ignore[call-arg]
+                index = stack.frames
+                call = _ENTRIES.get(fingerprint(args))  # watch_call's lookup, inlined
+                if call is None:
+                    call = watch_call(args, features, index, state)
+                status = call(*args, features, index, state)
                 if status >= 0:
                     engine.structure_change = None
                     engine._last = frame

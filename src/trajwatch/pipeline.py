@@ -182,11 +182,11 @@ class SourceWatch:
             state = self._one_call_state(engine._state, stack._args)
             if args is not None and state is not None:  # features and detectors in one call
                 features = np.empty(len(engine.names))
-                index = stack.frames
+                stack_index = stack.frames  # (the stack's count, not the pipeline's index)
                 call = _ENTRIES.get(fingerprint(args))  # watch_call's lookup, inlined
                 if call is None:
-                    call = watch_call(args, features, index, state)
-                status = call(*args, features, index, state)
+                    call = watch_call(args, features, stack_index, state)
+                status = call(*args, features, stack_index, state)
                 if status >= 0:
                     engine.structure_change = None
                     engine._last = frame

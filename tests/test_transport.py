@@ -192,9 +192,12 @@ def test_socket_path_matches_decode(
     assert (got.cell is None) == (frame.cell is None)
     if frame.cell is not None:
         np.testing.assert_array_equal(got.cell, frame.cell)
-    for a in (got.positions, got.numbers, got.velocities, got.forces, got.cell):
+    for a in (got.positions, got.velocities, got.forces, got.cell):
         if a is not None:
             assert a.flags.owndata and a.base is None and a.flags.writeable
+    # numbers and pbc: read-only, so the frames of one source can share them
+    assert got.numbers.flags.owndata and not got.numbers.flags.writeable
+    assert not got.pbc.flags.writeable
     assert sub.stats.malformed == 0
 
 
@@ -206,10 +209,34 @@ def test_received_frames_do_not_alias_each_other(pair: tuple[Publisher, Subscrib
     assert a is not None and b is not None
     before = b.positions.copy()
     a.positions[:] = 0.0
-    a.numbers[:] = 0
     np.testing.assert_array_equal(b.positions, before)
     assert not np.shares_memory(a.positions, b.positions)
     assert a.positions.flags.owndata and b.positions.flags.owndata
+    with pytest.raises(ValueError, match="read-only"):
+        a.numbers[:] = 0  # shared by the source's frames, so nobody may change it
+
+
+def test_a_source_s_frames_share_its_numbers_until_they_change(
+    pair: tuple[Publisher, Subscriber],
+) -> None:
+    """The numbers part is checked and copied when it differs from the source's last
+    one; frames with the same numbers share that read-only array."""
+    pub, sub = pair
+    first = make_frame(50)
+    species = [first.numbers, first.numbers, np.where(first.numbers == 8, 1, 8)]
+    frames = [
+        Frame(first.positions + 0.01 * i, numbers, energy=-1.0, cell=first.cell, step=i)
+        for i, numbers in enumerate(species)
+    ]
+    for frame in frames:
+        pub.send(frame)
+    got = [sub.recv(TIMEOUT) for _ in frames]
+    assert all(g is not None for g in got)
+    a, b, c = got  # type: ignore[misc]
+    assert b.numbers is a.numbers
+    assert c.numbers is not a.numbers
+    np.testing.assert_array_equal(c.numbers, frames[2].numbers)
+    np.testing.assert_array_equal(a.numbers, frames[0].numbers)
 
 
 # -- malformed messages over a real socket --------------------------------------------

@@ -99,6 +99,11 @@ class FeatureEngine:
         self.structure_change: str | None = None
         self._numbers: NDArray[np.int32] | None = None
         self._last: Frame | None = None
+        # writable copies of the latest read-only numbers and pbc a frame brought (those
+        # arrays themselves, to know them again): producers share one of each among
+        # their frames, and copying them every frame cost ~0.4 us of a 100-atom frame
+        self._shared_numbers = self._numbers_copy = np.empty(0, dtype=np.int32)
+        self._shared_pbc = self._pbc_copy = np.empty(0, dtype=np.bool_)
         self._state: tuple[Any, ...] = ()
         self._allocate(0)
 
@@ -231,10 +236,16 @@ class FeatureEngine:
         # frames, and cell and pbc are often shared constants. (Frame's own arrays are
         # writable: Frame copies read-only ones.)
         numbers = frame.numbers
-        if not numbers.flags.writeable:
-            numbers = numbers.copy()
-        if not pbc.flags.writeable:
-            pbc = pbc.copy()
+        if numbers is self._shared_numbers:
+            numbers = self._numbers_copy
+        elif not numbers.flags.writeable:
+            self._shared_numbers, self._numbers_copy = numbers, numbers.copy()
+            numbers = self._numbers_copy
+        if pbc is self._shared_pbc:
+            pbc = self._pbc_copy
+        elif not pbc.flags.writeable:
+            self._shared_pbc, self._pbc_copy = pbc, pbc.copy()
+            pbc = self._pbc_copy
         if cell is None:
             cell = _EYE
             has_cell = False

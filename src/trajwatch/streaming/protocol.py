@@ -93,8 +93,16 @@ DEFAULT_MAX_BYTES: Final = 1 << 30  # 1 GiB
 
 _NO_CELL: Final = (0.0,) * 9
 _MAX_WALL: Final = 2.0**64 / 1e9  # seconds since the epoch that still fit sent_ns
+
+
+def _read_only(array: NDArray[Any]) -> NDArray[Any]:
+    array.setflags(write=False)
+    return array
+
+
+# one shared read-only array per pbc bit pattern, as Frame's own defaults are
 _PBC: Final[tuple[NDArray[np.bool_], ...]] = tuple(
-    np.array([b & 1, b & 2, b & 4], dtype=np.bool_) for b in range(8)
+    _read_only(np.array([b & 1, b & 2, b & 4], dtype=np.bool_)) for b in range(8)
 )
 _CELL_DTYPE: Final = np.dtype("<f8")
 _CELL_OFFSET: Final = 48
@@ -168,9 +176,9 @@ class Header:
         self.n_parts = 4 + (flags & FLAG_VELOCITIES) + ((flags & FLAG_FORCES) >> 1)
 
     def pbc_array(self) -> NDArray[np.bool_]:
-        """The pbc bits as a fresh (3,) bool array."""
-        flags: NDArray[np.bool_] = _PBC[self.pbc].copy()
-        return flags
+        """The pbc bits as a (3,) bool array: read-only, one shared by every header with
+        these bits (as Frame's own default pbc are)."""
+        return _PBC[self.pbc]
 
 
 def expected_parts(flags: int) -> int:

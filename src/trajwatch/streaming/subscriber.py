@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
+import numpy as np
 import zmq
+from numpy.typing import NDArray
 
 from trajwatch.frame import Frame
 from trajwatch.streaming.protocol import (
@@ -132,7 +134,9 @@ class Subscriber:
             self._topics if lossless and "" not in self._topics else None
         )
         self._sources: dict[bytes, str] = {}
-        self._numbers_ok: dict[str, bytes] = {}  # last validated numbers, per source
+        # per source, the last numbers part and the read-only array checked from it,
+        # which that source's frames share while the part stays the same
+        self._numbers: dict[str, tuple[bytes, NDArray[np.int32]]] = {}
         self._timeout_ms = -2  # RCVTIMEO currently set on the socket (-2: unknown)
         self._next_log = 0.0
         self._suppressed = 0
@@ -243,11 +247,16 @@ class Subscriber:
                 raise _MalformedError(_missing(4, header))
             part = recv(_NOBLOCK, copy=False)
             more = part.more
-            numbers = numbers_from(part, header.n_atoms)
+            n_atoms = header.n_atoms
             raw_numbers = part.bytes
-            if self._numbers_ok.get(source) != raw_numbers:
-                check_numbers(numbers)  # the same as last time (the usual case) is fine
-                self._numbers_ok[source] = raw_numbers
+            known = self._numbers.get(source)
+            if known is not None and known[0] == raw_numbers and known[1].size == n_atoms:
+                numbers = known[1]  # the same as last time: the usual case
+            else:
+                numbers = numbers_from(part, n_atoms)
+                check_numbers(numbers)
+                numbers.setflags(write=False)
+                self._numbers[source] = (raw_numbers, numbers)
             velocities = forces = None
             index = 5
             if header.flags & FLAG_VELOCITIES:

@@ -68,10 +68,12 @@ def assert_same(got: Frame, want: Frame, wire: type = np.float64) -> None:
 
 
 def assert_owned(frame: Frame) -> None:
+    """The frame's arrays are its own, never views; the cell read-only (frames share it)."""
     for name in ("positions", "numbers", "velocities", "forces", "cell"):
         a = getattr(frame, name)
         if a is not None:
-            assert a.flags.owndata and a.flags.c_contiguous and a.flags.writeable, name
+            assert a.flags.owndata and a.flags.c_contiguous, name
+            assert a.flags.writeable == (name != "cell"), name
             assert a.base is None, name
     assert frame.positions.dtype == np.float64 and frame.numbers.dtype == np.int32
 
@@ -419,3 +421,22 @@ def test_huge_but_finite_cell_is_accepted() -> None:
     frame = Frame(np.zeros((1, 3)), [1], cell=np.full((3, 3), 1e308))
     back = decode(as_bytes(encode(frame)))
     assert back.cell is not None and (back.cell == 1e308).all()
+
+
+def test_frames_with_one_cell_share_one_read_only_array() -> None:
+    """A cell seldom changes, so decoding it again would copy the same nine numbers every
+    frame: frames whose header carries the cell of the previous one share its array."""
+    positions = np.zeros((2, 3))
+    box = np.diag([10.0, 11.0, 12.0])
+    a, b, c, d = (
+        decode(encode(Frame(positions, [1, 8], cell=cell, step=k)))
+        for k, cell in enumerate((box, box, box * 1.5, box))
+    )
+    assert a.cell is not None and b.cell is a.cell and not a.cell.flags.writeable
+    np.testing.assert_array_equal(a.cell, box)
+    assert c.cell is not None and c.cell is not a.cell
+    np.testing.assert_array_equal(c.cell, box * 1.5)
+    assert d.cell is not None and d.cell is not c.cell
+    np.testing.assert_array_equal(d.cell, box)
+    with pytest.raises(ValueError, match="read-only"):
+        a.cell[0, 0] = 1.0

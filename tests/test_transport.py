@@ -192,11 +192,13 @@ def test_socket_path_matches_decode(
     assert (got.cell is None) == (frame.cell is None)
     if frame.cell is not None:
         np.testing.assert_array_equal(got.cell, frame.cell)
-    for a in (got.positions, got.velocities, got.forces, got.cell):
+    for a in (got.positions, got.velocities, got.forces):
         if a is not None:
             assert a.flags.owndata and a.base is None and a.flags.writeable
-    # numbers and pbc: read-only, so the frames of one source can share them
-    assert got.numbers.flags.owndata and not got.numbers.flags.writeable
+    # numbers, cell and pbc: read-only, so the frames of one source can share them
+    for a in (got.numbers, got.cell):
+        if a is not None:
+            assert a.flags.owndata and a.base is None and not a.flags.writeable
     assert not got.pbc.flags.writeable
     assert sub.stats.malformed == 0
 

@@ -154,8 +154,8 @@ class Frame:
 
         The caller guarantees what ``__init__`` would check: C-contiguous owned writable
         float64 arrays of consistent shapes, a finite (3, 3) cell, (3,) bool pbc (None:
-        ``__init__``'s default); numbers int32 (may be read-only and shared by a
-        producer's frames).
+        ``__init__``'s default); numbers int32. Numbers, cell and pbc may instead be
+        read-only and shared by a producer's frames (they seldom change).
         """
         frame = object.__new__(cls)
         frame.positions = positions

@@ -99,11 +99,12 @@ class FeatureEngine:
         self.structure_change: str | None = None
         self._numbers: NDArray[np.int32] | None = None
         self._last: Frame | None = None
-        # writable copies of the latest read-only numbers and pbc a frame brought (those
-        # arrays themselves, to know them again): producers share one of each among
-        # their frames, and copying them every frame cost ~0.4 us of a 100-atom frame
+        # writable copies of the latest read-only numbers, pbc and cell a frame brought
+        # (and those arrays themselves, to know them again): producers share one of each
+        # among their frames, and copying them every frame cost ~0.2 us each at 100 atoms
         self._shared_numbers = self._numbers_copy = np.empty(0, dtype=np.int32)
         self._shared_pbc = self._pbc_copy = np.empty(0, dtype=np.bool_)
+        self._shared_cell = self._cell_copy = np.empty((0, 3))
         self._state: tuple[Any, ...] = ()
         self._allocate(0)
 
@@ -251,8 +252,11 @@ class FeatureEngine:
             has_cell = False
         else:
             has_cell = True
-            if not cell.flags.writeable:
-                cell = cell.copy()
+            if cell is self._shared_cell:
+                cell = self._cell_copy
+            elif not cell.flags.writeable:
+                self._shared_cell, self._cell_copy = cell, cell.copy()
+                cell = self._cell_copy
         return (
             positions, numbers, _EMPTY3 if v is None else v, _EMPTY3 if f is None else f,
             cell, pbc, math.nan if energy is None else energy, math.nan if t is None else t,

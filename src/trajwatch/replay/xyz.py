@@ -269,13 +269,15 @@ _last_lattice: tuple[str, NDArray[np.float64]] = ("", np.zeros((3, 3)))
 
 
 def _parse_lattice(raw: str | None) -> NDArray[np.float64]:
-    """The cell (rows are the lattice vectors), freshly allocated."""
+    """The cell (rows are the lattice vectors), read-only: the frames of a run whose
+    Lattice text repeats share one array (as Frame allows for a producer's cell)."""
     global _last_lattice
-    if raw is not None and raw == _last_lattice[0]:
-        cached: NDArray[np.float64] = _last_lattice[1].copy()  # fixed-cell runs repeat it
-        return cached
+    last_raw, cell = _last_lattice
+    if raw is not None and raw == last_raw:
+        return cell
     cell = _lattice_from_text(raw)
-    _last_lattice = (raw or "", cell.copy())
+    cell.setflags(write=False)
+    _last_lattice = (raw or "", cell)  # one assignment: a thread reads the old or the new
     return cell
 
 

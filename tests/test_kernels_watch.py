@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import config
 
-from trajwatch._kernels_watch import _watch_frame, watch_call, watch_state
+from trajwatch._kernels_watch import WATCH_FRAME, _watch_frame, watch_state
 from trajwatch.detectors._kernels import _stack_frame
 from trajwatch.features import _kernels_update as fkern
 from trajwatch.features._kernels_update import _update
@@ -36,7 +36,7 @@ def frames(clash_frames: list[Frame]) -> list[Frame]:
 
 
 def test_one_call_is_the_two_kernels_back_to_back(frames: list[Frame]) -> None:
-    """Called as the pipeline calls it (:func:`watch_call`: the compiled entry point)."""
+    """Called as the pipeline calls it (``WATCH_FRAME``: the compiled entry point)."""
     one = _warmed(frames[:60])
     two = _warmed(frames[:60])  # the same state: the pipeline is deterministic
     state = watch_state(one.engine._state, one.scored, one._x, one.stack._args)
@@ -46,11 +46,11 @@ def test_one_call_is_the_two_kernels_back_to_back(frames: list[Frame]) -> None:
         args = one.engine._kernel_args(frame)
         assert args is not None
         out_one = np.empty(len(one.engine.names))
-        got = watch_call(args, out_one, index, state)(*args, out_one, index, state)
+        got = WATCH_FRAME.entry(args, (out_one, index, state))(*args, out_one, index, state)
         while got < 0:  # a pair list asks for room (its skin widened in the clash)
             one.engine._handle(-got, frame)
             state = watch_state(one.engine._state, one.scored, one._x, one.stack._args)
-            got = watch_call(args, out_one, index, state)(*args, out_one, index, state)
+            got = WATCH_FRAME.entry(args, (out_one, index, state))(*args, out_one, index, state)
             requests += 1
         out_two = np.empty(len(two.engine.names))
         while status := _update(*two.engine._kernel_args(frame), out_two, *two.engine._state):
@@ -88,24 +88,25 @@ def test_a_request_of_the_feature_kernel_commits_nothing(frames: list[Frame]) ->
 
 
 @pytest.mark.skipif(config.DISABLE_JIT, reason="the entry point is compiled code")
-def test_watch_call_skips_the_dispatcher_only_for_types_it_compiled(frames: list[Frame]) -> None:
-    """The entry point trusts its arguments' types, so watch_call must hand it only frames
-    whose arrays have the types it was compiled for: a Fortran-ordered or read-only array
-    gets the dispatcher (which types every argument), never the entry point."""
+def test_the_entry_point_is_used_only_for_types_it_was_compiled_for(frames: list[Frame]) -> None:
+    """The entry point trusts its arguments' types, so it must get only frames whose
+    arrays have the types it was compiled for: a Fortran-ordered or read-only array, or
+    an int for a float, gets the dispatcher (which types every argument), never it."""
     watch = _warmed(frames[:60])
     state = watch_state(watch.engine._state, watch.scored, watch._x, watch.stack._args)
     out = np.empty(len(watch.engine.names))
     args = watch.engine._kernel_args(frames[60])
     assert args is not None
-    _watch_frame(*args, out, watch.stack.frames, state)  # compiled for these types
-    entry = watch_call(args, out, watch.stack.frames, state)
+    fixed = (out, watch.stack.frames, state)
+    _watch_frame(*args, *fixed)  # compiled for these types
+    entry = WATCH_FRAME.entry(args, fixed)
     assert entry is not _watch_frame
-    assert watch_call(args, out, watch.stack.frames, state) is entry  # looked up, not typed
+    assert WATCH_FRAME.entry(args, fixed) is entry
     compiled = len(_watch_frame.overloads)
     fortran = (np.asfortranarray(args[0]), *args[1:])
     read_only = np.array(args[0])
     read_only.setflags(write=False)
     for other in (fortran, (read_only, *args[1:]), (*args[:6], 1, *args[7:])):  # an int energy
-        assert watch_call(other, out, watch.stack.frames, state) is _watch_frame
+        assert WATCH_FRAME.entry(other, fixed) is _watch_frame
     assert len(_watch_frame.overloads) == compiled  # and it compiled nothing
-    assert entry(*args, out, watch.stack.frames, state) >= 0  # it runs the frame
+    assert entry(*args, *fixed) >= 0  # it runs the frame

@@ -19,15 +19,14 @@ changed since it was cached (stale code here would read the state with an old la
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from numba import config, njit, types
-from numba._dispatcher import compute_fingerprint
 from numba.experimental import structref
 
+from trajwatch._direct_call import DirectCall
 from trajwatch._kernel_cache import drop_stale_cache
 from trajwatch.detectors._kernels import _stack_frame
 from trajwatch.features._kernels_update import _update
@@ -147,48 +146,6 @@ def watch_state(
         return None
 
 
-#: the frame arguments' Numba fingerprint -> the compiled entry point of _watch_frame
-#: for those types (see watch_call)
-_ENTRIES: dict[bytes, Callable[..., int]] = {}
-#: the fingerprint of the arguments that come before ``out`` (watch_call's ``args``)
-fingerprint: Callable[[tuple[Any, ...]], bytes] = compute_fingerprint
-
-
-def watch_call(
-    args: tuple[Any, ...], out: np.ndarray, index: int, state: Any
-) -> Callable[..., int]:
-    """What runs :func:`_watch_frame` on arguments of these types, fastest first: its
-    compiled entry point, or the dispatcher (JIT off, or types not compiled yet).
-
-    Numba's dispatcher works out the type of every argument on every call (~1.2 us of
-    its ~2.3 at 17 arguments). The entry point of an overload it has compiled skips that
-    and only converts the arguments; it trusts their types, so it is looked up by the
-    Numba fingerprint of the frame's arguments (``fingerprint(args)``: dtype, ndim,
-    layout, writability of each array; the kind of each scalar), which the caller
-    computes on every frame. ``out``, ``index`` and ``state`` always have one type each
-    (a float64 vector, an int, a :class:`WatchState`).
-
-    >>> watch_call((), np.zeros(1), 0, None) is _watch_frame  # no such overload
-    True
-    """
-    if config.DISABLE_JIT:  # type: ignore[attr-defined]
-        return _watch_frame
-    key = fingerprint(args)
-    known = _ENTRIES.get(key)
-    if known is not None:
-        return known
-    try:
-        signature = tuple(map(_watch_frame.typeof_pyval, (*args, out, index, state)))
-    except ValueError:  # a value Numba has no type for: the dispatcher says so
-        return _watch_frame
-    compiled = _watch_frame.overloads.get(signature)
-    if compiled is None:  # not compiled for these types (yet): the dispatcher will
-        return _watch_frame
-    entry: Callable[..., int] = compiled.entry_point  # type: ignore[attr-defined]
-    _ENTRIES[key] = entry
-    return entry
-
-
 @njit(cache=True, nogil=True)
 def _watch_frame(
     positions: np.ndarray,
@@ -237,3 +194,8 @@ drop_stale_cache(
         "detectors/_kernels.py",
     ),
 )
+
+#: how the pipeline calls :func:`_watch_frame`: its compiled entry point for the types of
+#: the frame's arguments (:mod:`trajwatch._direct_call`); ``out``, the index and the
+#: WatchState have one type each, so they are the fixed arguments
+WATCH_FRAME = DirectCall(_watch_frame)

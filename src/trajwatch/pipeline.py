@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from trajwatch._kernels_watch import _ENTRIES, fingerprint, watch_call, watch_state
+from trajwatch._direct_call import fingerprint
+from trajwatch._kernels_watch import WATCH_FRAME, watch_state
 from trajwatch.detectors import evidence
 from trajwatch.detectors.drift import Change
 from trajwatch.detectors.external import ExternalScore
@@ -183,9 +184,9 @@ class SourceWatch:
             if args is not None and state is not None:  # features and detectors in one call
                 features = np.empty(len(engine.names))
                 stack_index = stack.frames  # (the stack's count, not the pipeline's index)
-                call = _ENTRIES.get(fingerprint(args))  # watch_call's lookup, inlined
-                if call is None:
-                    call = watch_call(args, features, stack_index, state)
+                call = WATCH_FRAME.entries.get(fingerprint(args)) or WATCH_FRAME.entry(
+                    args, (features, stack_index, state)
+                )  # the compiled kernel for these types, without Numba's dispatcher
                 status = call(*args, features, stack_index, state)
                 if status >= 0:
                     engine.structure_change = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -116,6 +117,29 @@ def test_one_call_path_gives_the_events_scores_and_features_of_two_calls(
     assert watch(True) == two
     kinds = [json.loads(e)["event"] for e in two[0]]
     assert "anomaly" in kinds and kinds.count("anomaly") >= 2  # the clash, the lost atom
+
+
+@pytest.mark.parametrize("one_call", [True, False])
+def test_a_value_numba_cannot_type_gets_the_dispatchers_error(
+    clean_frames: list[Frame], monkeypatch: pytest.MonkeyPatch, one_call: bool
+) -> None:
+    """A frame attribute replaced after construction by something the kernels cannot take
+    (a Decimal energy) is refused with Numba's own message naming the type, on the
+    one-call path as on the plain one (with the JIT off, Python's TypeError does)."""
+    from decimal import Decimal
+
+    from numba.core.errors import TypingError
+
+    monkeypatch.setattr(SourceWatch, "one_call", one_call)
+    pipeline = Pipeline()
+    for frame in clean_frames[:120]:
+        pipeline.process(frame)
+    watch = next(iter(pipeline.sources.values()))
+    assert (watch._one_call is not None) == one_call  # the path under test is warm
+    bad = copy.copy(clean_frames[120])  # (the fixture's frames are shared)
+    bad.energy = Decimal("1.5")  # type: ignore[assignment]
+    with pytest.raises((TypingError, TypeError), match="Decimal"):
+        pipeline.process(bad)
 
 
 def test_read_only_inputs_compile_nothing_in_the_hot_path(clash_frames: list[Frame]) -> None:

@@ -184,9 +184,12 @@ class SourceWatch:
             if args is not None and state is not None:  # features and detectors in one call
                 features = np.empty(len(engine.names))
                 stack_index = stack.frames  # (the stack's count, not the pipeline's index)
-                call = WATCH_FRAME.entries.get(fingerprint(args)) or WATCH_FRAME.entry(
-                    args, (features, stack_index, state)
-                )  # the compiled kernel for these types, without Numba's dispatcher
+                try:  # the compiled kernel for these types, without Numba's dispatcher
+                    call = WATCH_FRAME.entries.get(fingerprint(args))
+                except NotImplementedError:  # a value Numba cannot type: the dispatcher
+                    call = None  # (below) says which argument
+                if call is None:
+                    call = WATCH_FRAME.entry(args, (features, stack_index, state))
                 status = call(*args, features, stack_index, state)
                 if status >= 0:
                     engine.structure_change = None

@@ -47,6 +47,11 @@ class DirectCall:
 
         call = direct.entries.get(fingerprint(args)) or direct.entry(args, fixed)
         call(*args, *fixed)
+
+    ``fingerprint`` raises NotImplementedError for a value Numba cannot type. A caller
+    whose ``args`` come from outside (the pipeline's, from a frame's attributes) catches
+    it and takes :meth:`entry`, whose dispatcher then names the bad argument; one that
+    makes its ``args`` itself (the extxyz reader) need not.
     """
 
     def __init__(self, kernel: Any) -> None:

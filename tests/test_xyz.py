@@ -396,6 +396,10 @@ MALFORMED = [
     ("unparsable number", "1\nc\nH 0 0 0.1.2\n", 3, "'0.1.2'"),
     ("fortran exponent", "1\nc\nH 0 0 1.0D+00\n", 3, "number"),
     ("unknown element", "1\nc\nXx 0 0 0\n", 3, "'Xx'"),
+    ("unknown one-letter element", "1\nc\nQ 0 0 0\n", 3, "'Q'"),
+    ("symbol with a digit", "1\nc\nC1 0 0 0\n", 3, "'C1'"),
+    ("three-letter symbol", "1\nc\nCuu 0 0 0\n", 3, "'Cuu'"),
+    ("symbol with a bracket", "1\nc\nC[ 0 0 0\n", 3, "'C['"),
     ("atomic number too large", "1\nc\n200 0 0 0\n", 3, "element"),
     ("lattice with 8 numbers", '1\nLattice="1 0 0 0 1 0 0 0"\nH 0 0 0\n', 2, "Lattice"),
     ("lattice non-number", '1\nLattice="1 0 0 0 x 0 0 0 1"\nH 0 0 0\n', 2, "Lattice"),
@@ -682,9 +686,35 @@ def parse_tokens(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return _parse.parse_real_tokens(buf, starts, starts + lengths)
 
 
+_ONE_REAL = (np.array([_parse.REAL]), np.array([_parse.SCALAR]), np.array([0]))
+
+
+def parse_tokens_in_rows(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``parse_tokens`` the reader's way: each token the one column of a row that
+    ``parse_rows`` reads (in place for plain decimals); slow tokens' values are NaN."""
+    values = np.full(len(tokens), np.nan)
+    status = np.empty(len(tokens), dtype=np.int64)
+    unused = np.empty((1, 3))
+    for k, token in enumerate(tokens):
+        buf = np.frombuffer(f"{token}\n".encode(), dtype=np.uint8)
+        code, _offset, _row, _column, n_slow = _parse.parse_rows(
+            buf, 0, len(buf), True, 1, *_ONE_REAL, True, _parse.SYMBOL_TABLE,
+            _parse.POW5_TABLE, unused, unused, unused, values[k : k + 1],
+            np.empty(1, dtype=np.int32), np.empty((1, 5), dtype=np.int64),
+        )  # fmt: skip
+        assert code in (_parse.OK, _parse.BAD_NUMBER), (token, code)
+        status[k] = 1 if code == _parse.BAD_NUMBER else 2 if n_slow else 0
+    return values, status
+
+
 def check_tokens(tokens: list[str]) -> None:
-    """Every accepted token is bit-identical to float(); slow ones are valid floats."""
+    """Every accepted token is bit-identical to float(); slow ones are valid floats.
+    The reader's in-place path through ``parse_rows`` gives the same answers."""
     values, status = parse_tokens(tokens)
+    in_rows, in_rows_status = parse_tokens_in_rows(tokens)
+    assert in_rows_status.tolist() == status.tolist()
+    accepted = status == 0
+    assert same_bits(in_rows[accepted], values[accepted])
     for token, value, state in zip(tokens, values, status, strict=True):
         if state == 1:
             with pytest.raises(ValueError):
@@ -713,8 +743,9 @@ INVALID_TOKENS = [
 
 def test_parse_real_edge_cases() -> None:
     check_tokens(EDGE_TOKENS)
-    _values, status = parse_tokens(INVALID_TOKENS)
-    assert status.tolist() == [1] * len(INVALID_TOKENS)
+    for parse in (parse_tokens, parse_tokens_in_rows):
+        _values, status = parse(INVALID_TOKENS)
+        assert status.tolist() == [1] * len(INVALID_TOKENS)
 
 
 def test_parse_real_matches_float_on_many_random_numbers() -> None:
@@ -775,8 +806,9 @@ def test_kernels_without_jit() -> None:
         "import numpy as np, warnings; warnings.simplefilter('error')\n"
         "from trajwatch.replay import _parse, xyz\n"
         "from test_xyz import FRAME_BYTES, frame_summary, parse_tokens, token_summary\n"
-        "values, status = parse_tokens(sys.argv[3:])\n"
-        "print(token_summary(values, status))\n"
+        "from test_xyz import parse_tokens_in_rows\n"
+        "print(token_summary(*parse_tokens(sys.argv[3:])))\n"
+        "print(token_summary(*parse_tokens_in_rows(sys.argv[3:])))\n"
         "print(frame_summary(next(xyz.XYZReader(io.BytesIO(FRAME_BYTES)))))\n"
     )
     tokens = [*EDGE_TOKENS, *INVALID_TOKENS, "12.345678901234567", "-0.08184715"]
@@ -785,9 +817,9 @@ def test_kernels_without_jit() -> None:
         [sys.executable, "-c", script, str(SRC), str(Path(__file__).parent), *tokens],
         env=env, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
-    interpreted_tokens, interpreted_frame = result.stdout.strip().split("\n")
-    values, status = parse_tokens(tokens)
-    assert interpreted_tokens == token_summary(values, status)
+    interpreted_tokens, interpreted_rows, interpreted_frame = result.stdout.strip().split("\n")
+    assert interpreted_tokens == token_summary(*parse_tokens(tokens))
+    assert interpreted_rows == token_summary(*parse_tokens_in_rows(tokens))
     assert interpreted_frame == frame_summary(next(XYZReader(io.BytesIO(FRAME_BYTES))))
 
 

@@ -678,20 +678,13 @@ def test_round_trip_property(tmp_path: Path, batch: list[Frame]) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def parse_tokens(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    data = " ".join(tokens).encode()
-    lengths = np.array([len(t.encode()) for t in tokens], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    return _parse.parse_real_tokens(buf, starts, starts + lengths)
-
-
 _ONE_REAL = (np.array([_parse.REAL]), np.array([_parse.SCALAR]), np.array([0]))
 
 
-def parse_tokens_in_rows(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``parse_tokens`` the reader's way: each token the one column of a row that
-    ``parse_rows`` reads (in place for plain decimals); slow tokens' values are NaN."""
+def parse_tokens(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each token as the reader parses it, the one column of a row that ``parse_rows``
+    reads: the values and a status per token (0 ok, 1 not a number, 2 slow: NaN, left
+    to ``float()``)."""
     values = np.full(len(tokens), np.nan)
     status = np.empty(len(tokens), dtype=np.int64)
     unused = np.empty((1, 3))
@@ -708,13 +701,8 @@ def parse_tokens_in_rows(tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_tokens(tokens: list[str]) -> None:
-    """Every accepted token is bit-identical to float(); slow ones are valid floats.
-    The reader's in-place path through ``parse_rows`` gives the same answers."""
+    """Every accepted token is bit-identical to float(); slow ones are valid floats."""
     values, status = parse_tokens(tokens)
-    in_rows, in_rows_status = parse_tokens_in_rows(tokens)
-    assert in_rows_status.tolist() == status.tolist()
-    accepted = status == 0
-    assert same_bits(in_rows[accepted], values[accepted])
     for token, value, state in zip(tokens, values, status, strict=True):
         if state == 1:
             with pytest.raises(ValueError):
@@ -743,9 +731,8 @@ INVALID_TOKENS = [
 
 def test_parse_real_edge_cases() -> None:
     check_tokens(EDGE_TOKENS)
-    for parse in (parse_tokens, parse_tokens_in_rows):
-        _values, status = parse(INVALID_TOKENS)
-        assert status.tolist() == [1] * len(INVALID_TOKENS)
+    _values, status = parse_tokens(INVALID_TOKENS)
+    assert status.tolist() == [1] * len(INVALID_TOKENS)
 
 
 def test_parse_real_matches_float_on_many_random_numbers() -> None:
@@ -806,9 +793,7 @@ def test_kernels_without_jit() -> None:
         "import numpy as np, warnings; warnings.simplefilter('error')\n"
         "from trajwatch.replay import _parse, xyz\n"
         "from test_xyz import FRAME_BYTES, frame_summary, parse_tokens, token_summary\n"
-        "from test_xyz import parse_tokens_in_rows\n"
         "print(token_summary(*parse_tokens(sys.argv[3:])))\n"
-        "print(token_summary(*parse_tokens_in_rows(sys.argv[3:])))\n"
         "print(frame_summary(next(xyz.XYZReader(io.BytesIO(FRAME_BYTES)))))\n"
     )
     tokens = [*EDGE_TOKENS, *INVALID_TOKENS, "12.345678901234567", "-0.08184715"]
@@ -817,9 +802,8 @@ def test_kernels_without_jit() -> None:
         [sys.executable, "-c", script, str(SRC), str(Path(__file__).parent), *tokens],
         env=env, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
-    interpreted_tokens, interpreted_rows, interpreted_frame = result.stdout.strip().split("\n")
+    interpreted_tokens, interpreted_frame = result.stdout.strip().split("\n")
     assert interpreted_tokens == token_summary(*parse_tokens(tokens))
-    assert interpreted_rows == token_summary(*parse_tokens_in_rows(tokens))
     assert interpreted_frame == frame_summary(next(XYZReader(io.BytesIO(FRAME_BYTES))))
 
 

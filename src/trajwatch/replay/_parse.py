@@ -16,18 +16,20 @@ ambiguous product) is reported back as a "slow" token for the caller to convert 
 All integer arithmetic on 64-bit words is written so that no intermediate value
 overflows; the kernels therefore give the same answers with ``NUMBA_DISABLE_JIT=1``.
 
-Speed notes (measured, see ``benchmarks/bench_reader.py``): the usual tokens (a plain
-decimal such as ``-1.23456789``, a one- or two-letter symbol) are read in place inside
-:func:`parse_rows`' loop, and only the rest goes to :func:`parse_real` and
-:func:`_parse_species`. A helper that takes the buffer, even inlined at Numba IR level
+Speed notes (measured, see ``benchmarks/bench_reader.py``): every number, and a one- or
+two-letter symbol, is read in place inside :func:`parse_rows`' loop; only what no
+well-formed row has often (nan/inf, more than 18 digits, an atomic number, a bad token)
+calls a helper that takes the buffer. Such a call, even inlined at Numba IR level
 (``inline="always"``), makes Numba increment and decrement the array's reference count
-at each call: atomic instructions on every token, which Numba's reference-count pruning
+around it: atomic instructions on every token, which Numba's reference-count pruning
 does not remove inside this loop. They were 60 % of the time on a Zen 5 processor (a
-1,000-atom row: 286 ns before, 116 after). Bytes are indexed with ``np.uint64`` so that
-Numba leaves out its negative-index wrap-around test; tables that live in other modules
-(element symbols and masses) are passed in as arguments rather than read as globals,
-which Numba would freeze into its on-disk cache. Reading eight digits at a time (SWAR)
-was tried and gave nothing measurable on these branch-bound loops, so it is not used.
+1,000-atom row of ``%.8f`` numbers: 286 ns before, 116 after). For the same reason
+:func:`eisel_lemire` takes two words of the power-of-five table, not the table. Bytes
+are indexed with ``np.uint64`` so that Numba leaves out its negative-index wrap-around
+test; tables that live in other modules (element symbols and masses) are passed in as
+arguments rather than read as globals, which Numba would freeze into its on-disk cache.
+Reading eight digits at a time (SWAR) was tried and gave nothing measurable on these
+branch-bound loops, so it is not used.
 """
 
 from __future__ import annotations
@@ -177,22 +179,21 @@ def _clz(x: Any) -> int:
 
 
 @njit(cache=True, inline="always")
-def eisel_lemire(mantissa: int, q: int, table: NDArray[np.uint64]) -> tuple[bool, float]:
-    """``mantissa * 10**q`` correctly rounded, for 0 < mantissa < 2**63 and normal results.
+def eisel_lemire(mantissa: int, q: int, high5: Any, low5: Any) -> tuple[bool, float]:
+    """``mantissa * 10**q`` correctly rounded, for 0 < mantissa < 2**63, ``_MIN_Q <= q <=
+    _MAX_Q`` and normal results; ``high5, low5`` is row ``q - _MIN_Q`` of ``POW5_TABLE``
+    (words, not the table: see "Speed notes").
 
     Returns ``(False, 0.0)`` when the 128-bit product cannot decide the rounding, or the
     result would be subnormal, zero or infinite; the caller then falls back to ``float()``.
     """
-    if q < _MIN_Q or q > _MAX_Q:
-        return False, 0.0
     w = np.uint64(mantissa)
     lz = _clz(w)
     w = w << np.uint64(lz)
-    index = q - _MIN_Q
-    high, low = _mul128(w, table[index, 0])
+    high, low = _mul128(w, high5)
     if (high & _MASK_LOW9) == _MASK_LOW9:
         # the truncated product might carry into the bits we keep: refine with the low word
-        high2, _low2 = _mul128(w, table[index, 1])
+        high2, _low2 = _mul128(w, low5)
         if high2 > _U64_MAX - low:
             low = high2 - (_U64_MAX - low) - _ONE
             high = high + _ONE
@@ -255,97 +256,21 @@ def _parse_special(buf: NDArray[np.uint8], i: int, end: int) -> tuple[int, float
     return _T_BAD, 0.0, i
 
 
-@njit(cache=True, inline="always")
-def parse_real(
-    buf: NDArray[np.uint8],
-    i: int,
-    end: int,
-    table: NDArray[np.uint64],
-) -> tuple[int, float, int]:
-    """Parse the token at ``buf[i:]`` (``i`` is not whitespace) up to whitespace or ``end``.
-
-    Returns ``(status, value, token_end)``: status 0 ok, 1 not a number, 2 slow (a valid
-    number that must be converted with ``float()``).
-    """
-    j = i
-    negative = False
-    c = int(buf[np.uint64(j)])
-    if c == 45 or c == 43:
-        negative = c == 45
-        j += 1
-    # Accumulate every digit; w is exact while the token has <= 18 digits, or later
-    # checked to have <= 18 significant ones (leading zeros keep w at 0).
-    w = 0
-    first_digit = j
-    while j < end:
-        d = int(buf[np.uint64(j)]) - 48
-        if d < 0 or d > 9:
-            break
-        w = w * 10 + d
-        j += 1
-    n_digits = j - first_digit
-    n_fraction = 0
-    if j < end and buf[np.uint64(j)] == 46:  # '.'
-        j += 1
-        first_fraction = j
-        while j < end:
-            d = int(buf[np.uint64(j)]) - 48
-            if d < 0 or d > 9:
-                break
-            w = w * 10 + d
-            j += 1
-        n_fraction = j - first_fraction
-        n_digits += n_fraction
-    too_many = False
-    if n_digits > _MAX_DIGITS:
-        n_leading_zeros = 0
-        for k in range(first_digit, j):
-            c = int(buf[np.uint64(k)])
-            if c == 48:
-                n_leading_zeros += 1
-            elif c != 46:
-                break
-        too_many = n_digits - n_leading_zeros > _MAX_DIGITS
-    if n_digits == 0:
-        k = i
-        while k < end and buf[np.uint64(k)] > 32:
-            k += 1
-        return _parse_special(buf, i, k)
-    exponent = 0
-    if j < end and (buf[np.uint64(j)] == 101 or buf[np.uint64(j)] == 69):  # e E
-        j += 1
-        exp_negative = False
-        if j < end and (buf[np.uint64(j)] == 45 or buf[np.uint64(j)] == 43):
-            exp_negative = buf[np.uint64(j)] == 45
-            j += 1
-        n_exp_digits = 0
-        while j < end:
-            d = int(buf[np.uint64(j)]) - 48
-            if d < 0 or d > 9:
-                break
-            if exponent < 100000:
-                exponent = exponent * 10 + d
-            n_exp_digits += 1
-            j += 1
-        if n_exp_digits == 0:
-            return _T_BAD, 0.0, i
-        if exp_negative:
-            exponent = -exponent
-    if j < end and buf[np.uint64(j)] > 32:
-        return _T_BAD, 0.0, i
-    if too_many:
-        return _T_SLOW, 0.0, j
-    if w == 0:
-        return _T_OK, -0.0 if negative else 0.0, j
-    q = exponent - n_fraction
-    if w <= _TWO53_INT and q >= -22 and q <= 22:
-        value = float(w)
-        value = value * _POW10[q] if q >= 0 else value / _POW10[-q]
-        return _T_OK, -value if negative else value, j
-    ok, value = eisel_lemire(w, q, table)
-    if not ok:
-        return _T_SLOW, 0.0, j
-    return _T_OK, -value if negative else value, j
+@njit(cache=True)
+def _significant(buf: NDArray[np.uint8], start: int, end: int) -> bool:
+    """Whether the digits (and one '.') in ``buf[start:end]`` have more than
+    ``_MAX_DIGITS`` significant ones, leading zeros not counted."""
+    n_digits = 0
+    leading = True
+    for k in range(start, end):
+        c = int(buf[np.uint64(k)])
+        if c == 46:
+            continue
+        if leading and c == 48:
+            continue
+        leading = False
+        n_digits += 1
+    return n_digits > _MAX_DIGITS
 
 
 @njit(cache=True, inline="always")
@@ -459,14 +384,14 @@ def parse_rows(
                 continue
             kind = kinds[column]
             if kind == REAL:
-                # The usual token, a plain decimal ("-1.23456789"), is read here in place:
-                # see "Speed notes" for why this is not a call to a helper. Anything
-                # else (an exponent, nan/inf, > 18 digits, bad bytes) goes to parse_real.
+                # The token is read here in place, not by a helper: see "Speed notes".
                 t = j
                 c = int(buf[np.uint64(t)])
                 negative = c == 45
                 if negative or c == 43:
                     t += 1
+                # every digit goes into w, exact while the token has <= 18 digits or
+                # <= 18 significant ones (leading zeros keep w at 0)
                 w = 0
                 first_digit = t
                 while t < end:
@@ -488,18 +413,52 @@ def parse_rows(
                         t += 1
                     n_fraction = t - first_fraction
                     n_digits += n_fraction
-                if (
-                    0 < n_digits <= _MAX_DIGITS
-                    and w <= _TWO53_INT
-                    and (t >= end or buf[np.uint64(t)] <= 32)
-                ):  # exact: w and 10**n_fraction (n_fraction <= 18) are exact doubles
-                    value = float(w) / _POW10[n_fraction]
-                    token_status = _T_OK
-                    token_end = t
+                digits_end = t
+                exponent = 0
+                n_exp_digits = -1  # no exponent
+                if n_digits > 0 and t < end and (buf[np.uint64(t)] | 32) == 101:  # e E
+                    t += 1
+                    exp_negative = False
+                    if t < end and (buf[np.uint64(t)] == 45 or buf[np.uint64(t)] == 43):
+                        exp_negative = buf[np.uint64(t)] == 45
+                        t += 1
+                    n_exp_digits = 0
+                    while t < end:
+                        d = int(buf[np.uint64(t)]) - 48
+                        if d < 0 or d > 9:
+                            break
+                        if exponent < 100000:
+                            exponent = exponent * 10 + d
+                        n_exp_digits += 1
+                        t += 1
+                    if exp_negative:
+                        exponent = -exponent
+                token_status = _T_OK
+                token_end = t
+                value = 0.0
+                q = exponent - n_fraction
+                if n_digits == 0:  # nan, inf, infinity (any case, signed), or no number
+                    while t < end and buf[np.uint64(t)] > 32:
+                        t += 1
+                    token_status, value, token_end = _parse_special(buf, j, t)
+                elif n_exp_digits == 0 or (t < end and buf[np.uint64(t)] > 32):
+                    token_status = _T_BAD
+                elif n_digits > _MAX_DIGITS and _significant(buf, first_digit, digits_end):
+                    token_status = _T_SLOW  # more than 18 significant digits: float()
+                elif w == 0:
+                    value = -0.0 if negative else 0.0
+                elif w <= _TWO53_INT and -22 <= q <= 22:  # Clinger: both factors exact
+                    value = float(w) * _POW10[q] if q >= 0 else float(w) / _POW10[-q]
                     if negative:
                         value = -value
+                elif _MIN_Q <= q <= _MAX_Q:
+                    ok, value = eisel_lemire(w, q, table[q - _MIN_Q, 0], table[q - _MIN_Q, 1])
+                    if not ok:
+                        token_status = _T_SLOW
+                    elif negative:
+                        value = -value
                 else:
-                    token_status, value, token_end = parse_real(buf, j, end, table)
+                    token_status = _T_SLOW
                 if token_status == _T_BAD:
                     status = BAD_NUMBER
                     break
@@ -569,28 +528,6 @@ def parse_rows(
             return status, j, r, column, n_slow
         i = k + 1
     return OK, min(i, end), n_rows, 0, n_slow
-
-
-@njit(cache=True)
-def parse_real_tokens(
-    buf: NDArray[np.uint8],
-    starts: NDArray[np.int64],
-    ends: NDArray[np.int64],
-) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """Parse many whitespace-free tokens (tests and the float() fallback check).
-
-    Returns the values and a status per token (0 ok, 1 not a number, 2 slow).
-    """
-    n = starts.shape[0]
-    values = np.empty(n, dtype=np.float64)
-    status = np.empty(n, dtype=np.int64)
-    for k in range(n):
-        s, v, e = parse_real(buf, starts[k], ends[k], POW5_TABLE)
-        if s == _T_OK and e != ends[k]:
-            s = _T_BAD
-        values[k] = v
-        status[k] = s
-    return values, status
 
 
 #: standard masses by atomic number (passed to the kernel, not frozen into its cache)

@@ -17,8 +17,8 @@ All integer arithmetic on 64-bit words is written so that no intermediate value
 overflows; the kernels therefore give the same answers with ``NUMBA_DISABLE_JIT=1``.
 
 Speed notes (measured, see ``benchmarks/bench_reader.py``): every number, and a one- or
-two-letter symbol, is read in place inside :func:`parse_rows`' loop; only what no
-well-formed row has often (nan/inf, more than 18 digits, an atomic number, a bad token)
+two-letter symbol, is read in place inside :func:`parse_rows`' loop; only what a row
+seldom has (nan/inf, more than 18 significant digits, an atomic number for a species)
 calls a helper that takes the buffer. Such a call, even inlined at Numba IR level
 (``inline="always"``), makes Numba increment and decrement the array's reference count
 around it: atomic instructions on every token, which Numba's reference-count pruning
@@ -274,34 +274,6 @@ def _significant(buf: NDArray[np.uint8], start: int, end: int) -> bool:
 
 
 @njit(cache=True, inline="always")
-def _parse_species(
-    buf: NDArray[np.uint8], i: int, end: int, symbols: NDArray[np.int32]
-) -> tuple[int, int]:
-    """Atomic number of a symbol (any case) or of a plain integer; (-1, i) if unknown."""
-    c = int(buf[np.uint64(i)])
-    if 48 <= c <= 57:
-        return _parse_atomic_number(buf, i, end)
-    lc = c | 32
-    if lc < 97 or lc > 122:
-        return -1, i
-    first = lc - 97
-    second = 26
-    j = i + 1
-    if j < end and buf[np.uint64(j)] > 32:
-        c2 = int(buf[np.uint64(j)]) | 32
-        if c2 < 97 or c2 > 122:
-            return -1, i
-        second = c2 - 97
-        j += 1
-        if j < end and buf[np.uint64(j)] > 32:
-            return -1, i
-    z = symbols[first, second]
-    if z < 0:
-        return -1, i
-    return int(z), j
-
-
-@njit(cache=True, inline="always")
 def _parse_atomic_number(buf: NDArray[np.uint8], i: int, end: int) -> tuple[int, int]:
     j = i
     if buf[np.uint64(j)] == 43:  # '+'
@@ -485,8 +457,9 @@ def parse_rows(
                     scalar[r] = value
                 j = token_end
             elif kind == SPECIES:
-                # a one- or two-letter symbol in place (as for numbers above)
-                first = (int(buf[np.uint64(j)]) | 32) - 97
+                # a one- or two-letter symbol (any case) in place, as numbers above
+                c = int(buf[np.uint64(j)])
+                first = (c | 32) - 97
                 letters = 0 <= first < 26
                 second = 26  # (none: a one-letter symbol)
                 t = j + 1
@@ -497,8 +470,10 @@ def parse_rows(
                 if letters and (t >= end or buf[np.uint64(t)] <= 32):
                     z = int(symbols[first, second])
                     token_end = t
-                else:  # an atomic number, or not a species (-1)
-                    z, token_end = _parse_species(buf, j, end, symbols)
+                elif 48 <= c <= 57:  # an atomic number
+                    z, token_end = _parse_atomic_number(buf, j, end)
+                else:
+                    z, token_end = -1, j
                 if z < 0:
                     status = BAD_SPECIES
                     break

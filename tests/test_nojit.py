@@ -17,7 +17,9 @@ def test_kernel_tests_pass_without_jit() -> None:
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     # keep this run under ~60 s; the LAMMPS tests for its compiled callback, which
     # compiles even then (it runs without the GIL, so it has no Python fallback)
-    patterns = ("test_kernels*.py", "test_features_engine*.py", "test_adapters_lammps.py")
+    patterns = (
+        "test_kernels*.py", "test_features_engine*.py", "test_borrow.py", "test_adapters_lammps.py"
+    )  # fmt: skip
     files = sorted(str(p) for pattern in patterns for p in HERE.glob(pattern))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],

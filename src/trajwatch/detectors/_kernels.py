@@ -16,6 +16,9 @@ import math
 import numpy as np
 from numba import njit
 
+from trajwatch._borrow import borrow
+from trajwatch._kernel_cache import drop_stale_cache
+
 _LN10 = math.log(10.0)
 
 # --------------------------------------------------------------------------- Welford
@@ -1177,6 +1180,15 @@ def _stack_frame(
     sums.
     ``drift_n`` of size 0 means no drift watch. ``zt_*`` of size 0: no tail scale.
     """
+    b = borrow  # no reference counting below (trajwatch._borrow)
+    x, alarm, cusum, drift_sum, drift_n, p, rt = (
+        b(x), b(alarm), b(cusum), b(drift_sum), b(drift_n), b(p), b(rt)
+    )  # fmt: skip
+    z_stats, z_quantum, z_z = b(z_stats), b(z_quantum), b(z_z)
+    zt_ring, zt_top, zt_meta = b(zt_ring), b(zt_top), b(zt_meta)
+    r_ring, r_srt, r_meta, r_center = b(r_ring), b(r_srt), b(r_meta), b(r_center)
+    r_spread, r_quantum, r_z = b(r_spread), b(r_quantum), b(r_z)
+    cal_rings, cal_states, cal_tails = b(cal_rings), b(cal_states), b(cal_tails)
     J = int(p[P_N])
     ready = rt[RT_DET : RT_DET + J]
     scores = rt[RT_DET + J : RT_DET + 2 * J]
@@ -1279,3 +1291,6 @@ def _z_ready(kind: float, z_stats: np.ndarray, r_meta: np.ndarray) -> bool:
         if r_meta[k, 0] > top:
             top = r_meta[k, 0]
     return bool(top >= 3.0)
+
+
+drop_stale_cache(globals(), ("_borrow.py",))

@@ -17,6 +17,7 @@ import math
 import numpy as np
 from numba import njit
 
+from trajwatch._borrow import borrow
 from trajwatch._kernel_cache import drop_stale_cache
 from trajwatch.features._kernels import (
     HIST_SIZE,
@@ -898,6 +899,12 @@ def _update(
     rshift: np.ndarray,
 ) -> int:
     """Take one frame: update the state and write every feature into ``out``."""
+    b = borrow  # no reference counting below (trajwatch._borrow)
+    positions, numbers, velocities, forces, cell, pbc, out = (
+        b(positions), b(numbers), b(velocities), b(forces), b(cell), b(pbc), b(out)
+    )  # fmt: skip
+    fstate, istate, i32state, dft = b(fstate), b(istate), b(i32state), b(dft)
+    cpairs, cshift, rpairs, rshift = b(cpairs), b(cshift), b(rpairs), b(rshift)
     (ibuf, fbuf, geom, atoms, disp, masses, numbers0, tagged, lags, ring, ring_u, ring_v,
      ring_bins, hist, rdf_ring, rstart, work, acc) = _carve(fstate, istate, i32state)  # fmt: skip
     n = positions.shape[0]
@@ -1191,4 +1198,6 @@ def _window(
         out[O_RDF_HEIGHT] = peak[1]
 
 
-drop_stale_cache(globals(), ("features/_kernels.py", "features/_kernels_neighbors.py"))
+drop_stale_cache(
+    globals(), ("_borrow.py", "features/_kernels.py", "features/_kernels_neighbors.py")
+)
